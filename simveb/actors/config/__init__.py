@@ -1,0 +1,1 @@
+"""Config service (seed §9): settings, procedure catalogue, fee grid, feature flags."""

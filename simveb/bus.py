@@ -1,0 +1,737 @@
+"""The in-process message bus: messages, actors, mailboxes, supervision and the transactional outbox.
+
+Every domain is an `Actor` with one bounded mailbox. Callers `ask` (request/reply with a timeout),
+`tell` (fire and forget) or `publish` (fan-out of an event). Events that follow a state change are
+written to `bus.outbox` inside the actor's transaction with `emit` and delivered after commit by the
+`OutboxRelay`, at least once; each consumer records handled event ids in `bus.inbox`, so a redelivery
+changes nothing. Messages are tagged msgspec Structs, so they can cross a process boundary unchanged.
+
+The hot path (ask) is an `asyncio.Queue` carrying an envelope with a future, and a `call_later`
+timer for the timeout: measured about 6x cheaper than an anyio stream guarded by `fail_after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import inspect
+import logging
+import time
+import typing
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from simveb.errors import DomainError, InternalError, Unavailable
+
+if typing.TYPE_CHECKING:
+    import asyncpg
+
+    from simveb.config import BusSettings, Settings
+    from simveb.db import Database
+
+log = logging.getLogger("simveb.bus")
+R = TypeVar("R")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Messages
+
+
+class KwOnlyMeta(msgspec.StructMeta):
+    """msgspec's kw_only applies to one class's own fields only; this makes it the default of a family,
+    so a subclass may put a required field after an optional one without repeating the option."""
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
+        options.setdefault("kw_only", True)
+        return super().__new__(mcls, name, bases, namespace, **options)
+
+
+class Record(msgspec.Struct, metaclass=KwOnlyMeta, frozen=True):
+    """Base of replies and value objects carried by messages: frozen and keyword-only."""
+
+
+class Message(msgspec.Struct, metaclass=KwOnlyMeta, frozen=True, tag=True, tag_field="msg_type"):
+    """Base of every message: frozen, keyword-only, tagged with its class name."""
+
+
+class Ask(Message, Generic[R]):
+    """A request answered with an R (or a DomainError)."""
+
+
+class Tell(Message):
+    """A command that expects no reply."""
+
+
+class Event(Message):
+    """Something that happened. Delivered to every actor with a handler for it."""
+
+
+def event_types() -> dict[str, type[Event]]:
+    """Every Event subclass by tag, to decode outbox rows; refuses two events with the same tag."""
+    found: dict[str, type[Event]] = {}
+    stack = list(Event.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        tag = cls.__struct_config__.tag
+        if tag in found and found[tag] is not cls:
+            raise BusError(f"two events share the tag {tag!r}: {found[tag].__module__} and {cls.__module__}")
+        found[tag] = cls
+    return found
+
+
+class BusError(RuntimeError):
+    """A wiring mistake (unknown route, forbidden ask, cyclic graph): a bug, never a user error."""
+
+
+class AskTimeout(Unavailable):
+    code = "ask_timeout"
+    title = "Service timed out"
+
+
+class ActorStopped(Unavailable):
+    code = "actor_stopped"
+    title = "Service stopped"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Actors
+
+current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("simveb_actor", default=None)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def handler(fn: F) -> F:
+    """Mark an actor method as the handler of the message type its first parameter is annotated with.
+
+    An event handler may take a second parameter, a connection: it then runs inside a transaction in
+    which the event id was recorded in the inbox, so its writes and the deduplication commit together.
+    """
+    fn.__simveb_handler__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+@dataclasses.dataclass(slots=True)
+class ActorContext:
+    """What every actor instance receives: the bus to talk, the database, the settings."""
+
+    bus: Bus
+    db: Database | None
+    settings: Settings
+
+
+class Actor:
+    """Base class of the nine domain actors. Subclasses set `name` and mark handlers with @handler."""
+
+    name: ClassVar[str]
+    # Actors that keep no in-memory state may take several messages at once (correctness then
+    # comes from the database: constraints, row locks, SKIP LOCKED).
+    concurrency: ClassVar[int] = 1
+    _handlers: ClassVar[dict[type, tuple[str, bool]]]
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self.ctx = ctx
+        self.bus = ctx.bus
+        self.settings = ctx.settings
+
+    @property
+    def db(self) -> Database:
+        if self.ctx.db is None:
+            raise BusError(f"actor {self.name} needs a database and the bus has none")
+        return self.ctx.db
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        handlers: dict[type, tuple[str, bool]] = {}
+        for base in reversed(cls.__mro__):
+            for attr, fn in vars(base).items():
+                if not getattr(fn, "__simveb_handler__", False):
+                    continue
+                hints = typing.get_type_hints(fn)
+                params = list(inspect.signature(fn).parameters)
+                if len(params) < 2 or params[1] not in hints:
+                    raise BusError(f"{cls.__name__}.{attr}: annotate the message parameter")
+                handlers[hints[params[1]]] = (attr, len(params) >= 3)
+        cls._handlers = handlers
+
+    async def on_start(self) -> None:
+        """Open what the actor needs (clients, caches). A failure leaves the actor down and retried."""
+
+    async def on_stop(self) -> None:
+        """Release what on_start opened."""
+
+    async def emit(self, con: asyncpg.Connection, *events: Event) -> None:
+        """Write events to the outbox in the caller's transaction; they are delivered after commit."""
+        await emit(con, *events, source=self.name)
+
+
+async def emit(con: asyncpg.Connection, *events: Event, source: str | None = None) -> None:
+    """Insert events into bus.outbox on `con` (inside its transaction) and wake the relays on commit."""
+    if not events:
+        return
+    src = source or current_actor.get() or "system"
+    await con.executemany(
+        "INSERT INTO bus.outbox (event_id, source, type, payload) VALUES ($1, $2, $3, $4::text::jsonb)",
+        [(uuid.uuid4(), src, ev.__struct_config__.tag, msgspec.json.encode(ev).decode()) for ev in events],
+    )
+    # NOTIFY is transactional: the relays wake only if this transaction commits.
+    await con.execute("SELECT pg_notify('simveb_outbox', '')")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runtime: envelopes, cells (one per actor), the bus
+
+
+class Envelope:
+    __slots__ = ("event_id", "future", "message", "sender")
+
+    def __init__(
+        self,
+        message: Message,
+        future: asyncio.Future[Any] | None,
+        sender: str | None,
+        event_id: uuid.UUID | None = None,
+    ) -> None:
+        self.message = message
+        self.future = future
+        self.sender = sender
+        self.event_id = event_id
+
+
+_STOP = object()
+
+
+def _expire(future: asyncio.Future[Any], message: Message, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(AskTimeout(f"{type(message).__name__} got no answer within {timeout:g} s"))
+
+
+class LatencyWindow:
+    """Recent ask latencies of one actor (seconds), for percentiles on /metrics and in the CLI."""
+
+    __slots__ = ("count", "samples", "total")
+
+    def __init__(self, size: int = 2048) -> None:
+        self.samples: deque[float] = deque(maxlen=size)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+        self.count += 1
+        self.total += seconds
+
+    def quantile(self, q: float) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Cell:
+    """The runtime side of one actor: its mailbox, workers, current instance, state and counters."""
+
+    def __init__(self, bus: Bus, actor_cls: type[Actor], mailbox_size: int) -> None:
+        self.bus = bus
+        self.actor_cls = actor_cls
+        self.name = actor_cls.name
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(mailbox_size)
+        self.instance: Actor | None = None
+        self.state = "new"  # new | up | restarting | down | stopped
+        self.workers: list[asyncio.Task[None]] = []
+        self.processed = 0
+        self.failures = 0
+        self.restarts = 0
+        self.expired = 0
+        self.latency = LatencyWindow()
+        self._crashes: deque[float] = deque()
+        self._restart_lock = asyncio.Lock()
+        self._retry_task: asyncio.Task[None] | None = None
+
+    # life cycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        instance = self.actor_cls(self.bus.context)
+        try:
+            await instance.on_start()
+        except Exception:
+            log.exception("actor %s failed to start; retrying in the background", self.name)
+            self.state = "down"
+            self._retry_task = asyncio.create_task(self._retry_start())
+        else:
+            self.instance = instance
+            self.state = "up"
+        self.workers = [
+            asyncio.create_task(self._work(), name=f"actor:{self.name}:{i}") for i in range(self.actor_cls.concurrency)
+        ]
+
+    async def _retry_start(self) -> None:
+        delay = 0.5
+        while self.state == "down":
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+            instance = self.actor_cls(self.bus.context)
+            try:
+                await instance.on_start()
+            except Exception:
+                log.warning("actor %s still cannot start", self.name, exc_info=True)
+                continue
+            self.instance = instance
+            self.state = "up"
+            log.info("actor %s is up", self.name)
+
+    async def restart(self) -> None:
+        async with self._restart_lock:
+            self.state = "restarting"
+            self.restarts += 1
+            log.error("actor %s crashed too often: restarting it", self.name)
+            old, self.instance = self.instance, None
+            if old is not None:
+                try:
+                    await old.on_stop()
+                except Exception:
+                    log.exception("actor %s failed to stop cleanly", self.name)
+            self._crashes.clear()
+            instance = self.actor_cls(self.bus.context)
+            try:
+                await instance.on_start()
+            except Exception:
+                log.exception("actor %s failed to restart", self.name)
+                self.state = "down"
+                self._retry_task = asyncio.create_task(self._retry_start())
+                return
+            self.instance = instance
+            self.state = "up"
+
+    async def stop(self, grace: float) -> None:
+        """Drain what is queued (within the grace period), then fail the rest with ActorStopped."""
+        for _ in self.workers:
+            await self.queue.put(_STOP)
+        if self.workers:
+            _done, pending = await asyncio.wait(self.workers, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        while not self.queue.empty():
+            env = self.queue.get_nowait()
+            if env is not _STOP and env.future is not None and not env.future.done():
+                env.future.set_exception(ActorStopped(f"actor {self.name} stopped before handling it"))
+        if self._retry_task is not None:
+            self._retry_task.cancel()
+        if self.instance is not None:
+            try:
+                await self.instance.on_stop()
+            except Exception:
+                log.exception("actor %s failed to stop cleanly", self.name)
+        self.state = "stopped"
+
+    # handling -------------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        current_actor.set(self.name)
+        queue = self.queue
+        while True:
+            env = await queue.get()
+            if env is _STOP:
+                return
+            fut = env.future
+            if fut is not None and fut.done():
+                # The asker gave up (timeout or cancellation) before we started: nobody waits for it.
+                self.expired += 1
+                continue
+            while self.instance is None:
+                # Restarting or down: keep the message until the actor is back (the ask timer runs).
+                await asyncio.sleep(0.05)
+                if fut is not None and fut.done():
+                    break
+            if fut is not None and fut.done():
+                self.expired += 1
+                continue
+            try:
+                result = await self._dispatch(env)
+            except DomainError as exc:
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+                elif fut is None:
+                    log.warning("actor %s refused %s: %s", self.name, type(env.message).__name__, exc)
+            except asyncio.CancelledError:
+                if fut is not None and not fut.done():
+                    fut.set_exception(ActorStopped(f"actor {self.name} stopped while handling it"))
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception(
+                    "actor %s crashed on %s from %s", self.name, type(env.message).__name__, env.sender or "-"
+                )
+                if fut is not None and not fut.done():
+                    fut.set_exception(InternalError(f"{self.name} failed to handle {type(env.message).__name__}"))
+                await self._crashed()
+            else:
+                if fut is not None and not fut.done():
+                    fut.set_result(result)
+            self.processed += 1
+
+    async def _crashed(self) -> None:
+        now = time.monotonic()
+        window = self.bus.settings.crash_window_s
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > window:
+            self._crashes.popleft()
+        if len(self._crashes) >= self.bus.settings.max_crashes:
+            await self.restart()
+
+    async def _dispatch(self, env: Envelope) -> Any:
+        instance = self.instance
+        assert instance is not None
+        entry = instance._handlers.get(type(env.message))
+        if entry is None:
+            raise BusError(f"actor {self.name} has no handler for {type(env.message).__name__}")
+        attr, wants_con = entry
+        method = getattr(instance, attr)
+        if env.event_id is None:
+            return await method(env.message)
+        # An event: deduplicate through the inbox so a redelivery changes nothing.
+        db = self.bus.context.db
+        if db is None:
+            return await method(env.message)
+        if wants_con:
+            async with db.transaction() as con:
+                fresh = await con.fetchval(
+                    "INSERT INTO bus.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+                    self.name,
+                    env.event_id,
+                )
+                if fresh:
+                    await method(env.message, con)
+            return None
+        async with db.pool.acquire() as con:
+            seen = await con.fetchval(
+                "SELECT true FROM bus.inbox WHERE consumer = $1 AND event_id = $2", self.name, env.event_id
+            )
+        if seen:
+            return None
+        await method(env.message)
+        async with db.pool.acquire() as con:
+            await con.execute(
+                "INSERT INTO bus.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                self.name,
+                env.event_id,
+            )
+        return None
+
+
+class Bus:
+    """Routes messages to actors' mailboxes; owns their cells, the ask graph and the counters."""
+
+    def __init__(self, settings: Settings, db: Database | None = None) -> None:
+        self.settings: BusSettings = settings.bus
+        self.context = ActorContext(bus=self, db=db, settings=settings)
+        self.cells: dict[str, Cell] = {}
+        self._routes: dict[type, Cell] = {}
+        self._subscribers: dict[type, list[Cell]] = {}
+        self._graph: dict[str, frozenset[str]] = {}
+        self.accepting = False
+        self.dead_letters = 0
+        self.started = False
+
+    # wiring ---------------------------------------------------------------------------------------
+
+    def add(self, actor_cls: type[Actor]) -> None:
+        if actor_cls.name in self.cells:
+            raise BusError(f"two actors named {actor_cls.name}")
+        cell = Cell(self, actor_cls, self.settings.mailbox_size)
+        self.cells[actor_cls.name] = cell
+        for msg_type in actor_cls._handlers:
+            if issubclass(msg_type, Event):
+                self._subscribers.setdefault(msg_type, []).append(cell)
+            elif msg_type in self._routes:
+                raise BusError(f"{msg_type.__name__} is handled by {self._routes[msg_type].name} and {cell.name}")
+            else:
+                self._routes[msg_type] = cell
+
+    def declare_graph(self, graph: Mapping[str, Iterable[str]]) -> None:
+        """Set which actor may ask which, and refuse unknown names and cycles (they deadlock)."""
+        normalised = {name: frozenset(targets) for name, targets in graph.items()}
+        for name, targets in normalised.items():
+            for n in (name, *targets):
+                if n not in self.cells:
+                    raise BusError(f"ask graph names an unknown actor {n!r}")
+        check_acyclic(normalised)
+        self._graph = normalised
+
+    def start_order(self) -> list[str]:
+        """Actors that are asked start before those that ask them."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(name: str) -> None:
+            if name in seen:
+                return
+            seen.add(name)
+            for target in sorted(self._graph.get(name, ())):
+                visit(target)
+            order.append(name)
+
+        for name in self.cells:
+            visit(name)
+        return order
+
+    async def start(self) -> None:
+        event_types()  # refuse duplicate event tags before anything runs
+        for name in self.start_order():
+            await self.cells[name].start()
+        self.accepting = True
+        self.started = True
+
+    async def stop(self) -> None:
+        """Refuse new messages, drain mailboxes (askers first), stop actors in reverse start order."""
+        self.accepting = False
+        for name in reversed(self.start_order()):
+            await self.cells[name].stop(self.settings.shutdown_grace_s)
+        self.started = False
+
+    # sending --------------------------------------------------------------------------------------
+
+    def _target(self, message: Message) -> Cell:
+        cell = self._routes.get(type(message))
+        if cell is None:
+            self.dead_letters += 1
+            log.error("dead letter: no actor handles %s", type(message).__name__)
+            raise BusError(f"no actor handles {type(message).__name__}")
+        sender = current_actor.get()
+        if sender is not None and sender != cell.name and cell.name not in self._graph.get(sender, ()):
+            raise BusError(f"actor {sender} may not ask {cell.name} (not in the declared ask graph)")
+        if not self.accepting or cell.state == "stopped":
+            self.dead_letters += 1
+            log.warning("dead letter: %s sent to stopped actor %s", type(message).__name__, cell.name)
+            raise ActorStopped(f"actor {cell.name} is not running")
+        return cell
+
+    async def ask(self, message: Ask[R], *, timeout: float | None = None) -> R:
+        """Send a request and wait for its reply; a DomainError raised by the handler is raised here."""
+        cell = self._target(message)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        limit = timeout or self.settings.ask_timeout_s
+        timer = loop.call_later(limit, _expire, fut, message, limit)
+        started = time.perf_counter()
+        try:
+            env = Envelope(message, fut, current_actor.get())
+            try:
+                cell.queue.put_nowait(env)
+            except asyncio.QueueFull:
+                await self._put_when_room(cell, env, fut)
+            return await fut
+        finally:
+            timer.cancel()
+            cell.latency.add(time.perf_counter() - started)
+
+    async def _put_when_room(self, cell: Cell, env: Envelope, fut: asyncio.Future[Any]) -> None:
+        # Backpressure: a full mailbox makes the sender wait, but never past its ask timeout.
+        put = asyncio.ensure_future(cell.queue.put(env))
+        await asyncio.wait({put, fut}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await put
+
+    async def tell(self, message: Tell | Ask[Any]) -> None:
+        """Queue a message without waiting for it to be handled (waits only while the mailbox is full)."""
+        cell = self._target(message)
+        await cell.queue.put(Envelope(message, None, current_actor.get()))
+
+    async def publish(self, event: Event, *, event_id: uuid.UUID | None = None) -> int:
+        """Non-durable fan-out of an event to its subscribers; returns how many got it."""
+        cells = self._subscribers.get(type(event), [])
+        if not cells:
+            self.dead_letters += 1
+            log.debug("event %s has no subscriber", type(event).__name__)
+        eid = event_id or uuid.uuid4()
+        for cell in cells:
+            await cell.queue.put(Envelope(event, None, current_actor.get(), eid))
+        return len(cells)
+
+    async def deliver(self, event_id: uuid.UUID, event: Event, *, timeout: float | None = None) -> list[str]:
+        """Deliver one outbox event to every subscriber and wait; return the names that failed."""
+        cells = self._subscribers.get(type(event), [])
+        loop = asyncio.get_running_loop()
+        waits = []
+        for cell in cells:
+            if cell.state == "stopped" or not self.accepting:
+                waits.append((cell, None))
+                continue
+            fut: asyncio.Future[Any] = loop.create_future()
+            await cell.queue.put(Envelope(event, fut, "relay", event_id))
+            waits.append((cell, fut))
+        limit = timeout or self.settings.ask_timeout_s
+        failed = []
+        for cell, fut in waits:
+            if fut is None:
+                failed.append(cell.name)
+                continue
+            try:
+                await asyncio.wait_for(fut, limit)
+            except (TimeoutError, Exception):
+                failed.append(cell.name)
+        return failed
+
+    def has_subscribers(self, event_type: type[Event]) -> bool:
+        return bool(self._subscribers.get(event_type))
+
+    # observation ----------------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        return [name for name, cell in self.cells.items() if cell.state != "up"]
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "state": cell.state,
+                "mailbox_depth": cell.queue.qsize(),
+                "processed": cell.processed,
+                "failures": cell.failures,
+                "restarts": cell.restarts,
+                "expired": cell.expired,
+                "asks": cell.latency.count,
+                "ask_seconds_sum": cell.latency.total,
+                "ask_p50_s": cell.latency.quantile(0.5),
+                "ask_p99_s": cell.latency.quantile(0.99),
+            }
+            for name, cell in self.cells.items()
+        }
+
+
+def check_acyclic(graph: Mapping[str, Iterable[str]]) -> None:
+    """Raise BusError naming a cycle of the ask graph if there is one."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                cycle = [*path[path.index(nxt) :], nxt]
+                raise BusError("ask graph has a cycle: " + " -> ".join(cycle))
+            if state.get(nxt) is None:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in list(graph):
+        if state.get(node) is None:
+            visit(node)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outbox relay
+
+
+class OutboxRelay:
+    """Delivers committed outbox rows to subscribers: woken by NOTIFY, claims with SKIP LOCKED.
+
+    Several relays (in one process or many) can run at once: each row is claimed by one of them.
+    A row is marked published only when every subscriber handled it; a failing subscriber gets the
+    row again later (backoff), and the others skip it through their inbox.
+    """
+
+    def __init__(self, bus: Bus, db: Database, *, name: str = "relay") -> None:
+        self.bus = bus
+        self.db = db
+        self.name = name
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncpg.Connection | None = None
+        self.delivered = 0
+        self.dead = 0
+
+    async def start(self) -> None:
+        self._listener = await self.db.pool.acquire()
+        await self._listener.add_listener("simveb_outbox", self._notified)
+        self._wake.set()  # catch up on whatever was committed before this start
+        self._task = asyncio.create_task(self._run(), name=f"outbox:{self.name}")
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.remove_listener("simveb_outbox", self._notified)
+            await self.db.pool.release(self._listener)
+            self._listener = None
+
+    async def _run(self) -> None:
+        poll = self.bus.settings.relay_poll_s
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), poll)
+            self._wake.clear()
+            try:
+                while await self.drain_once():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay %s failed; retrying", self.name)
+                await asyncio.sleep(1.0)
+
+    async def drain_once(self) -> int:
+        """Claim and deliver one batch; return how many rows were claimed."""
+        types = event_types()
+        settings = self.bus.settings
+        async with self.db.transaction() as con:
+            rows = await con.fetch(
+                "SELECT id, event_id, type, payload::text AS payload, attempts FROM bus.outbox"
+                " WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now()"
+                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                settings.relay_batch,
+            )
+            if not rows:
+                return 0
+            done, retry, dead = [], [], []
+            for row in rows:
+                cls = types.get(row["type"])
+                if cls is None:
+                    log.error("dead letter: outbox row %s has unknown event type %s", row["id"], row["type"])
+                    dead.append(row["id"])
+                    continue
+                event = msgspec.json.decode(row["payload"], type=cls)
+                failed = await self.bus.deliver(row["event_id"], event)
+                if not failed:
+                    done.append(row["id"])
+                elif row["attempts"] + 1 >= settings.event_max_attempts:
+                    log.error("dead letter: event %s (%s) failed at %s", row["event_id"], row["type"], failed)
+                    dead.append(row["id"])
+                else:
+                    retry.append(row["id"])
+            if done:
+                await con.execute("UPDATE bus.outbox SET published_at = now() WHERE id = ANY($1)", done)
+            if retry:
+                await con.execute(
+                    "UPDATE bus.outbox SET attempts = attempts + 1,"
+                    " next_attempt_at = now() + make_interval(secs => least(60, 2 ^ attempts)),"
+                    " last_error = 'subscriber failed' WHERE id = ANY($1)",
+                    retry,
+                )
+            if dead:
+                await con.execute(
+                    "UPDATE bus.outbox SET dead_at = now(), attempts = attempts + 1 WHERE id = ANY($1)", dead
+                )
+                self.bus.dead_letters += len(dead)
+                self.dead += len(dead)
+            self.delivered += len(done)
+            return len(rows)

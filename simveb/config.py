@@ -1,0 +1,209 @@
+"""Process settings: `config.toml` decoded into msgspec Structs, overridden by `SIMVEB_<SECTION>__<KEY>`.
+
+This module owns every setting of the process and the rules that refuse a dangerous combination
+(production on the embedded database, on sandbox providers, or without a signing key). Domain
+values that admins change at run time (fees, procedures, feature flags) are not here: they belong
+to the config actor and live in its schema.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of every section: unknown keys are an error, not silently ignored."""
+
+
+class ServerSettings(Section):
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    workers: Positive = 1
+    data_dir: str = "./data"
+    public_url: str = "http://127.0.0.1:8000"
+    cors_origins: list[str] = msgspec.field(default_factory=lambda: ["http://localhost:3000"])
+    max_body_bytes: Positive = 1_048_576
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Mount the provider simulators under /sandbox and seed reference data on an empty database.
+    sandbox: bool = True
+    # Production refuses the embedded database unless this is set on purpose (a single-box pilot).
+    allow_embedded_db: bool = False
+
+
+class DatabaseSettings(Section):
+    url: str = ""
+    pool_min: NonNegative = 2
+    pool_max: Positive = 10
+    migrate_on_start: bool = True
+    command_timeout_s: PositiveFloat = 30.0
+
+
+class RedisSettings(Section):
+    url: str = ""
+
+
+class BusSettings(Section):
+    mailbox_size: Positive = 1000
+    ask_timeout_s: PositiveFloat = 10.0
+    # Supervision: this many crashes inside the window restart the actor.
+    max_crashes: Positive = 5
+    crash_window_s: PositiveFloat = 10.0
+    shutdown_grace_s: PositiveFloat = 10.0
+    relay_batch: Positive = 200
+    relay_poll_s: PositiveFloat = 5.0
+    event_max_attempts: Positive = 10
+
+
+class SecuritySettings(Section):
+    issuer: str = "simveb"
+    audience: str = "simveb-api"
+    # Ed25519 private key (PEM). Set it through SIMVEB_SECURITY__SIGNING_KEY, never in a file.
+    # Empty in development: a key pair is generated into <data_dir>/keys on first start.
+    signing_key: str = ""
+    leeway_s: NonNegative = 5
+
+
+class RateLimitSettings(Section):
+    enabled: bool = True
+    # Requests per minute per client address on the whole API.
+    per_minute: Positive = 600
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
+    bus: BusSettings = msgspec.field(default_factory=BusSettings)
+    security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
+    ratelimit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir).expanduser().resolve()
+
+    @property
+    def is_production(self) -> bool:
+        return self.server.env == "production"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or unsafe. The message is one line naming the key."""
+
+
+ENV_PREFIX = "SIMVEB_"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (explicit path, `SIMVEB_CONFIG`, or `./config.toml`), apply overrides, validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    chosen = path or environ.get("SIMVEB_CONFIG")
+    if chosen is None and Path("config.toml").is_file():
+        chosen = "config.toml"
+    if chosen is not None:
+        file = Path(chosen)
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+        try:
+            raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    _apply_env(raw, environ)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+    check_safety(settings, environ)
+    return settings
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    fields = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
+        section_type = fields.get(section)
+        if section_type is None:
+            raise ConfigError(f"{name}: unknown settings section {section!r}")
+        key_types = {f.name: f.type for f in msgspec.structs.fields(section_type)}
+        if key not in key_types:
+            raise ConfigError(f"{name}: unknown setting {section}.{key}")
+        raw.setdefault(section, {})[key] = _parse_env_value(value, key_types[key])
+
+
+def _parse_env_value(value: str, target: Any) -> Any:
+    """Environment values are strings; lists may be JSON or comma-separated, the rest JSON-ish scalars."""
+    if target is str or (isinstance(target, type) and issubclass(target, str)):
+        return value
+    origin = getattr(target, "__origin__", None)
+    try:
+        return msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        if origin is list:
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    message = str(exc)
+    text, _, where = message.partition(" - at `$.")
+    if where:
+        key = where.rstrip("`")
+        return f"invalid setting {key}: {text[0].lower() + text[1:]}"
+    return f"invalid settings: {message}"
+
+
+def sandbox_urls(settings: Settings) -> list[str]:
+    """Every `*_url` setting that points at the built-in simulators."""
+    found = []
+    for section in msgspec.structs.fields(settings):
+        value = getattr(settings, section.name)
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if field.name.endswith("url") and isinstance(item, str) and "/sandbox" in item:
+                found.append(f"{section.name}.{field.name}")
+    return found
+
+
+def check_safety(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse settings that are fine on a laptop and dangerous in production."""
+    if not settings.is_production:
+        return
+    if not settings.database.url and not settings.server.allow_embedded_db:
+        raise ConfigError(
+            "database.url: production needs a PostgreSQL URL (the embedded database is for development;"
+            " set server.allow_embedded_db = true to override on purpose)"
+        )
+    if settings.server.sandbox:
+        raise ConfigError("server.sandbox: production refuses the provider simulators (set it to false)")
+    sandboxed = sandbox_urls(settings)
+    if sandboxed:
+        raise ConfigError(f"{sandboxed[0]}: production refuses a sandbox provider endpoint")
+    if not settings.security.signing_key:
+        raise ConfigError(
+            "security.signing_key: production needs the Ed25519 signing key in SIMVEB_SECURITY__SIGNING_KEY"
+        )
+
+
+def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
+    """A copy of settings with some keys replaced, e.g. with_overrides(s, server={"port": 0})."""
+    raw = msgspec.to_builtins(settings)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None

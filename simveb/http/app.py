@@ -1,0 +1,356 @@
+"""The HTTP shell: `create_app(settings)` builds the Litestar application around a Runtime.
+
+It owns what every route shares: problem+json errors (RFC 9457), request ids, JSON logs, CORS, the
+body size limit, rate limits, health and readiness, Prometheus metrics and the OpenAPI schema.
+Domain controllers live in `simveb/http/<domain>.py` and only translate HTTP to bus messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from litestar import Controller, Litestar, MediaType, Request, Response, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware.rate_limit import RateLimitConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.stores.memory import MemoryStore
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+import simveb
+from simveb import migrate
+from simveb.bus import Bus
+from simveb.config import Settings
+from simveb.errors import DomainError
+from simveb.http import config as config_http
+from simveb.http.logs import configure_logging, request_id_var
+from simveb.http.security import TokenVerifier, authenticated, bearer_middleware
+from simveb.runtime import Runtime
+
+log = logging.getLogger("simveb.http")
+access_log = logging.getLogger("simveb.access")
+
+PROBLEM = "application/problem+json"
+_TITLES = {
+    400: "Bad request",
+    401: "Authentication required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Invalid input",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Service unavailable",
+}
+
+
+# --- problem+json -----------------------------------------------------------------------------------
+
+
+def problem(
+    request: Request[Any, Any, Any], status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response[Any]:
+    body.setdefault("instance", request.url.path)
+    rid = request_id_var.get() or request.headers.get("x-request-id") or uuid.uuid4().hex
+    return Response(
+        content=body,
+        status_code=status,
+        media_type=PROBLEM,
+        headers={**(headers or {}), "X-Request-ID": rid},
+    )
+
+
+def _domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[Any]:
+    if exc.status >= 500:
+        log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.status, exc.detail)
+    return problem(request, exc.status, exc.problem(), exc.headers)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    code = _TITLES.get(status, "error").lower().replace(" ", "_")
+    detail = exc.detail or _TITLES.get(status, "Error")
+    body: dict[str, Any] = {
+        "type": f"https://simveb.bj/problems/{code.replace('_', '-')}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if isinstance(exc, ValidationException):
+        body["code"] = "validation_error"
+        body["type"] = "https://simveb.bj/problems/validation-error"
+        body["errors"] = exc.extra if isinstance(exc.extra, list) else [exc.extra]
+        fields = [e.get("key") for e in body["errors"] if isinstance(e, dict) and e.get("key")]
+        if fields:
+            body["detail"] = f"{exc.detail} ({', '.join(str(f) for f in fields)})"
+    elif status == 413:
+        body["code"] = "payload_too_large"
+    return problem(request, status, body, dict(exc.headers or {}))
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = {
+        "type": "https://simveb.bj/problems/internal-error",
+        "title": "Internal error",
+        "status": 500,
+        "detail": "an unexpected error occurred; it was logged with this request's id",
+        "code": "internal_error",
+    }
+    return problem(request, 500, body)
+
+
+# --- request id, access log, HTTP metrics -----------------------------------------------------------
+
+
+class HttpMetrics:
+    """HTTP metrics in the app's own registry (several apps in one test process never collide)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "simveb_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+        )
+        self.duration = Histogram(
+            "simveb_http_request_duration_seconds",
+            "HTTP request duration",
+            ["method", "route"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+
+
+def request_context_middleware(app: ASGIApp) -> ASGIApp:
+    """X-Request-ID in and out, one JSON access line, and HTTP metrics per route template."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")[:128]
+                break
+        rid = incoming or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        started = time.perf_counter()
+        status_holder = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-request-id" for k, _ in headers):
+                    headers.append((b"x-request-id", rid.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - started
+            handler = scope.get("route_handler")
+            route = scope.get("path_template") or (sorted(handler.paths)[0] if handler else "unmatched")
+            metrics: HttpMetrics | None = getattr(scope["app"].state, "http_metrics", None)
+            if metrics is not None:
+                metrics.requests.labels(scope["method"], route, str(status_holder[0])).inc()
+                metrics.duration.labels(scope["method"], route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %s",
+                    scope["method"],
+                    scope["path"],
+                    status_holder[0],
+                    extra={"status": status_holder[0], "duration_ms": round(elapsed * 1000, 2), "route": route},
+                )
+            request_id_var.reset(token)
+
+    return middleware
+
+
+class BusCollector:
+    """Per-actor bus metrics, read from the bus at scrape time (nothing is added to the hot path)."""
+
+    def __init__(self, app: Litestar) -> None:
+        self.app = app
+
+    def collect(self) -> Any:
+        runtime: Runtime | None = getattr(self.app.state, "runtime", None)
+        if runtime is None or runtime.bus is None:
+            return
+        bus = runtime.bus
+        depth = GaugeMetricFamily("simveb_bus_mailbox_depth", "Messages waiting in the mailbox", labels=["actor"])
+        up = GaugeMetricFamily("simveb_bus_actor_up", "1 when the actor is up", labels=["actor"])
+        processed = CounterMetricFamily("simveb_bus_messages", "Messages handled", labels=["actor"])
+        failures = CounterMetricFamily("simveb_bus_failures", "Handler crashes", labels=["actor"])
+        restarts = CounterMetricFamily("simveb_bus_restarts", "Actor restarts", labels=["actor"])
+        asks = CounterMetricFamily("simveb_bus_asks", "Asks answered or timed out", labels=["actor"])
+        ask_sum = CounterMetricFamily("simveb_bus_ask_seconds", "Total ask latency", labels=["actor"])
+        quant = GaugeMetricFamily(
+            "simveb_bus_ask_latency_seconds", "Ask latency over recent asks", labels=["actor", "quantile"]
+        )
+        for name, s in bus.stats().items():
+            depth.add_metric([name], s["mailbox_depth"])
+            up.add_metric([name], 1.0 if s["state"] == "up" else 0.0)
+            processed.add_metric([name], s["processed"])
+            failures.add_metric([name], s["failures"])
+            restarts.add_metric([name], s["restarts"])
+            asks.add_metric([name], s["asks"])
+            ask_sum.add_metric([name], s["ask_seconds_sum"])
+            quant.add_metric([name, "0.5"], s["ask_p50_s"])
+            quant.add_metric([name, "0.99"], s["ask_p99_s"])
+        dead = CounterMetricFamily("simveb_bus_dead_letters", "Messages and events nobody could handle")
+        dead.add_metric([], bus.dead_letters)
+        yield from (depth, up, processed, failures, restarts, asks, ask_sum, quant, dead)
+        if runtime.relay is not None:
+            delivered = CounterMetricFamily("simveb_outbox_delivered", "Outbox events delivered")
+            delivered.add_metric([], runtime.relay.delivered)
+            yield delivered
+
+
+# --- health and metrics routes ----------------------------------------------------------------------
+
+
+class HealthController(Controller):
+    path = "/health"
+    tags = ["health"]
+
+    @get("/live", opt={"public": True}, media_type=MediaType.JSON)
+    async def live(self) -> dict[str, str]:
+        """The process is running."""
+        return {"status": "ok", "version": simveb.__version__}
+
+    @get("/ready", opt={"public": True}, media_type=MediaType.JSON)
+    async def ready(self, state: State) -> Response[dict[str, Any]]:
+        """Database reachable, every actor up, no pending migration."""
+        runtime: Runtime = state.runtime
+        checks: dict[str, Any] = {}
+        db_ok = runtime.db is not None and await runtime.db.ping()
+        checks["database"] = "ok" if db_ok else "unreachable"
+        down = runtime.bus.down() if runtime.bus is not None else ["bus"]
+        checks["actors"] = "ok" if not down else {"down": down}
+        pending = None
+        if db_ok:
+            async with runtime.db.pool.acquire() as con:  # type: ignore[union-attr]
+                pending = await migrate.pending_count(con)
+        checks["migrations"] = "ok" if pending == 0 else {"pending": pending}
+        ready = db_ok and not down and pending == 0
+        return Response(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
+
+
+@get("/metrics", opt={"public": True}, media_type="text/plain; version=0.0.4", include_in_schema=False)
+async def metrics(state: State) -> bytes:
+    """Prometheus metrics: HTTP requests and per-actor bus figures."""
+    return generate_latest(state.metrics_registry)
+
+
+# --- assembly ---------------------------------------------------------------------------------------
+
+
+def _bus(state: State) -> Bus:
+    return state.runtime.bus
+
+
+def _controllers() -> Sequence[Any]:
+    return [HealthController, metrics, *config_http.CONTROLLERS]
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litestar:
+    """The application. With `runtime` given (tests, benchmarks) the caller owns its life cycle."""
+    configure_logging(settings.server.log_level)
+    registry = CollectorRegistry()
+    owns_runtime = runtime is None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        rt = runtime or Runtime(settings)
+        if owns_runtime:
+            await rt.start()
+        app.state.runtime = rt
+        assert rt.keys is not None
+        app.state.verifier = TokenVerifier(
+            rt.keys,
+            issuer=settings.security.issuer,
+            audience=settings.security.audience,
+            leeway=settings.security.leeway_s,
+        )
+        try:
+            yield
+        finally:
+            if owns_runtime:
+                await rt.stop()
+
+    stores: dict[str, Any] = {"rate_limit": MemoryStore()}
+    if settings.redis.url:
+        from litestar.stores.redis import RedisStore
+
+        stores["rate_limit"] = RedisStore.with_client(url=settings.redis.url, namespace="simveb:ratelimit")
+    middleware: list[Any] = [request_context_middleware, bearer_middleware()]
+    if settings.ratelimit.enabled:
+        middleware.append(
+            RateLimitConfig(
+                rate_limit=("minute", settings.ratelimit.per_minute),
+                exclude=["^/health", "^/metrics", "^/schema", "^/sandbox"],
+            ).middleware
+        )
+
+    app = Litestar(
+        route_handlers=list(_controllers()),
+        lifespan=[lifespan],
+        dependencies={"bus": Provide(_bus, sync_to_thread=False)},
+        guards=[authenticated],
+        middleware=middleware,
+        cors_config=CORSConfig(
+            allow_origins=settings.server.cors_origins,
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "ETag", "Retry-After"],
+            allow_credentials=False,
+        ),
+        request_max_body_size=settings.server.max_body_bytes,
+        exception_handlers={
+            DomainError: _domain_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="SIMVEB API",
+            version=simveb.__version__,
+            description="Vehicle registration system of Benin. Errors are RFC 9457 problem+json.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT (EdDSA)")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        stores=stores,
+        state=State({"settings": settings, "metrics_registry": registry}),
+        debug=False,
+    )
+    app.state.http_metrics = HttpMetrics(registry)
+    registry.register(BusCollector(app))  # type: ignore[arg-type]
+    return app
+
+
+def app_from_env() -> Litestar:
+    """Factory for the ASGI server (granian `--factory`): settings from SIMVEB_CONFIG and the environment."""
+    from simveb.config import load_settings
+
+    return create_app(load_settings())

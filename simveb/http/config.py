@@ -1,0 +1,236 @@
+"""HTTP routes of the config service: public reads, admin writes (permission `config:write`)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, get, post, put
+from litestar.params import Parameter
+
+from simveb.actors.config.messages import (
+    Amount,
+    Code,
+    CreateFee,
+    CreateService,
+    FeatureFlag,
+    Fee,
+    FeeFields,
+    FeeKind,
+    GetService,
+    HistoryEntry,
+    IsFeatureEnabled,
+    Key,
+    ListFeatures,
+    ListFees,
+    ListHistory,
+    ListServices,
+    ListSettings,
+    Percent,
+    PutFeature,
+    PutSetting,
+    Quote,
+    QuoteFee,
+    Service,
+    ServiceFields,
+    Setting,
+    SettingType,
+    UpdateFee,
+    UpdateService,
+    WorkflowStep,
+)
+from simveb.bus import Bus, KwOnlyMeta
+from simveb.http.security import principal, requires
+
+PUBLIC = {"public": True}
+WRITE = [requires("config:write")]
+
+
+class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
+    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
+
+
+class SettingIn(Input):
+    value: Any
+    type: SettingType | None = None
+    public: bool | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class ServiceIn(Input):
+    code: Code
+    label_fr: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    label_en: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    required_documents: list[Code] = []
+    workflow: list[WorkflowStep] = []
+    active: bool = True
+
+
+class ServiceUpdate(Input):
+    label_fr: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    label_en: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    required_documents: list[Code] = []
+    workflow: list[WorkflowStep] = []
+    active: bool = True
+
+
+class FeeIn(Input):
+    service_code: Code
+    kind: FeeKind
+    match: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    amount: Amount
+    active: bool = True
+
+
+class FeatureIn(Input):
+    enabled: bool
+    rollout_percent: Percent | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class FeatureState(msgspec.Struct, kw_only=True):
+    key: str
+    subject: str | None
+    enabled: bool
+
+
+def _who(request: Request[Any, Any, Any]) -> str:
+    user = principal(request)
+    return user.sub if user else "anonymous"
+
+
+def _service_fields(data: ServiceIn | ServiceUpdate) -> ServiceFields:
+    return ServiceFields(
+        label_fr=data.label_fr,
+        label_en=data.label_en,
+        description=data.description,
+        required_documents=data.required_documents,
+        workflow=data.workflow,
+        active=data.active,
+    )
+
+
+def _fee_fields(data: FeeIn) -> FeeFields:
+    return FeeFields(**msgspec.structs.asdict(data))
+
+
+class ConfigController(Controller):
+    path = "/api/config"
+    tags = ["config"]
+
+    @get("/settings", opt=PUBLIC)
+    async def list_settings(self, bus: Bus, request: Request[Any, Any, Any]) -> list[Setting]:
+        """Settings: the public ones, or all of them for a caller with config:read or config:write."""
+        user = principal(request)
+        private = bool(user and (user.can("config:read") or user.can("config:write")))
+        return await bus.ask(ListSettings(include_private=private))
+
+    @put("/settings/{key:str}", guards=WRITE)
+    async def put_setting(self, bus: Bus, request: Request[Any, Any, Any], key: str, data: SettingIn) -> Setting:
+        """Create or change a setting (typed value)."""
+        _ = msgspec.convert(key, Key)  # the path segment obeys the same rule as a body key
+        return await bus.ask(
+            PutSetting(
+                key=key,
+                value=data.value,
+                type=data.type,
+                public=data.public,
+                description=data.description,
+                by=_who(request),
+            )
+        )
+
+    @get("/services", opt=PUBLIC)
+    async def list_services(self, bus: Bus, include_inactive: bool = False) -> list[Service]:
+        """The procedure catalogue."""
+        return await bus.ask(ListServices(include_inactive=include_inactive))
+
+    @get("/services/{code:str}", opt=PUBLIC)
+    async def get_service(self, bus: Bus, code: str) -> Service:
+        """One procedure, with its required documents and workflow."""
+        return await bus.ask(GetService(code=code))
+
+    @post("/services", guards=WRITE)
+    async def create_service(self, bus: Bus, request: Request[Any, Any, Any], data: ServiceIn) -> Service:
+        """Add a procedure to the catalogue."""
+        return await bus.ask(CreateService(code=data.code, fields=_service_fields(data), by=_who(request)))
+
+    @put("/services/{code:str}", guards=WRITE)
+    async def update_service(
+        self, bus: Bus, request: Request[Any, Any, Any], code: str, data: ServiceUpdate
+    ) -> Service:
+        """Replace a procedure's labels, documents, workflow or active flag."""
+        return await bus.ask(UpdateService(code=code, fields=_service_fields(data), by=_who(request)))
+
+    @get("/fees", opt=PUBLIC)
+    async def list_fees(self, bus: Bus, service: str | None = None) -> list[Fee]:
+        """The fee grid (integer XOF), optionally for one service."""
+        return await bus.ask(ListFees(service_code=service))
+
+    @get("/fees/quote", opt=PUBLIC)
+    async def quote(
+        self,
+        bus: Bus,
+        service: str,
+        owner_type: str,
+        vehicle_category: str,
+        characteristic: Annotated[list[str] | None, Parameter(required=False)] = None,
+    ) -> Quote:
+        """Price a procedure for an owner type, a vehicle category and characteristics, with the breakdown."""
+        return await bus.ask(
+            QuoteFee(
+                service_code=service,
+                owner_type=owner_type,
+                vehicle_category=vehicle_category,
+                characteristics=characteristic or [],
+            )
+        )
+
+    @post("/fees", guards=WRITE)
+    async def create_fee(self, bus: Bus, request: Request[Any, Any, Any], data: FeeIn) -> Fee:
+        """Add a base cost or an adjustment."""
+        return await bus.ask(CreateFee(fields=_fee_fields(data), by=_who(request)))
+
+    @put("/fees/{fee_id:uuid}", guards=WRITE)
+    async def update_fee(self, bus: Bus, request: Request[Any, Any, Any], fee_id: UUID, data: FeeIn) -> Fee:
+        """Change a fee line."""
+        return await bus.ask(UpdateFee(fee_id=fee_id, fields=_fee_fields(data), by=_who(request)))
+
+    @get("/features", opt=PUBLIC)
+    async def list_features(self, bus: Bus) -> list[FeatureFlag]:
+        """Feature flags and their rollout."""
+        return await bus.ask(ListFeatures())
+
+    @get("/features/{key:str}/state", opt=PUBLIC)
+    async def feature_state(self, bus: Bus, key: str, subject: str | None = None) -> FeatureState:
+        """Whether a flag is on for a subject (stable per subject under a percentage rollout)."""
+        enabled = await bus.ask(IsFeatureEnabled(key=key, subject=subject))
+        return FeatureState(key=key, subject=subject, enabled=enabled)
+
+    @put("/features/{key:str}", guards=WRITE)
+    async def put_feature(self, bus: Bus, request: Request[Any, Any, Any], key: str, data: FeatureIn) -> FeatureFlag:
+        """Switch a flag on or off, with an optional rollout percentage."""
+        _ = msgspec.convert(key, Key)
+        return await bus.ask(
+            PutFeature(
+                key=key,
+                enabled=data.enabled,
+                rollout_percent=data.rollout_percent,
+                description=data.description,
+                by=_who(request),
+            )
+        )
+
+    @get("/history", guards=WRITE)
+    async def history(
+        self, bus: Bus, entity: str | None = None, key: str | None = None, limit: int = 100
+    ) -> list[HistoryEntry]:
+        """Every change: who, when, old -> new."""
+        return await bus.ask(ListHistory(entity=entity, key=key, limit=max(1, min(limit, 500))))
+
+
+CONTROLLERS = [ConfigController]

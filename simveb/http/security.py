@@ -1,0 +1,136 @@
+"""Bearer token verification and permission guards for every HTTP route.
+
+Tokens are EdDSA (Ed25519) JWTs; the algorithm is pinned, `iss`, `aud`, `exp` and `typ` are checked,
+and the key is chosen by `kid` from the key ring. Every route needs a valid token unless its handler
+is declared with `opt={"public": True}`; `requires(...)` adds permission checks on top. Decisions
+that need more than the token (object ownership) are the actors'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+import msgspec
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware.base import DefineMiddleware
+
+from simveb.errors import Forbidden, Unauthorized
+from simveb.keys import ALGORITHM, KeyRing
+
+ACCESS_TYPE = "at+jwt"
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who is calling, as the access token says."""
+
+    sub: str
+    roles: tuple[str, ...] = ()
+    permissions: frozenset[str] = frozenset()
+    jti: str | None = None
+    exp: int | None = None
+
+    def can(self, *permissions: str) -> bool:
+        return all(p in self.permissions for p in permissions)
+
+    def has_role(self, *roles: str) -> bool:
+        return any(r in self.roles for r in roles)
+
+
+class TokenVerifier:
+    """Verifies access tokens against the key ring; `is_revoked(jti)` lets the auth service deny one."""
+
+    def __init__(self, keys: KeyRing, *, issuer: str, audience: str, leeway: int = 5) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.is_revoked: Callable[[str], bool] = lambda _jti: False
+
+    def verify(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token", code="invalid_token") from None
+        if header.get("alg") != ALGORITHM:
+            raise Unauthorized("token algorithm not accepted", code="invalid_token")
+        if header.get("typ") != ACCESS_TYPE:
+            raise Unauthorized("not an access token", code="invalid_token")
+        key = self.keys.public.get(header.get("kid", ""))
+        if key is None:
+            raise Unauthorized("token signed by an unknown key", code="invalid_token")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired", code="token_expired") from None
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"invalid token: {exc}", code="invalid_token") from None
+        jti = claims.get("jti")
+        if jti and self.is_revoked(jti):
+            raise Unauthorized("token revoked", code="token_revoked")
+        return Principal(
+            sub=str(claims["sub"]),
+            roles=tuple(claims.get("roles", ())),
+            permissions=frozenset(claims.get("permissions", ())),
+            jti=jti,
+            exp=claims.get("exp"),
+        )
+
+
+class BearerMiddleware(AbstractAuthenticationMiddleware):
+    """Sets `request.user` to a Principal when a valid bearer token is present, None otherwise.
+
+    A present but invalid token is always refused (401), even on a public route: a client that sends
+    a forged or expired token must learn it, not be silently treated as anonymous.
+    """
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        header = connection.headers.get("authorization")
+        if not header:
+            return AuthenticationResult(user=None, auth=None)
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("expected 'Authorization: Bearer <token>'", code="invalid_token")
+        verifier: TokenVerifier = connection.app.state.verifier
+        return AuthenticationResult(user=verifier.verify(token.strip()), auth=token)
+
+
+def bearer_middleware() -> DefineMiddleware:
+    return DefineMiddleware(BearerMiddleware, exclude=["^/health", "^/metrics", "^/schema"])
+
+
+def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """App-wide guard: a token is required unless the handler says it is public."""
+    if handler.opt.get("public"):
+        return
+    if not isinstance(connection.scope.get("user"), Principal):
+        raise Unauthorized("this route needs a bearer token")
+
+
+def requires(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """Guard: the caller's token must carry every one of these permissions."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        user = connection.scope.get("user")
+        if not isinstance(user, Principal):
+            raise Unauthorized("this route needs a bearer token")
+        if not user.can(*permissions):
+            raise Forbidden(f"needs permission {', '.join(permissions)}", code="missing_permission")
+
+    return guard
+
+
+def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    user = connection.scope.get("user")
+    return user if isinstance(user, Principal) else None
