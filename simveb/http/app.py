@@ -280,22 +280,16 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        rt = runtime or Runtime(settings)
-        if owns_runtime:
-            await rt.start()
-        app.state.runtime = rt
-        assert rt.keys is not None
-        app.state.verifier = TokenVerifier(
-            rt.keys,
-            issuer=settings.security.issuer,
-            audience=settings.security.audience,
-            leeway=settings.security.leeway_s,
-        )
+        if not owns_runtime:
+            yield
+            return
+        rt = Runtime(settings)
+        await rt.start()
+        attach_runtime(app, rt)
         try:
             yield
         finally:
-            if owns_runtime:
-                await rt.stop()
+            await rt.stop()
 
     stores: dict[str, Any] = {"rate_limit": MemoryStore()}
     if settings.redis.url:
@@ -346,7 +340,22 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     )
     app.state.http_metrics = HttpMetrics(registry)
     registry.register(BusCollector(app))  # type: ignore[arg-type]
+    if runtime is not None:
+        attach_runtime(app, runtime)
     return app
+
+
+def attach_runtime(app: Litestar, runtime: Runtime) -> None:
+    """Make a started runtime (bus, database, key ring) available to the routes."""
+    assert runtime.keys is not None, "start the runtime first"
+    settings = runtime.settings
+    app.state.runtime = runtime
+    app.state.verifier = TokenVerifier(
+        runtime.keys,
+        issuer=settings.security.issuer,
+        audience=settings.security.audience,
+        leeway=settings.security.leeway_s,
+    )
 
 
 def app_from_env() -> Litestar:
