@@ -392,6 +392,8 @@ class Cell:
         instance = self.instance
         assert instance is not None
         entry = instance._handlers.get(type(env.message))
+        if entry is None and isinstance(env.message, Event):
+            entry = instance._handlers.get(Event)
         if entry is None:
             raise BusError(f"actor {self.name} has no handler for {type(env.message).__name__}")
         attr, wants_con = entry
@@ -437,6 +439,9 @@ class Bus:
         self.cells: dict[str, Cell] = {}
         self._routes: dict[type, Cell] = {}
         self._subscribers: dict[type, list[Cell]] = {}
+        # Actors with a handler annotated with the base `Event` receive every event (notifications
+        # decides from its subscription table which ones matter).
+        self._wildcard: list[Cell] = []
         self._graph: dict[str, frozenset[str]] = {}
         self.accepting = False
         self.dead_letters = 0
@@ -450,7 +455,9 @@ class Bus:
         cell = Cell(self, actor_cls, self.settings.mailbox_size)
         self.cells[actor_cls.name] = cell
         for msg_type in actor_cls._handlers:
-            if issubclass(msg_type, Event):
+            if msg_type is Event:
+                self._wildcard.append(cell)
+            elif issubclass(msg_type, Event):
                 self._subscribers.setdefault(msg_type, []).append(cell)
             elif msg_type in self._routes:
                 raise BusError(f"{msg_type.__name__} is handled by {self._routes[msg_type].name} and {cell.name}")
@@ -548,9 +555,16 @@ class Bus:
         cell = self._target(message)
         await cell.queue.put(Envelope(message, None, current_actor.get()))
 
+    def subscribers(self, event_type: type[Event]) -> list[Cell]:
+        return list(dict.fromkeys([*self._subscribers.get(event_type, ()), *self._wildcard]))
+
+    def handles(self, message_type: type[Message]) -> bool:
+        """Is there an actor in this process for this request type?"""
+        return message_type in self._routes
+
     async def publish(self, event: Event, *, event_id: uuid.UUID | None = None) -> int:
         """Non-durable fan-out of an event to its subscribers; returns how many got it."""
-        cells = self._subscribers.get(type(event), [])
+        cells = self.subscribers(type(event))
         if not cells:
             self.dead_letters += 1
             log.debug("event %s has no subscriber", type(event).__name__)
@@ -561,7 +575,7 @@ class Bus:
 
     async def deliver(self, event_id: uuid.UUID, event: Event, *, timeout: float | None = None) -> list[str]:
         """Deliver one outbox event to every subscriber and wait; return the names that failed."""
-        cells = self._subscribers.get(type(event), [])
+        cells = self.subscribers(type(event))
         loop = asyncio.get_running_loop()
         waits = []
         for cell in cells:
@@ -582,9 +596,6 @@ class Bus:
             except (TimeoutError, Exception):
                 failed.append(cell.name)
         return failed
-
-    def has_subscribers(self, event_type: type[Event]) -> bool:
-        return bool(self._subscribers.get(event_type))
 
     # observation ----------------------------------------------------------------------------------
 

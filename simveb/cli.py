@@ -207,7 +207,7 @@ def seed(ctx: click.Context) -> None:
         with Progress(transient=True) as progress:
             task = progress.add_task("seeding", total=len(seeding.SEEDS))
             for name, factory in seeding.SEEDS:
-                if name in runtime.bus.cells:
+                if name in runtime.bus.cells and runtime.bus.handles(factory):
                     inserted[name] = await runtime.bus.ask(factory(only_if_empty=False), timeout=300)
                 progress.advance(task)
         return inserted
@@ -350,6 +350,18 @@ def flags_enable(ctx: click.Context, key: str, percent: int | None) -> None:
 def flags_disable(ctx: click.Context, key: str) -> None:
     """Switch a flag off."""
     _set_flag(ctx, key, False, None)
+
+
+# --- integrations commands (issue 3) -----------------------------------------------------------------
+
+
+# --- notifications commands (issue 3) ----------------------------------------------------------------
+
+
+# --- users, auth and keys commands (issue 4) ---------------------------------------------------------
+
+
+# --- vehicles commands (issue 5) ---------------------------------------------------------------------
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -81,6 +81,26 @@ class RateLimitSettings(Section):
     per_minute: Positive = 600
 
 
+class IntegrationsSettings(Section):
+    """X-Road client, timeouts, retries and circuit breakers (issue 3)."""
+
+
+class NotificationsSettings(Section):
+    """SMTP, SMS gateway, FCM and the durable delivery queue (issue 3)."""
+
+
+class AuthSettings(Section):
+    """Tokens, OTP, lockout, second factor, passwords (issue 4)."""
+
+
+class UsersSettings(Section):
+    """User service (issue 4)."""
+
+
+class VehiclesSettings(Section):
+    """Vehicle registry: search, import, export (issue 5)."""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -88,6 +108,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     ratelimit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
+    integrations: IntegrationsSettings = msgspec.field(default_factory=IntegrationsSettings)
+    notifications: NotificationsSettings = msgspec.field(default_factory=NotificationsSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    users: UsersSettings = msgspec.field(default_factory=UsersSettings)
+    vehicles: VehiclesSettings = msgspec.field(default_factory=VehiclesSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from simveb.actors.config.messages import SeedConfig
+from simveb.actors.notifications.messages import SeedNotifications
+from simveb.actors.users.messages import SeedUsers
+from simveb.actors.vehicles.messages import SeedVehicles
 
 if TYPE_CHECKING:
     from simveb.runtime import Runtime
@@ -17,6 +20,9 @@ if TYPE_CHECKING:
 # (actor name, message factory). An actor that is not running in this process is skipped.
 SEEDS: list[tuple[str, Any]] = [
     ("config", SeedConfig),
+    ("users", SeedUsers),
+    ("notifications", SeedNotifications),
+    ("vehicles", SeedVehicles),
 ]
 
 
@@ -25,7 +31,7 @@ async def seed(runtime: Runtime, *, only_if_empty: bool = False) -> dict[str, in
     assert runtime.bus is not None
     inserted: dict[str, int] = {}
     for name, factory in SEEDS:
-        if name in runtime.bus.cells:
+        if name in runtime.bus.cells and runtime.bus.handles(factory):
             inserted[name] = await runtime.bus.ask(factory(only_if_empty=only_if_empty), timeout=120)
     return inserted
 

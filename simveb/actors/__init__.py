@@ -6,13 +6,28 @@ each other would deadlock on their mailboxes). Everything not in the graph goes 
 
 from __future__ import annotations
 
+from simveb.actors.auth.actor import AuthActor
 from simveb.actors.config.actor import ConfigActor
+from simveb.actors.integrations.actor import IntegrationsActor
+from simveb.actors.notifications.actor import NotificationsActor
+from simveb.actors.users.actor import UsersActor
+from simveb.actors.vehicles.actor import VehiclesActor
 from simveb.bus import Actor
 
 ACTORS: list[type[Actor]] = [
     ConfigActor,
+    IntegrationsActor,
+    NotificationsActor,
+    UsersActor,
+    AuthActor,
+    VehiclesActor,
 ]
 
 ASK_GRAPH: dict[str, set[str]] = {
     "config": set(),
+    "integrations": set(),
+    "notifications": set(),
+    "users": {"integrations", "notifications"},
+    "auth": {"users", "notifications"},
+    "vehicles": {"config"},
 }

@@ -33,7 +33,12 @@ from simveb import migrate
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import DomainError
+from simveb.http import auth as auth_http
 from simveb.http import config as config_http
+from simveb.http import integrations as integrations_http
+from simveb.http import notifications as notifications_http
+from simveb.http import users as users_http
+from simveb.http import vehicles as vehicles_http
 from simveb.http.logs import configure_logging, request_id_var
 from simveb.http.security import TokenVerifier, authenticated, bearer_middleware
 from simveb.runtime import Runtime
@@ -268,8 +273,22 @@ def _bus(state: State) -> Bus:
     return state.runtime.bus
 
 
-def _controllers() -> Sequence[Any]:
-    return [HealthController, metrics, *config_http.CONTROLLERS]
+def _controllers(settings: Settings) -> Sequence[Any]:
+    handlers = [
+        HealthController,
+        metrics,
+        *config_http.CONTROLLERS,
+        *integrations_http.CONTROLLERS,
+        *notifications_http.CONTROLLERS,
+        *auth_http.CONTROLLERS,
+        *users_http.CONTROLLERS,
+        *vehicles_http.CONTROLLERS,
+    ]
+    if settings.server.sandbox:
+        from simveb.sandbox import sandbox_router
+
+        handlers.append(sandbox_router())
+    return handlers
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litestar:
@@ -306,7 +325,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         )
 
     app = Litestar(
-        route_handlers=list(_controllers()),
+        route_handlers=list(_controllers(settings)),
         lifespan=[lifespan],
         dependencies={"bus": Provide(_bus, sync_to_thread=False)},
         guards=[authenticated],

@@ -107,7 +107,7 @@ class BearerMiddleware(AbstractAuthenticationMiddleware):
 
 
 def bearer_middleware() -> DefineMiddleware:
-    return DefineMiddleware(BearerMiddleware, exclude=["^/health", "^/metrics", "^/schema"])
+    return DefineMiddleware(BearerMiddleware, exclude=["^/health", "^/metrics", "^/schema", "^/sandbox"])
 
 
 def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

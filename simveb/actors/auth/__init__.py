@@ -1,0 +1,1 @@
+"""Auth service (seed §1): login, OTP, tokens, sessions, second factor."""

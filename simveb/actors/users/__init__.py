@@ -1,0 +1,1 @@
+"""User service (seed §2): users, profiles, roles and permissions, KYC."""

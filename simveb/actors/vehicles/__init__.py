@@ -1,0 +1,1 @@
+"""Vehicle service (seed §3): catalogue, vehicles, legal standing, history, import and export."""
