@@ -592,8 +592,9 @@ class Bus:
                 failed.append(cell.name)
                 continue
             try:
-                await asyncio.wait_for(fut, limit)
-            except (TimeoutError, Exception):
+                async with asyncio.timeout(limit):
+                    await fut
+            except Exception:  # the subscriber failed or timed out: it gets the event again later
                 failed.append(cell.name)
         return failed
 
@@ -661,6 +662,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
+        self._stopping = False
         self.delivered = 0
         self.dead = 0
 
@@ -674,6 +676,7 @@ class OutboxRelay:
         self._wake.set()
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -687,9 +690,12 @@ class OutboxRelay:
 
     async def _run(self) -> None:
         poll = self.bus.settings.relay_poll_s
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), poll)
+        while not self._stopping:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives just as the inner wait completes (a NOTIFY), and the relay would never stop.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 while await self.drain_once():

