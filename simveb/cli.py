@@ -294,6 +294,27 @@ def config_set(ctx: click.Context, key: str, value: str, type_: str | None, publ
     click.echo(f"{saved.key} = {json.dumps(saved.value, ensure_ascii=False)}")
 
 
+@config_group.command("table")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False), default="config.toml")
+def config_table(path: str) -> None:
+    """Print every setting of config.toml as a Markdown table (key, default, meaning) for the README."""
+    import re
+
+    section = ""
+    click.echo("| setting | default | meaning |")
+    click.echo("| --- | --- | --- |")
+    pattern = re.compile(r"^([a-z0-9_]+)\s*=\s*(.+?)\s*(?:#\s*(.*))?$")
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("["):
+            section = line.strip("[] ")
+            continue
+        match = pattern.match(line)
+        if match and section:
+            key, value, comment = match.groups()
+            value = value.replace("|", "\\|")
+            click.echo(f"| `{section}.{key}` | `{value}` | {comment or ''} |")
+
+
 @main.group()
 def flags() -> None:
     """Feature flags."""
@@ -355,13 +376,405 @@ def flags_disable(ctx: click.Context, key: str) -> None:
 # --- integrations commands (issue 3) -----------------------------------------------------------------
 
 
+@main.group()
+def integrations() -> None:
+    """National registries (ANIP, DGI) over X-Road."""
+
+
+@integrations.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON")
+@click.pass_context
+@_fail_cleanly
+def integrations_status(ctx: click.Context, as_json: bool) -> None:
+    """Per registry: recent calls, error rate, latency p50/p95, queued lookups, last breaker change."""
+    from simveb.actors.integrations.messages import GetIntegrationsStatus
+
+    settings = settings_of(ctx)
+    status = run(with_runtime(settings, lambda rt: rt.bus.ask(GetIntegrationsStatus())))
+    if as_json:
+        click.echo(msgspec.json.encode(status).decode())
+        return
+    window = status.services[0].window_s if status.services else 0
+    click.echo(f"last {window:g} s        calls  errors  error%  p50 ms  p95 ms  queued  abandoned")
+    for s in status.services:
+        p50 = f"{s.p50_ms:.0f}" if s.p50_ms is not None else "-"
+        p95 = f"{s.p95_ms:.0f}" if s.p95_ms is not None else "-"
+        click.echo(
+            f"{s.service:<16} {s.calls:>6}  {s.errors:>6}  {s.error_rate * 100:>5.1f}  {p50:>6}  {p95:>6}"
+            f"  {s.queued:>6}  {s.abandoned:>9}"
+        )
+        # The breaker lives in each serving process; this command sees what they recorded.
+        change = s.last_change
+        if change is None:
+            click.echo("  breaker: no state change recorded (closed)")
+        else:
+            click.echo(
+                f"  breaker: {change.to_state} since {change.at:%Y-%m-%d %H:%M:%S %Z}"
+                f" (from {change.from_state}, seen by {change.process})"
+            )
+
+
+def sandbox_app() -> Any:
+    """The provider simulators alone, for `simveb sandbox` (granian imports this factory)."""
+    from litestar import Litestar
+
+    from simveb.sandbox import sandbox_router
+
+    return Litestar(route_handlers=[sandbox_router()], debug=False)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(1, 65535), default=8100, show_default=True, help="port")
+@_fail_cleanly
+def sandbox(host: str, port: int) -> None:
+    """Run the provider SIMULATORS alone (X-Road, SMS, FCM) under /sandbox, without the API or a database."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    click.echo(f"simveb: simulators on http://{host}:{port}/sandbox (X-Road: /sandbox/xroad)", err=True)
+    Granian(
+        "simveb.cli:sandbox_app",
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=1,  # simulators keep their behaviour and counters in memory: one process
+        factory=True,
+        log_access=False,
+    ).serve()
+
+
 # --- notifications commands (issue 3) ----------------------------------------------------------------
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--param expects key=value, got {pair!r}")
+        params[key] = value
+    return params
+
+
+def _notify(
+    ctx: click.Context, channel: str, to: str, template: str, params: dict[str, str], language: str, wait: float
+) -> None:
+    """Queue one message through the notifications actor and wait (a little) for its delivery."""
+    from simveb.actors.notifications.messages import GetDelivery, SendNotification
+
+    settings = settings_of(ctx)
+
+    async def work(runtime: Any) -> Any:
+        accepted = await runtime.bus.ask(
+            SendNotification(channel=channel, to=to, template=template, params=params, language=language, by=CLI_ACTOR)
+        )
+        mid = accepted.notification_ids[0]
+        click.echo(f"queued {mid}")
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            delivery = await runtime.bus.ask(GetDelivery(notification_id=mid))
+            if delivery.status in ("sent", "dead") or asyncio.get_running_loop().time() > deadline:
+                return delivery
+            await asyncio.sleep(0.1)
+
+    try:
+        delivery = run(with_runtime(settings, work))
+    except msgspec.ValidationError as exc:
+        raise CliError(f"invalid message: {exc}") from None
+    if delivery.status == "sent":
+        click.echo(f"sent ({delivery.provider_message_id})")
+    elif delivery.status == "dead":
+        raise CliError(f"not delivered: {delivery.last_error}")
+    else:
+        click.echo(f"{delivery.status} after {delivery.attempts} attempt(s): a running server will deliver it")
+
+
+@main.group()
+def notify() -> None:
+    """Send a message from a template (queued durably, then delivered)."""
+
+
+@notify.command("email")
+@click.option("--to", required=True, help="email address")
+@click.option("--template", required=True, help="template event, e.g. welcome")
+@click.option("--param", "params", multiple=True, help="template parameter key=value (repeatable)")
+@click.option("--language", type=click.Choice(["fr", "en"]), default="fr", show_default=True)
+@click.option("--wait", type=float, default=15.0, show_default=True, help="seconds to wait for the delivery")
+@click.pass_context
+@_fail_cleanly
+def notify_email(
+    ctx: click.Context, to: str, template: str, params: tuple[str, ...], language: str, wait: float
+) -> None:
+    """Send an email rendered from a template."""
+    _notify(ctx, "email", to, template, _params(params), language, wait)
+
+
+@notify.command("sms")
+@click.option("--to", required=True, help="phone number, +229...")
+@click.option("--template", required=True, help="template event, e.g. custom")
+@click.option("--param", "params", multiple=True, help="template parameter key=value (repeatable)")
+@click.option("--language", type=click.Choice(["fr", "en"]), default="fr", show_default=True)
+@click.option("--wait", type=float, default=15.0, show_default=True, help="seconds to wait for the delivery")
+@click.pass_context
+@_fail_cleanly
+def notify_sms(ctx: click.Context, to: str, template: str, params: tuple[str, ...], language: str, wait: float) -> None:
+    """Send an SMS rendered from a template."""
+    _notify(ctx, "sms", to, template, _params(params), language, wait)
+
+
+@main.group("notifications")
+def notifications_group() -> None:
+    """The notification queue."""
+
+
+@notifications_group.command("retry-dead")
+@click.option("--channel", type=click.Choice(["email", "sms", "push"]), help="only this channel")
+@click.pass_context
+@_fail_cleanly
+def notifications_retry_dead(ctx: click.Context, channel: str | None) -> None:
+    """Queue dead messages again (a running server delivers them)."""
+    from simveb.actors.notifications.messages import RetryDead
+
+    settings = settings_of(ctx)
+    count = run(with_runtime(settings, lambda rt: rt.bus.ask(RetryDead(channel=channel))))
+    click.echo(f"{count} dead message(s) queued again")
 
 
 # --- users, auth and keys commands (issue 4) ---------------------------------------------------------
 
 
+@main.group()
+def keys() -> None:
+    """Token signing keys (Ed25519, in <data_dir>/keys in development)."""
+
+
+@keys.command("rotate")
+@click.pass_context
+@_fail_cleanly
+def keys_rotate(ctx: click.Context) -> None:
+    """Add a new signing key: new tokens use it; tokens signed by older keys stay valid until they expire."""
+    from simveb.keys import KeyRing, write_new_key
+
+    settings = settings_of(ctx)
+    if settings.security.signing_key:
+        raise CliError(
+            "the signing key comes from SIMVEB_SECURITY__SIGNING_KEY: put the new key there and keep the old"
+            f" one as a file in {settings.data_dir / 'keys'} until its last tokens expired"
+        )
+    directory = settings.data_dir / "keys"
+    KeyRing.for_settings(settings)  # the first key exists before the new one, so the new one is newest
+    path = write_new_key(directory)
+    click.echo(f"new signing key {path.stem} ({path}); running servers sign with it within seconds")
+
+
+@keys.command("list")
+@click.pass_context
+@_fail_cleanly
+def keys_list(ctx: click.Context) -> None:
+    """The keys that verify tokens, by kid; the signing one is marked."""
+    from simveb.keys import KeyRing
+
+    ring = KeyRing.for_settings(settings_of(ctx))
+    for kid in ring.public:
+        click.echo(f"{'signing  ' if kid == ring.kid else 'verifying'} {kid}")
+
+
+# --- users commands (issue 4: users service) ---------------------------------------------------------
+
+CLI_CALLER_PERMISSIONS = frozenset({"users:read", "users:write", "users:roles", "users:kyc"})
+
+
+@main.group("users")
+def users_group() -> None:
+    """Accounts, roles and permissions of the users service."""
+
+
+@users_group.command("create")
+@click.option("--role", "roles", multiple=True, required=True, help="role code (repeat for several)")
+@click.option("--email", help="email (required for staff)")
+@click.option("--phone", help="+229 then 10 digits starting 01")
+@click.option("--first-name", help="first name(s)")
+@click.option("--last-name", help="last name")
+@click.option("--kind", type=click.Choice(["staff", "person", "company"]), default="staff", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+@click.pass_context
+@_fail_cleanly
+def users_create(
+    ctx: click.Context,
+    roles: tuple[str, ...],
+    email: str | None,
+    phone: str | None,
+    first_name: str | None,
+    last_name: str | None,
+    kind: str,
+    password_stdin: bool,
+) -> None:
+    """Create an active account (e.g. the first admin); the password is checked and set by auth."""
+    from simveb.actors.auth.messages import SetPassword
+    from simveb.actors.users.messages import CreateUser, SeedUsers
+    from simveb.http.users import create_account
+
+    settings = settings_of(ctx)
+    password = None
+    if password_stdin:
+        password = sys.stdin.read().rstrip("\r\n")
+        if not password:
+            raise CliError("no password on standard input")
+    try:
+        message = msgspec.convert(
+            {
+                "caller": {"sub": CLI_ACTOR, "permissions": sorted(CLI_CALLER_PERMISSIONS)},
+                "kind": kind,
+                "roles": list(roles),
+                "email": email,
+                "phone": phone,
+                "first_name": first_name,
+                "last_name": last_name,
+            },
+            CreateUser,
+        )
+    except msgspec.ValidationError as exc:
+        raise CliError(f"invalid user: {exc}") from None
+
+    async def work(runtime: Any) -> tuple[Any, bool, bool]:
+        await runtime.bus.ask(SeedUsers(only_if_empty=True))  # the roles exist on a fresh database
+        user, password_set = await create_account(runtime.bus, message, password)
+        return user, password_set, runtime.bus.handles(SetPassword)
+
+    user, password_set, auth_running = run(with_runtime(settings, work))
+    click.echo(f"created {user.kind} {user.id} ({', '.join(user.roles)}) {user.email or user.phone or ''}".rstrip())
+    if password is not None and not password_set:
+        click.echo("password NOT set: the auth service is not available in this process", err=True)
+    elif password is None and auth_running:
+        click.echo("no password set: the user signs in after a password reset by one-time code", err=True)
+
+
+@users_group.command("list")
+@click.option("--role", help="only users with this role")
+@click.option("--status", type=click.Choice(["pending", "active", "inactive"]))
+@click.option("--search", "-q", "q", help="name, NPI, email or phone contains this")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@click.pass_context
+@_fail_cleanly
+def users_list(
+    ctx: click.Context, role: str | None, status: str | None, q: str | None, limit: int, offset: int
+) -> None:
+    """Users, newest first: id, status, KYC, roles, contact, name."""
+    from simveb.actors.users.messages import Caller, ListUsers
+
+    settings = settings_of(ctx)
+    caller = Caller(sub=CLI_ACTOR, permissions=CLI_CALLER_PERMISSIONS)
+    page = run(
+        with_runtime(
+            settings,
+            lambda rt: rt.bus.ask(
+                ListUsers(caller=caller, role=role, status=status, q=q, limit=limit, offset=offset)  # type: ignore[arg-type]
+            ),
+        )
+    )
+    for u in page.items:
+        contact = u.email or u.phone or "-"
+        click.echo(
+            f"{u.id}  {u.status:8} {u.kyc_status:12} {','.join(u.roles) or '-':20} {contact:28} {u.display_name}"
+        )
+    click.echo(f"{len(page.items)} of {page.total} user(s)")
+
+
+@users_group.command("roles")
+@click.pass_context
+@_fail_cleanly
+def users_roles(ctx: click.Context) -> None:
+    """Every role and its permissions (the seeded grid, as stored)."""
+    from simveb.actors.users.messages import ListRoles
+
+    settings = settings_of(ctx)
+    for role in run(with_runtime(settings, lambda rt: rt.bus.ask(ListRoles()))):
+        click.echo(f"{role.code:11} {', '.join(role.permissions) or '-'}")
+
+
 # --- vehicles commands (issue 5) ---------------------------------------------------------------------
+
+
+@main.group("vehicles")
+def vehicles_group() -> None:
+    """Vehicle registry: bulk import and export (CSV, UTF-8, the columns of the export)."""
+
+
+@vehicles_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--errors", "errors_path", type=click.Path(dir_okay=False), help="rejected rows (default FILE.errors.csv)"
+)
+@click.pass_context
+@_fail_cleanly
+def vehicles_import(ctx: click.Context, file: str, errors_path: str | None) -> None:
+    """Import vehicles from FILE.csv; bad rows go to the errors file with their reason. Re-running adds nothing."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simveb.actors.vehicles.messages import GetImportJob, SeedVehicles, StartImport
+
+    settings = settings_of(ctx)
+    source = Path(file).resolve()
+    errors = Path(errors_path).resolve() if errors_path else source.with_suffix(".errors.csv")
+
+    async def work(runtime: Any) -> Any:
+        bus = runtime.bus
+        await bus.ask(SeedVehicles(only_if_empty=True))  # an empty catalogue would reject every row
+        job = await bus.ask(StartImport(path=str(source), error_path=str(errors), by=CLI_ACTOR))
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+        with Progress(*columns, transient=True) as progress:
+            task = progress.add_task("copying", total=job.bytes_total or None)
+            while job.state in ("queued", "running"):
+                await asyncio.sleep(0.2)
+                job = await bus.ask(GetImportJob(job_id=job.id))
+                progress.update(task, description=job.phase or job.state, completed=job.bytes_read)
+        return job
+
+    job = run(with_runtime(settings, work))
+    if job.state != "done":
+        raise CliError(f"import failed: {job.error}")
+    click.echo(
+        f"{job.total_rows} row(s): {job.inserted} imported, {job.skipped} already registered, {job.rejected} rejected"
+    )
+    if job.rejected:
+        click.echo(f"rejected rows and their reasons: {errors}")
+
+
+@vehicles_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--q", help="VIN or plate prefix, or make / model / name")
+@click.option("--make")
+@click.option("--model")
+@click.option("--status", type=click.Choice(["active", "stolen", "destroyed", "exported"]))
+@click.option("--year-min", type=int)
+@click.option("--year-max", type=int)
+@click.pass_context
+@_fail_cleanly
+def vehicles_export(ctx: click.Context, file: str, **filters: Any) -> None:
+    """Write the vehicles matching the filters to FILE.csv (re-importable as is)."""
+    from simveb.actors.vehicles.messages import OpenExport, ReadExport, VehicleFilter
+
+    settings = settings_of(ctx)
+    try:
+        wanted = msgspec.convert({k: v for k, v in filters.items() if v is not None}, VehicleFilter)
+    except msgspec.ValidationError as exc:
+        raise CliError(f"invalid filter: {exc}") from None
+
+    async def work(runtime: Any, out: Any) -> int:
+        export_id = await runtime.bus.ask(OpenExport(filter=wanted))
+        lines = 0
+        while True:
+            chunk = await runtime.bus.ask(ReadExport(export_id=export_id))
+            out.write(chunk.data)
+            lines += chunk.data.count(b"\n")
+            if chunk.done:
+                return lines - 1
+
+    with Path(file).open("wb") as out:
+        written = run(with_runtime(settings, lambda runtime: work(runtime, out)))
+    click.echo(f"{written} vehicle(s) written to {file}")
 
 
 if __name__ == "__main__":  # pragma: no cover
