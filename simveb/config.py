@@ -84,21 +84,148 @@ class RateLimitSettings(Section):
 class IntegrationsSettings(Section):
     """X-Road client, timeouts, retries and circuit breakers (issue 3)."""
 
+    # Base URL of the organisation's X-Road security server (REST `/r1/...` paths are appended).
+    xroad_url: str = "http://127.0.0.1:8000/sandbox/xroad"
+    # X-Road instance of the client and of the services (Benin: BJ).
+    xroad_instance: str = "BJ"
+    # Our own X-Road client subsystem, sent as `X-Road-Client: INSTANCE/CLASS/MEMBER/SUBSYSTEM`.
+    client_member_class: str = "GOV"
+    client_member_code: str = "ANATT"
+    client_subsystem: str = "SIMVEB"
+    # ANIP citizen lookup: service id parts, an optional path after the service code, the query key.
+    anip_member_class: str = "GOV"
+    anip_member_code: str = "ANIP"
+    anip_subsystem: str = "RNP"
+    anip_service: str = "CITIZEN_BY_NPI_LITE"
+    anip_path: str = ""
+    anip_query_param: str = "npi"
+    # DGI company lookup, same parts.
+    dgi_member_class: str = "GOV"
+    dgi_member_code: str = "DGI"
+    dgi_subsystem: str = "CFISC"
+    dgi_service: str = "DETAIL-IFU"
+    dgi_path: str = "V1"
+    dgi_query_param: str = "ifu"
+    connect_timeout_s: PositiveFloat = 2.0
+    read_timeout_s: PositiveFloat = 5.0
+    # Whole budget of one lookup, retries included; keep it below bus.ask_timeout_s.
+    lookup_budget_s: PositiveFloat = 8.0
+    # Extra attempts of a failed lookup (they are idempotent), with full-jitter exponential backoff.
+    retries: NonNegative = 2
+    retry_base_delay_s: PositiveFloat = 0.2
+    retry_max_delay_s: PositiveFloat = 2.0
+    # Circuit breaker, one per registry: open after this many failures within the window ...
+    breaker_failures: Positive = 5
+    breaker_window_s: PositiveFloat = 30.0
+    # ... and let one probe through after the cool-down.
+    breaker_cooldown_s: PositiveFloat = 30.0
+    # Background retry queue of non-urgent lookups.
+    queue_poll_s: PositiveFloat = 15.0
+    queue_base_delay_s: PositiveFloat = 30.0
+    queue_max_delay_s: PositiveFloat = 3600.0
+    queue_max_attempts: Positive = 12
+    queue_batch: Positive = 20
+    # Window of `integrations status` (error rate, latency percentiles), in seconds.
+    status_window_s: PositiveFloat = 900.0
+    # integration_logs rows older than this are deleted by the background worker.
+    log_retention_days: Positive = 90
+    # HMAC key for the identifier hashes in integration_logs; set SIMVEB_INTEGRATIONS__HASH_KEY in
+    # production (an unkeyed SHA-256 of a 10-digit NPI can be reversed by enumeration).
+    hash_key: str = ""
+
 
 class NotificationsSettings(Section):
     """SMTP, SMS gateway, FCM and the durable delivery queue (issue 3)."""
+
+    # Delivery workers of this process (0: this process only writes; another one delivers).
+    workers: NonNegative = 2
+    batch: Positive = 50
+    poll_s: PositiveFloat = 1.0
+    max_attempts: Positive = 8
+    retry_base_s: PositiveFloat = 2.0
+    retry_max_s: PositiveFloat = 600.0
+    # A claimed message not settled within the lease (crashed process) is retried by another worker.
+    lease_s: PositiveFloat = 60.0
+    send_timeout_s: PositiveFloat = 10.0
+    # AES-GCM key (base64url, 32 bytes) sealing bodies that carry secret parameters until they are sent.
+    # Empty: derived from security.signing_key when set, else generated into <data_dir>/keys.
+    seal_key: str = ""
+    smtp_host: str = "127.0.0.1"
+    smtp_port: Port = 1025
+    smtp_security: Literal["none", "starttls", "tls"] = "none"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "SIMVEB <no-reply@simveb.bj>"
+    sms_provider: Literal["http_json"] = "http_json"
+    sms_url: str = "http://127.0.0.1:8000/sandbox/sms"
+    sms_api_key: str = ""
+    sms_sender: str = "SIMVEB"
+    fcm_url: str = "http://127.0.0.1:8000/sandbox/fcm"
+    fcm_token_url: str = "http://127.0.0.1:8000/sandbox/fcm/token"
+    fcm_project: str = "simveb-dev"
+    # Service-account key (the JSON file's content). Empty in development: a throwaway RSA key is made.
+    fcm_service_account: str = ""
 
 
 class AuthSettings(Section):
     """Tokens, OTP, lockout, second factor, passwords (issue 4)."""
 
+    access_ttl_s: Positive = 900
+    refresh_ttl_s: Positive = 2_592_000
+    # One-time codes: validity, wrong guesses allowed per code, wait before another code is sent.
+    otp_ttl_s: Positive = 300
+    otp_max_attempts: Positive = 5
+    otp_resend_cooldown_s: NonNegative = 60
+    challenge_ttl_s: Positive = 300
+    # Brute force: failures per account within the window lock it; per client address as well.
+    max_failures: Positive = 5
+    failure_window_s: Positive = 900
+    lockout_s: Positive = 900
+    address_max_failures: Positive = 50
+    address_lockout_s: Positive = 900
+    password_min_length: Positive = 12
+    password_history: NonNegative = 5
+    # Roles whose sessions get full permissions only after a second factor (TOTP) was proved.
+    require_2fa_roles: list[str] = msgspec.field(default_factory=lambda: ["admin"])
+    totp_issuer: str = "SIMVEB"
+    recovery_codes: Positive = 10
+    # Pepper of one-time code hashes; set SIMVEB_AUTH__CODE_SECRET. Empty: derived from the oldest signing key.
+    code_secret: str = ""
+    # Verifiers poll the deny list this often (cross-process revocation lag) and re-read keys on an unknown kid.
+    deny_list_poll_s: PositiveFloat = 1.0
+    key_reload_s: PositiveFloat = 5.0
+
 
 class UsersSettings(Section):
     """User service (issue 4)."""
 
+    # Longest wait for ANIP (through integrations) during an NPI verification; an open breaker
+    # answers at once, this only bounds a slow registry.
+    registry_timeout_s: PositiveFloat = 8.0
+    # An unconfirmed self-registration holds its NPI and phone this long; after it, a new
+    # registration with the same NPI or phone releases it (so a typo or a squatter cannot block).
+    pending_ttl_h: Positive = 24
+    page_default: Positive = 20
+    page_max: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
+
 
 class VehiclesSettings(Section):
     """Vehicle registry: search, import, export (issue 5)."""
+
+    search_default_limit: Positive = 50
+    search_max_limit: Positive = 200
+    # Rows per chunk of a streamed CSV export (one server-side cursor fetch each).
+    export_batch_rows: Positive = 2000
+    # An export whose client went away without closing it gives its connection back after this long.
+    export_idle_timeout_s: PositiveFloat = 60.0
+    # Where uploaded import files and their rejected-row reports are kept; empty = <data_dir>/imports.
+    import_dir: str = ""
+    import_max_bytes: Positive = 536_870_912
+    # work_mem, temp_buffers and maintenance_work_mem of the import's own session.
+    import_work_mem: str = "256MB"
+    # An import of at least this many rows, and bigger than the registry, rebuilds the indexes once
+    # instead of updating them row by row (the table is locked meanwhile: a first national load).
+    import_rebuild_min_rows: Positive = 100_000
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,7 +1,82 @@
-"""HTTP routes of the integrations service."""
+"""HTTP routes of the integrations service: staff lookups in ANIP and DGI, and the registries' status.
+
+`integrations:lookup` is needed to verify an NPI or check an IFU, `integrations:status` to read the
+breakers and recent error rates. Identifier format errors come back from the actor as 422.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import date
+from typing import Annotated, Any
 
-CONTROLLERS: list[Any] = []
+import msgspec
+from litestar import Controller, Request, get, post
+
+from simveb.actors.integrations.messages import (
+    CheckTax,
+    CitizenVerification,
+    GetIntegrationsStatus,
+    IntegrationsStatus,
+    TaxCheck,
+    VerifyCitizen,
+)
+from simveb.bus import Bus, KwOnlyMeta
+from simveb.http.security import principal, requires
+
+LOOKUP = [requires("integrations:lookup")]
+STATUS = [requires("integrations:status")]
+# Long enough for any real input (the actor checks the exact format and answers 422), short enough
+# that nobody posts a novel.
+Identifier = Annotated[str, msgspec.Meta(max_length=32)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
+    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
+
+
+class VerifyNpiIn(Input):
+    npi: Identifier
+    last_name: Name | None = None
+    first_name: Name | None = None
+    birth_date: date | None = None
+
+
+class CheckTaxIn(Input):
+    ifu: Identifier
+
+
+def _who(request: Request[Any, Any, Any]) -> str | None:
+    user = principal(request)
+    return user.sub if user else None
+
+
+class IntegrationsController(Controller):
+    path = "/api/integrations"
+    tags = ["integrations"]
+
+    @post("/anip/verify-npi", guards=LOOKUP, status_code=200)
+    async def verify_npi(self, bus: Bus, request: Request[Any, Any, Any], data: VerifyNpiIn) -> CitizenVerification:
+        """Look an NPI up in ANIP and compare the given names and birth date with the registry's."""
+        return await bus.ask(
+            VerifyCitizen(
+                npi=data.npi,
+                last_name=data.last_name,
+                first_name=data.first_name,
+                birth_date=data.birth_date,
+                requested_by=_who(request),
+            )
+        )
+
+    @post("/dgi/check-tax", guards=LOOKUP, status_code=200)
+    async def check_tax(self, bus: Bus, request: Request[Any, Any, Any], data: CheckTaxIn) -> TaxCheck:
+        """Look an IFU up in DGI: the taxpayer and whether their tax standing is active."""
+        return await bus.ask(CheckTax(ifu=data.ifu, requested_by=_who(request)))
+
+    @get("/status", guards=STATUS)
+    async def status(self, bus: Bus) -> IntegrationsStatus:
+        """Per registry: circuit breaker state, recent error rate, latency p50/p95, queued lookups."""
+        return await bus.ask(GetIntegrationsStatus())
+
+
+CONTROLLERS = [IntegrationsController]

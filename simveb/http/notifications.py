@@ -1,7 +1,222 @@
-"""HTTP routes of the notifications service."""
+"""HTTP routes of the notifications service: sends (staff), templates (admins), the caller's inbox and devices."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+from uuid import UUID
 
-CONTROLLERS: list[Any] = []
+import msgspec
+from litestar import Controller, Request, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from simveb.actors.notifications.messages import (
+    Accepted,
+    Channel,
+    Device,
+    Language,
+    ListMyNotifications,
+    ListSubscriptions,
+    ListTemplates,
+    MarkRead,
+    Notification,
+    NotificationPage,
+    Params,
+    Platform,
+    PutSubscription,
+    RegisterDevice,
+    SendNotification,
+    Subscription,
+    Template,
+    TemplateEvent,
+    UnregisterDevice,
+    UpdateTemplate,
+)
+from simveb.bus import Bus, KwOnlyMeta
+from simveb.errors import BadRequest, Forbidden, Unauthorized
+from simveb.http.security import principal, requires
+
+SEND = [requires("notifications:send")]
+TEMPLATES = [requires("notifications:templates")]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
+
+
+def read_templates(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    """Guard: template editors and staff who send messages may read the templates."""
+    user = principal(connection)
+    if user is None:
+        raise Unauthorized("this route needs a bearer token")
+    if not (user.can("notifications:templates") or user.can("notifications:send")):
+        raise Forbidden("needs permission notifications:templates or notifications:send", code="missing_permission")
+
+
+class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
+    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
+
+
+class EmailIn(Input):
+    to: Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+    template: TemplateEvent
+    params: Params = {}
+    language: Language = "fr"
+    idempotency_key: IdempotencyKey | None = None
+
+
+class SmsIn(Input):
+    to: Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{7,14}$")]
+    template: TemplateEvent
+    params: Params = {}
+    language: Language = "fr"
+    idempotency_key: IdempotencyKey | None = None
+
+
+class PushIn(Input):
+    user_id: UUID
+    template: TemplateEvent
+    params: Params = {}
+    language: Language | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class TemplateIn(Input):
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
+    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    secret_params: Annotated[list[str], msgspec.Meta(max_length=20)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class SubscriptionIn(Input):
+    event_type: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")]
+    channel: Channel
+    template_event: TemplateEvent
+    recipient_field: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "user_id"
+    active: bool = True
+
+
+class DeviceIn(Input):
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    platform: Platform = "android"
+
+
+def _who(request: Request[Any, Any, Any]) -> str:
+    user = principal(request)
+    return user.sub if user else "anonymous"
+
+
+def _me(request: Request[Any, Any, Any]) -> UUID:
+    """The caller's user id (the token's `sub`); service tokens without a user have no inbox."""
+    user = principal(request)
+    if user is None:
+        raise Unauthorized("this route needs a bearer token")
+    try:
+        return UUID(user.sub)
+    except ValueError:
+        raise BadRequest("this route needs a user's token (sub is not a user id)", code="not_a_user") from None
+
+
+class NotificationsController(Controller):
+    path = "/api/notifications"
+    tags = ["notifications"]
+
+    @post("/email", guards=SEND, status_code=202)
+    async def send_email(self, bus: Bus, request: Request[Any, Any, Any], data: EmailIn) -> Accepted:
+        """Queue an email rendered from a template."""
+        return await bus.ask(
+            SendNotification(
+                channel="email",
+                to=data.to,
+                template=data.template,
+                params=data.params,
+                language=data.language,
+                idempotency_key=data.idempotency_key,
+                by=_who(request),
+            )
+        )
+
+    @post("/sms", guards=SEND, status_code=202)
+    async def send_sms(self, bus: Bus, request: Request[Any, Any, Any], data: SmsIn) -> Accepted:
+        """Queue an SMS rendered from a template."""
+        return await bus.ask(
+            SendNotification(
+                channel="sms",
+                to=data.to,
+                template=data.template,
+                params=data.params,
+                language=data.language,
+                idempotency_key=data.idempotency_key,
+                by=_who(request),
+            )
+        )
+
+    @post("/push", guards=SEND, status_code=202)
+    async def send_push(self, bus: Bus, request: Request[Any, Any, Any], data: PushIn) -> Accepted:
+        """Queue a push notification to every device of a user."""
+        return await bus.ask(
+            SendNotification(
+                channel="push",
+                user_id=data.user_id,
+                template=data.template,
+                params=data.params,
+                language=data.language,
+                idempotency_key=data.idempotency_key,
+                by=_who(request),
+            )
+        )
+
+    @get("/")
+    async def mine(
+        self, bus: Bus, request: Request[Any, Any, Any], limit: int = 20, offset: int = 0, unread: bool = False
+    ) -> NotificationPage:
+        """The caller's in-app notifications, newest first, with the unread count."""
+        return await bus.ask(ListMyNotifications(user_id=_me(request), limit=limit, offset=offset, unread_only=unread))
+
+    @post("/{notification_id:uuid}/read", status_code=200)
+    async def read(self, bus: Bus, request: Request[Any, Any, Any], notification_id: UUID) -> Notification:
+        """Mark one of the caller's notifications read."""
+        return await bus.ask(MarkRead(user_id=_me(request), notification_id=notification_id))
+
+    @post("/devices", status_code=201)
+    async def register_device(self, bus: Bus, request: Request[Any, Any, Any], data: DeviceIn) -> Device:
+        """Register the caller's push device token (FCM registration token)."""
+        return await bus.ask(RegisterDevice(user_id=_me(request), token=data.token, platform=data.platform))
+
+    @delete("/devices/{token:str}", status_code=204)
+    async def unregister_device(self, bus: Bus, request: Request[Any, Any, Any], token: str) -> None:
+        """Forget one of the caller's push device tokens."""
+        await bus.ask(UnregisterDevice(user_id=_me(request), token=token))
+
+    @get("/templates", guards=[read_templates])
+    async def list_templates(
+        self, bus: Bus, event: str | None = None, channel: Channel | None = None
+    ) -> list[Template]:
+        """Message templates per event, channel and language."""
+        return await bus.ask(ListTemplates(event=event, channel=channel))
+
+    @put("/templates/{template_id:uuid}", guards=TEMPLATES)
+    async def update_template(
+        self, bus: Bus, request: Request[Any, Any, Any], template_id: UUID, data: TemplateIn
+    ) -> Template:
+        """Replace a template's text (checked before it is saved)."""
+        return await bus.ask(
+            UpdateTemplate(
+                template_id=template_id,
+                body=data.body,
+                subject=data.subject,
+                secret_params=data.secret_params,
+                description=data.description,
+                by=_who(request),
+            )
+        )
+
+    @get("/subscriptions", guards=TEMPLATES)
+    async def list_subscriptions(self, bus: Bus, event_type: str | None = None) -> list[Subscription]:
+        """Which domain event sends which template to whom."""
+        return await bus.ask(ListSubscriptions(event_type=event_type))
+
+    @put("/subscriptions", guards=TEMPLATES)
+    async def put_subscription(self, bus: Bus, data: SubscriptionIn) -> Subscription:
+        """Add a subscription, or switch one on or off."""
+        return await bus.ask(PutSubscription(**msgspec.structs.asdict(data)))
+
+
+CONTROLLERS: list[Any] = [NotificationsController]

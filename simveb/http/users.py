@@ -1,7 +1,347 @@
-"""HTTP routes of the users service."""
+"""HTTP routes of the users service: accounts, profiles, roles, NPI verification and KYC.
+
+Only translation and orchestration live here. Object-level checks (is it my account, do I represent
+that company) are the users actor's: every message carries the `Caller` built from the token, and
+a user the caller may not see answers 404, exactly like one that does not exist.
+
+Two flows span users and auth; this module orchestrates them because users may not ask auth (auth
+asks users, and the ask graph must stay acyclic):
+
+- Self-registration (public `POST /api/users`): users creates a pending account, then auth sends a
+  code to the phone (`RequestOtp`, purpose "register"); auth's verify-otp confirms it with users.
+  The answer is always the same 202, whether the account was created, was already pending, or the
+  NPI or phone belongs to another account: an anonymous caller cannot learn who is registered.
+  What remains observable is unavoidable: the owner of a phone receives the code only when the
+  registration holds that phone. Auth decides whom it sends a code to and returns the same shape
+  either way; when auth is not running in this process, the 202 carries no challenge.
+- Staff creation (`POST /api/users` with a token holding users:write): a saga. Auth checks the
+  password against the policy, users creates the account, auth sets the password; if that last step
+  fails, the account is deactivated and released (`AbortCreation`) and the error is returned.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal, TypeVar
+from uuid import UUID
 
-CONTROLLERS: list[Any] = []
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.datastructures import State
+from litestar.exceptions import ValidationException
+
+from simveb.actors.auth.messages import CheckPasswordPolicy, OtpRequested, RequestOtp, SetPassword
+from simveb.actors.users.messages import (
+    AbortCreation,
+    Address,
+    Caller,
+    CreateUser,
+    DeactivateUser,
+    Email,
+    GetProfile,
+    GetUser,
+    GetUserRoles,
+    Ifu,
+    KycStatus,
+    Language,
+    ListRoles,
+    ListUsers,
+    Name,
+    Npi,
+    Phone,
+    Profile,
+    ProfileFields,
+    RegisterCitizen,
+    Representative,
+    RoleCode,
+    RoleInfo,
+    SetUserRoles,
+    Sex,
+    UpdateProfile,
+    UpdateUser,
+    User,
+    UserKind,
+    UserPage,
+    UserRoles,
+    UserStatus,
+    ValidateKyc,
+    VerifyNpi,
+)
+from simveb.bus import Bus, KwOnlyMeta
+from simveb.errors import DomainError, InternalError, Unauthorized
+from simveb.http.security import Principal, principal, requires
+
+log = logging.getLogger("simveb.http.users")
+T = TypeVar("T")
+
+PUBLIC = {"public": True}
+
+
+class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
+    """HTTP bodies refuse unknown fields: `roles`, `status`, `kyc_status` or `id` in a body is a 400,
+    never a silent privilege change (mass assignment)."""
+
+
+class RegistrationIn(Input):
+    """A citizen registers with their NPI and phone; the account waits for the OTP."""
+
+    npi: Npi
+    phone: Phone
+    last_name: Name
+    first_name: Name
+    email: Email | None = None
+    language: Language = "fr"
+
+
+class UserIn(Input):
+    """An admin creates an account (staff by default) with its roles and, optionally, a password."""
+
+    roles: Annotated[list[RoleCode], msgspec.Meta(min_length=1, max_length=10)]
+    kind: UserKind = "staff"
+    email: Email | None = None
+    phone: Phone | None = None
+    npi: Npi | None = None
+    last_name: Name | None = None
+    first_name: Name | None = None
+    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    ifu: Ifu | None = None
+    language: Language = "fr"
+    password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
+
+
+class UserUpdate(Input):
+    """Contact details; an absent field is left unchanged."""
+
+    email: Email | None = None
+    phone: Phone | None = None
+    language: Language | None = None
+
+
+class ProfileIn(Input):
+    """Person fields (names, birth date, sex, address) or company fields; absent = unchanged."""
+
+    last_name: Name | None = None
+    first_name: Name | None = None
+    birth_date: date | None = None
+    sex: Sex | None = None
+    address: Address | None = None
+    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    ifu: Ifu | None = None
+    rccm: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
+    representatives: Annotated[list[Representative], msgspec.Meta(max_length=20)] | None = None
+
+
+class RolesIn(Input):
+    roles: Annotated[list[RoleCode], msgspec.Meta(min_length=1, max_length=10)]
+
+
+class KycIn(Input):
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class RegistrationAccepted(msgspec.Struct, kw_only=True):
+    """The same answer whatever happened (see the module docstring)."""
+
+    status: Literal["pending_confirmation"] = "pending_confirmation"
+    detail: str = (
+        "If these details can be registered, a code was sent by SMS to this phone number;"
+        " confirm it with POST /api/auth/verify-otp."
+    )
+    challenge_id: UUID | None = None
+    expires_at: datetime | None = None
+    resend_after_s: int | None = None
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """Decode a JSON body into an Input struct; a 400 problem naming the field otherwise."""
+    try:
+        return msgspec.json.decode(body or b"{}", type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        text = str(exc)
+        found = _AT.search(text) or _UNKNOWN.search(text) or _MISSING.search(text)
+        key = found.group(1) if found else ""
+        raise ValidationException(
+            detail="Validation failed for POST /api/users", extra=[{"key": key, "message": text}]
+        ) from None
+
+
+def caller_of(user: Principal) -> Caller:
+    return Caller(sub=user.sub, permissions=user.permissions)
+
+
+def _caller(request: Request[Any, Any, Any]) -> Caller:
+    user = principal(request)
+    if user is None:  # the app-wide guard already refused it; this keeps the type checker honest
+        raise Unauthorized("this route needs a bearer token")
+    return caller_of(user)
+
+
+def _client_ip(request: Request[Any, Any, Any]) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def create_account(bus: Bus, message: CreateUser, password: str | None) -> tuple[User, bool]:
+    """The staff-creation saga: policy check, create, set password, compensate if the last step fails.
+
+    Returns the user and whether a password was set. Without an auth actor in this process the
+    password steps are skipped (the account can get a password later through a reset by OTP).
+    """
+    with_password = password is not None and bus.handles(SetPassword)
+    if with_password and bus.handles(CheckPasswordPolicy):
+        await bus.ask(CheckPasswordPolicy(password=password))  # type: ignore[arg-type]
+    user = await bus.ask(message)
+    if not with_password:
+        return user, False
+    try:
+        await bus.ask(SetPassword(user_id=user.id, password=password, by=message.caller.sub))  # type: ignore[arg-type]
+    except Exception as exc:
+        log.warning("password of new user %s could not be set (%s): releasing the account", user.id, exc)
+        try:
+            await bus.ask(AbortCreation(user_id=user.id, by=message.caller.sub, reason="password not set"))
+        except Exception:
+            log.exception("could not release user %s after a failed creation", user.id)
+        if isinstance(exc, DomainError):
+            raise
+        raise InternalError("the account could not be completed", code="creation_failed") from exc
+    return user, True
+
+
+# --- routes -------------------------------------------------------------------------------------------
+
+
+class UsersController(Controller):
+    path = "/api/users"
+    tags = ["users"]
+
+    @get("/", guards=[requires("users:read")])
+    async def list_users(
+        self,
+        bus: Bus,
+        state: State,
+        request: Request[Any, Any, Any],
+        limit: int | None = None,
+        offset: int = 0,
+        role: str | None = None,
+        status: UserStatus | None = None,
+        kind: UserKind | None = None,
+        kyc_status: KycStatus | None = None,
+        q: str | None = None,
+    ) -> UserPage:
+        """Users, newest first, filtered by role, status, kind or KYC status, searched by name, NPI, email or phone."""
+        cfg = state.settings.users
+        size = max(1, min(limit or cfg.page_default, cfg.page_max))
+        return await bus.ask(
+            ListUsers(
+                caller=_caller(request),
+                limit=size,
+                offset=max(0, offset),
+                role=role,
+                status=status,
+                kind=kind,
+                kyc_status=kyc_status,
+                q=(q or "")[:100] or None,
+            )
+        )
+
+    @post("/", opt=PUBLIC, status_code=201)
+    async def create_user(self, bus: Bus, request: Request[Any, Any, Any]) -> Response[Any]:
+        """Self-registration of a citizen (no token: 202, confirmed by OTP) or creation by an admin (users:write)."""
+        body = await request.body()
+        user = principal(request)
+        if user is None:
+            return await self._register(bus, request, decode_body(body, RegistrationIn))
+        requires("users:write")(request, request.route_handler)
+        data = decode_body(body, UserIn)
+        fields = msgspec.structs.asdict(data)
+        password = fields.pop("password")
+        created, _ = await create_account(bus, CreateUser(caller=caller_of(user), **fields), password)
+        return Response(created, status_code=201)
+
+    async def _register(self, bus: Bus, request: Request[Any, Any, Any], data: RegistrationIn) -> Response[Any]:
+        await bus.ask(RegisterCitizen(**msgspec.structs.asdict(data)))
+        accepted = RegistrationAccepted()
+        if bus.handles(RequestOtp):
+            # Asked whatever the registration found: the same work, the same answer, every time.
+            otp: OtpRequested = await bus.ask(
+                RequestOtp(identifier=data.phone, purpose="register", client_ip=_client_ip(request))
+            )
+            accepted = RegistrationAccepted(
+                challenge_id=otp.challenge_id, expires_at=otp.expires_at, resend_after_s=otp.resend_after_s
+            )
+        return Response(accepted, status_code=202)
+
+    @get("/{user_id:uuid}")
+    async def get_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+        """One user: oneself, a company one represents, or anyone with users:read."""
+        return await bus.ask(GetUser(user_id=user_id, caller=_caller(request)))
+
+    @put("/{user_id:uuid}")
+    async def update_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: UserUpdate) -> User:
+        """Change contact details (email, phone, language): oneself or users:write."""
+        return await bus.ask(
+            UpdateUser(
+                user_id=user_id, caller=_caller(request), email=data.email, phone=data.phone, language=data.language
+            )
+        )
+
+    @delete("/{user_id:uuid}", status_code=200)
+    async def deactivate_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+        """Deactivate (nothing is erased; sessions are revoked): oneself or users:write."""
+        return await bus.ask(DeactivateUser(user_id=user_id, caller=_caller(request)))
+
+    @get("/{user_id:uuid}/profile")
+    async def get_profile(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> Profile:
+        """The person or company profile, with address and representatives."""
+        return await bus.ask(GetProfile(user_id=user_id, caller=_caller(request)))
+
+    @put("/{user_id:uuid}/profile")
+    async def update_profile(
+        self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: ProfileIn
+    ) -> Profile:
+        """Change the profile; names and birth date are locked once verified against the registry."""
+        fields = ProfileFields(**msgspec.structs.asdict(data))
+        return await bus.ask(UpdateProfile(user_id=user_id, caller=_caller(request), fields=fields))
+
+    @get("/{user_id:uuid}/roles")
+    async def get_roles(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> UserRoles:
+        """The user's roles, the permissions they give, and the history of role changes."""
+        return await bus.ask(GetUserRoles(user_id=user_id, caller=_caller(request)))
+
+    @put("/{user_id:uuid}/roles", guards=[requires("users:roles")])
+    async def set_roles(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: RolesIn) -> UserRoles:
+        """Replace the user's roles (users:roles; never one's own). Their sessions are revoked."""
+        return await bus.ask(SetUserRoles(user_id=user_id, caller=_caller(request), roles=data.roles))
+
+    @post("/{user_id:uuid}/verify-npi", status_code=200)
+    async def verify_npi(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+        """Match the profile against ANIP: 409 naming the fields that differ, 503 when the registry is down."""
+        return await bus.ask(VerifyNpi(user_id=user_id, caller=_caller(request)))
+
+    @post("/{user_id:uuid}/kyc", status_code=200, guards=[requires("users:kyc")])
+    async def validate_kyc(
+        self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: KycIn | None = None
+    ) -> User:
+        """An agent validates the file of an NPI-verified user: kyc_verified (users:kyc)."""
+        return await bus.ask(ValidateKyc(user_id=user_id, caller=_caller(request), note=data.note if data else ""))
+
+
+class RolesController(Controller):
+    path = "/api/roles"
+    tags = ["users"]
+
+    @get("/")
+    async def list_roles(self, bus: Bus) -> list[RoleInfo]:
+        """Every role and the permissions it gives."""
+        return await bus.ask(ListRoles())
+
+
+CONTROLLERS: list[Any] = [UsersController, RolesController]

@@ -1,7 +1,690 @@
-"""HTTP routes of the vehicles service."""
+"""HTTP routes of the vehicles service: catalogue, vehicles, standing, search, lookup, import and export.
+
+Permissions (README): the catalogue is public to read and changed with `config:write` (reference data
+is the admin's, like the fee grid; agents with vehicles:write must not rename a brand under every
+registered car). Vehicles: `vehicles:read` sees all (agents, police), `vehicles:file` sees and edits
+what it filed (affiliates), anyone else sees the vehicles they own; `vehicles:write` creates, updates,
+transfers and archives, `vehicles:standing` declares and lifts pledges, oppositions, thefts and the
+blacklist, `vehicles:lookup` is the roadside plate check, `vehicles:import` bulk import and export.
+
+Updates use optimistic concurrency: GET returns `ETag: "<version>"`, PUT needs `If-Match` (or a
+`version` field); a stale one gets 412.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
 
-CONTROLLERS: list[Any] = []
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+from litestar.response import File, Stream
+
+from simveb.actors.vehicles.messages import (
+    AddToBlacklist,
+    ArchiveVehicle,
+    AssignPlate,
+    BlacklistEntry,
+    Brand,
+    Category,
+    ChangeOwners,
+    CharacteristicCategory,
+    CharacteristicValue,
+    CloseExport,
+    Code,
+    CreateBrand,
+    CreateCharacteristic,
+    CreateModel,
+    CreateVehicleType,
+    CylinderCc,
+    DeclareEncumbrance,
+    Encumbrance,
+    Energy,
+    FiscalHp,
+    GetImportJob,
+    GetVehicle,
+    GetVehicleHistory,
+    GetVehicleStanding,
+    HistoryEntry,
+    ImportJob,
+    LiftBlacklist,
+    LiftEncumbrance,
+    ListBlacklist,
+    ListBrands,
+    ListCategories,
+    ListCharacteristics,
+    ListEnergies,
+    ListModels,
+    ListVehicleTypes,
+    MassKg,
+    Name,
+    OpenExport,
+    PlateText,
+    PowerKw,
+    PreconditionRequired,
+    ReadExport,
+    RegisterVehicle,
+    RoadsideCheck,
+    RoadsideLookup,
+    SearchVehicles,
+    Seats,
+    SetVehicleStatus,
+    StartImport,
+    SubjectKind,
+    Text200,
+    Text1000,
+    UpdateVehicle,
+    Vehicle,
+    VehicleFields,
+    VehicleFilter,
+    VehicleModel,
+    VehiclePage,
+    VehicleStanding,
+    VehicleStatus,
+    VehicleType,
+    Viewer,
+    VinText,
+    Year,
+)
+from simveb.bus import Bus, KwOnlyMeta
+from simveb.config import Settings
+from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from simveb.http.security import Principal, principal, requires
+
+PUBLIC = {"public": True}
+CATALOGUE_WRITE = [requires("config:write")]
+STANDING = [requires("vehicles:standing")]
+IMPORT = [requires("vehicles:import")]
+
+
+def requires_any(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
+    """Guard: the caller's token must carry at least one of these permissions."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        user = connection.scope.get("user")
+        if not isinstance(user, Principal):
+            raise Unauthorized("this route needs a bearer token")
+        if not any(user.can(p) for p in permissions):
+            raise Forbidden(f"needs one of the permissions {', '.join(permissions)}", code="missing_permission")
+
+    return guard
+
+
+WRITE_OR_FILE = [requires_any("vehicles:write", "vehicles:file")]
+WRITE = [requires("vehicles:write")]
+
+
+class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
+    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
+
+
+class BrandIn(Input):
+    code: Code
+    name: Name
+    country: Annotated[str, msgspec.Meta(max_length=100)] = ""
+
+
+class ModelIn(Input):
+    brand_code: Code
+    name: Name
+    vehicle_type: Code
+
+
+class TypeIn(Input):
+    code: Code
+    label: Name
+    category: Code
+
+
+class CharacteristicIn(Input):
+    category_code: Code
+    category_label: Name | None = None
+    code: Code
+    label: Name
+
+
+class FieldsIn(Input):
+    """The carte grise fields (D.1 make, D.2 type, D.3 commercial name, J category, P.1-P.6, S.1, F/G masses …)."""
+
+    make: Name
+    model: Name
+    vehicle_type: Code | None = None
+    category: Code | None = None
+    commercial_name: Text200 = ""
+    year: Year | None = None
+    colour: Annotated[str, msgspec.Meta(max_length=50)] = ""
+    energy: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
+    cylinder_cc: CylinderCc | None = None
+    power_kw: PowerKw | None = None
+    fiscal_hp: FiscalHp | None = None
+    seats: Seats | None = None
+    max_mass_kg: MassKg | None = None
+    service_mass_kg: MassKg | None = None
+    empty_mass_kg: MassKg | None = None
+    first_registration_date: date | None = None
+    customs_ref: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    characteristics: list[Code] = []
+    remarks: Text1000 = ""
+
+
+class VehicleIn(FieldsIn):
+    vin: VinText
+    owners: list[UUID] = []
+    plate: PlateText | None = None
+
+
+class VehicleUpdate(FieldsIn):
+    version: int | None = None  # instead of If-Match
+    reason: Text1000 = ""
+
+
+class TransferIn(Input):
+    owners: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
+    version: int | None = None
+    reason: Text1000 = ""
+
+
+class PlateIn(Input):
+    plate: PlateText | None
+    reason: Text1000 = ""
+
+
+class StatusIn(Input):
+    status: VehicleStatus
+    version: int | None = None
+    reason: Text1000 = ""
+
+
+class EncumbranceIn(Input):
+    holder: Text200 = ""
+    reference: Annotated[str, msgspec.Meta(max_length=100)] = ""
+    reason: Text1000 = ""
+
+
+class LiftIn(Input):
+    reason: Text1000 = ""
+
+
+class BlacklistIn(Input):
+    subject_kind: SubjectKind
+    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def _user(request: Request[Any, Any, Any]) -> Principal:
+    user = principal(request)
+    if user is None:
+        raise Unauthorized("this route needs a bearer token")
+    return user
+
+
+def viewer_of(user: Principal) -> Viewer:
+    """Staff and police see every vehicle, affiliates those they filed (and own), anyone else their own."""
+    if user.can("vehicles:read"):
+        return Viewer(sub=user.sub, scope="all")
+    if user.can("vehicles:file"):
+        return Viewer(sub=user.sub, scope="filed")
+    return Viewer(sub=user.sub, scope="own")
+
+
+def _writer_viewer(user: Principal) -> Viewer | None:
+    """Writers see all; an affiliate without vehicles:write may change only what it filed."""
+    return None if user.can("vehicles:write") else Viewer(sub=user.sub, scope="filed")
+
+
+def etag(vehicle: Vehicle) -> str:
+    return f'"{vehicle.version}"'
+
+
+def _with_etag(vehicle: Vehicle, status: int = 200, **headers: str) -> Response[Vehicle]:
+    return Response(vehicle, status_code=status, headers={"ETag": etag(vehicle), **headers})
+
+
+def expected_version(request: Request[Any, Any, Any], body_version: int | None, *, required: bool) -> int | None:
+    """The version the client based its change on: If-Match ("3" or W/"3") or the body's version."""
+    header = request.headers.get("if-match")
+    if header:
+        value = header.strip().removeprefix("W/").strip('"')
+        try:
+            return int(value)
+        except ValueError:
+            raise BadRequest(
+                f'If-Match must be an ETag of this API, like "3"; got {header}', code="bad_if_match"
+            ) from None
+    if body_version is not None:
+        return body_version
+    if required:
+        raise PreconditionRequired("send If-Match with the ETag you read (or a version field)")
+    return None
+
+
+def _fields(data: FieldsIn) -> VehicleFields:
+    # Same constraints as the body, already validated when Litestar decoded it.
+    return VehicleFields(**{f: getattr(data, f) for f in VehicleFields.__struct_fields__})
+
+
+def _filter(**values: Any) -> VehicleFilter:
+    try:
+        return msgspec.convert({k: v for k, v in values.items() if v is not None}, VehicleFilter)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid search: {exc}", code="validation_error") from None
+
+
+def import_dir(settings: Settings) -> Path:
+    return Path(settings.vehicles.import_dir) if settings.vehicles.import_dir else settings.data_dir / "imports"
+
+
+# Query parameters shared by search and export.
+Q = Annotated[str | None, Parameter(description="VIN or plate prefix, or make / model / commercial name (fuzzy)")]
+
+
+class VehiclesController(Controller):
+    path = "/api/vehicles"
+    tags = ["vehicles"]
+
+    # --- catalogue ---------------------------------------------------------------------------------
+
+    @get("/brands", opt=PUBLIC)
+    async def brands(self, bus: Bus, include_inactive: bool = False) -> list[Brand]:
+        """Vehicle brands (makes), cars and motorcycles."""
+        return await bus.ask(ListBrands(include_inactive=include_inactive))
+
+    @post("/brands", guards=CATALOGUE_WRITE)
+    async def create_brand(self, bus: Bus, request: Request[Any, Any, Any], data: BrandIn) -> Brand:
+        """Add a brand (config:write)."""
+        return await bus.ask(CreateBrand(code=data.code, name=data.name, country=data.country, by=_user(request).sub))
+
+    @get("/models", opt=PUBLIC)
+    async def models(self, bus: Bus, brand: str | None = None, include_inactive: bool = False) -> list[VehicleModel]:
+        """Models, optionally of one brand (code or name)."""
+        return await bus.ask(ListModels(brand=brand, include_inactive=include_inactive))
+
+    @post("/models", guards=CATALOGUE_WRITE)
+    async def create_model(self, bus: Bus, request: Request[Any, Any, Any], data: ModelIn) -> VehicleModel:
+        """Add a model to a brand (config:write)."""
+        return await bus.ask(
+            CreateModel(
+                brand_code=data.brand_code, name=data.name, vehicle_type=data.vehicle_type, by=_user(request).sub
+            )
+        )
+
+    @get("/types", opt=PUBLIC)
+    async def types(self, bus: Bus) -> list[VehicleType]:
+        """Vehicle types (motorcycle, passenger car, pick-up …) with their category."""
+        return await bus.ask(ListVehicleTypes())
+
+    @post("/types", guards=CATALOGUE_WRITE)
+    async def create_type(self, bus: Bus, request: Request[Any, Any, Any], data: TypeIn) -> VehicleType:
+        """Add a vehicle type (config:write)."""
+        return await bus.ask(
+            CreateVehicleType(code=data.code, label=data.label, category=data.category, by=_user(request).sub)
+        )
+
+    @get("/categories", opt=PUBLIC)
+    async def categories(self, bus: Bus) -> list[Category]:
+        """Vehicle categories (the codes of the fee grid)."""
+        return await bus.ask(ListCategories())
+
+    @get("/energies", opt=PUBLIC)
+    async def energies(self, bus: Bus) -> list[Energy]:
+        """Energy sources (carte grise P.3)."""
+        return await bus.ask(ListEnergies())
+
+    @get("/characteristics", opt=PUBLIC)
+    async def characteristics(self, bus: Bus) -> list[CharacteristicCategory]:
+        """Characteristic categories and their values."""
+        return await bus.ask(ListCharacteristics())
+
+    @post("/characteristics", guards=CATALOGUE_WRITE)
+    async def create_characteristic(
+        self, bus: Bus, request: Request[Any, Any, Any], data: CharacteristicIn
+    ) -> CharacteristicValue:
+        """Add a characteristic value (and its category when new) (config:write)."""
+        return await bus.ask(
+            CreateCharacteristic(
+                category_code=data.category_code,
+                category_label=data.category_label,
+                code=data.code,
+                label=data.label,
+                by=_user(request).sub,
+            )
+        )
+
+    # --- vehicles ----------------------------------------------------------------------------------
+
+    @get("/")
+    async def search(
+        self,
+        bus: Bus,
+        request: Request[Any, Any, Any],
+        q: Q = None,
+        vin: str | None = None,
+        plate: str | None = None,
+        owner: UUID | None = None,
+        make: str | None = None,
+        model: str | None = None,
+        status: VehicleStatus | None = None,
+        year_min: int | None = None,
+        year_max: int | None = None,
+        include_archived: bool = False,
+        cursor: str | None = None,
+        limit: Annotated[int | None, Parameter(ge=1, le=1000)] = None,
+    ) -> VehiclePage:
+        """Search the vehicles the caller may see; next_cursor fetches the next page."""
+        user = _user(request)
+        settings: Settings = request.app.state.settings
+        filt = _filter(
+            q=q,
+            vin=vin,
+            plate=plate,
+            owner=owner,
+            make=make,
+            model=model,
+            status=status,
+            year_min=year_min,
+            year_max=year_max,
+            include_archived=include_archived,
+        )
+        return await bus.ask(
+            SearchVehicles(
+                filter=filt,
+                viewer=viewer_of(user),
+                cursor=cursor,
+                limit=limit or settings.vehicles.search_default_limit,
+            )
+        )
+
+    @post("/", guards=WRITE_OR_FILE)
+    async def register(self, bus: Bus, request: Request[Any, Any, Any], data: VehicleIn) -> Response[Vehicle]:
+        """Register a vehicle (vehicles:write; an affiliate with vehicles:file files it for its customers)."""
+        user = _user(request)
+        filed_by = None if user.can("vehicles:write") else user.sub
+        vehicle = await bus.ask(
+            RegisterVehicle(
+                vin=data.vin, fields=_fields(data), owners=data.owners, plate=data.plate, filed_by=filed_by, by=user.sub
+            )
+        )
+        return _with_etag(vehicle, 201, Location=f"/api/vehicles/{vehicle.id}")
+
+    @get("/lookup", guards=[requires("vehicles:lookup")])
+    async def lookup(self, bus: Bus, plate: Annotated[str, Parameter(min_length=1, max_length=20)]) -> RoadsideCheck:
+        """Roadside check by plate: stolen, opposed, pledged, blacklisted, and only what a check needs."""
+        return await bus.ask(RoadsideLookup(plate=plate))
+
+    @get("/export", guards=IMPORT)
+    async def export(
+        self,
+        bus: Bus,
+        request: Request[Any, Any, Any],
+        q: Q = None,
+        vin: str | None = None,
+        plate: str | None = None,
+        owner: UUID | None = None,
+        make: str | None = None,
+        model: str | None = None,
+        status: VehicleStatus | None = None,
+        year_min: int | None = None,
+        year_max: int | None = None,
+        include_archived: bool = False,
+    ) -> Stream:
+        """Stream the vehicles of a search as CSV (the import format), batch by batch from a server-side cursor."""
+        filt = _filter(
+            q=q,
+            vin=vin,
+            plate=plate,
+            owner=owner,
+            make=make,
+            model=model,
+            status=status,
+            year_min=year_min,
+            year_max=year_max,
+            include_archived=include_archived,
+        )
+        export_id = await bus.ask(OpenExport(filter=filt, viewer=viewer_of(_user(request))))
+
+        async def body() -> AsyncIterator[bytes]:
+            done = False
+            try:
+                while not done:
+                    chunk = await bus.ask(ReadExport(export_id=export_id))
+                    done = chunk.done
+                    yield chunk.data
+            finally:
+                if not done:  # the client went away: give the cursor's connection back now
+                    with contextlib.suppress(Exception):
+                        await bus.ask(CloseExport(export_id=export_id))
+
+        return Stream(
+            body(),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="vehicles.csv"'},
+        )
+
+    @post("/import", guards=IMPORT, status_code=202, request_max_body_size=None)
+    async def start_import(self, bus: Bus, request: Request[Any, Any, Any]) -> ImportJob:
+        """Upload a CSV (request body, UTF-8, header line first) and import it in the background."""
+        settings: Settings = request.app.state.settings
+        folder = import_dir(settings)
+        folder.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        path = folder / f"{name}.csv"
+        size = 0
+        try:
+            with path.open("wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > settings.vehicles.import_max_bytes:
+                        raise PayloadTooLarge(f"an import file is at most {settings.vehicles.import_max_bytes} bytes")
+                    f.write(chunk)
+            if size == 0:
+                raise BadRequest("send the CSV file as the request body", code="empty_import")
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return await bus.ask(
+            StartImport(path=str(path), error_path=str(folder / f"{name}.errors.csv"), by=_user(request).sub)
+        )
+
+    @get("/import/{job_id:uuid}", guards=IMPORT)
+    async def import_status(self, bus: Bus, job_id: UUID) -> ImportJob:
+        """State and counts of an import job."""
+        return await bus.ask(GetImportJob(job_id=job_id))
+
+    @get("/import/{job_id:uuid}/errors", guards=IMPORT, media_type="text/csv")
+    async def import_errors(self, bus: Bus, job_id: UUID) -> File:
+        """The rejected rows of an import, each with its row number and reason (CSV)."""
+        job = await bus.ask(GetImportJob(job_id=job_id))
+        path = Path(job.error_path)
+        if job.rejected == 0 or not path.is_file():
+            raise NotFound("this import rejected no row", code="no_rejected_rows")
+        return File(path, filename=f"import-{job_id}-errors.csv", media_type="text/csv; charset=utf-8")
+
+    @get("/blacklist", guards=STANDING)
+    async def blacklist(self, bus: Bus, include_lifted: bool = False) -> list[BlacklistEntry]:
+        """Blacklisted vehicles and persons."""
+        return await bus.ask(ListBlacklist(include_lifted=include_lifted))
+
+    @post("/blacklist", guards=STANDING)
+    async def blacklist_add(self, bus: Bus, request: Request[Any, Any, Any], data: BlacklistIn) -> BlacklistEntry:
+        """Blacklist a vehicle (by id) or a person (by user id): every procedure is then blocked."""
+        return await bus.ask(
+            AddToBlacklist(
+                subject_kind=data.subject_kind, subject=data.subject, reason=data.reason, by=_user(request).sub
+            )
+        )
+
+    @post("/blacklist/{entry_id:uuid}/lift", guards=STANDING, status_code=200)
+    async def blacklist_lift(self, bus: Bus, request: Request[Any, Any, Any], entry_id: UUID) -> BlacklistEntry:
+        """Lift a blacklist entry (it stays on record)."""
+        return await bus.ask(LiftBlacklist(entry_id=entry_id, by=_user(request).sub))
+
+    @get("/{vehicle_id:uuid}")
+    async def get_vehicle(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> Response[Vehicle]:
+        """One vehicle, with its ETag (the version to send back in If-Match)."""
+        vehicle = await bus.ask(GetVehicle(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+        return _with_etag(vehicle)
+
+    @put("/{vehicle_id:uuid}", guards=WRITE_OR_FILE)
+    async def update(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: VehicleUpdate
+    ) -> Response[Vehicle]:
+        """Replace the carte grise fields; needs If-Match (412 when the vehicle changed meanwhile)."""
+        user = _user(request)
+        version = expected_version(request, data.version, required=True)
+        assert version is not None
+        vehicle = await bus.ask(
+            UpdateVehicle(
+                vehicle_id=vehicle_id,
+                fields=_fields(data),
+                expected_version=version,
+                viewer=_writer_viewer(user),
+                reason=data.reason,
+                by=user.sub,
+            )
+        )
+        return _with_etag(vehicle)
+
+    @delete("/{vehicle_id:uuid}", guards=WRITE, status_code=200)
+    async def archive(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> Response[Vehicle]:
+        """Archive a vehicle: hidden from searches, never erased (If-Match honoured when sent)."""
+        vehicle = await bus.ask(
+            ArchiveVehicle(
+                vehicle_id=vehicle_id,
+                expected_version=expected_version(request, None, required=False),
+                by=_user(request).sub,
+            )
+        )
+        return _with_etag(vehicle)
+
+    @get("/{vehicle_id:uuid}/history")
+    async def history(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> list[HistoryEntry]:
+        """Every change of the vehicle: who, when, field, old -> new (ownership, plate, standing included)."""
+        return await bus.ask(GetVehicleHistory(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+
+    @get("/{vehicle_id:uuid}/standing")
+    async def standing(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> VehicleStanding:
+        """Pledges, oppositions, status and blacklist, and whether a transfer or registration is blocked."""
+        return await bus.ask(GetVehicleStanding(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+
+    @post("/{vehicle_id:uuid}/transfer", guards=WRITE, status_code=200)
+    async def transfer(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: TransferIn
+    ) -> Response[Vehicle]:
+        """Change the owners; refused (409) while a pledge, opposition, theft or blacklist blocks it."""
+        vehicle = await bus.ask(
+            ChangeOwners(
+                vehicle_id=vehicle_id,
+                owners=data.owners,
+                expected_version=expected_version(request, data.version, required=False),
+                reason=data.reason,
+                by=_user(request).sub,
+            )
+        )
+        return _with_etag(vehicle)
+
+    @put("/{vehicle_id:uuid}/plate", guards=WRITE)
+    async def plate(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: PlateIn
+    ) -> Response[Vehicle]:
+        """Set or clear the current plate (normally done by the registration service)."""
+        vehicle = await bus.ask(
+            AssignPlate(vehicle_id=vehicle_id, plate=data.plate, reason=data.reason, by=_user(request).sub)
+        )
+        return _with_etag(vehicle)
+
+    @post("/{vehicle_id:uuid}/status", guards=STANDING, status_code=200)
+    async def set_status(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: StatusIn
+    ) -> Response[Vehicle]:
+        """Report the vehicle stolen, recovered (active), destroyed or exported."""
+        vehicle = await bus.ask(
+            SetVehicleStatus(
+                vehicle_id=vehicle_id,
+                status=data.status,
+                expected_version=expected_version(request, data.version, required=False),
+                reason=data.reason,
+                by=_user(request).sub,
+            )
+        )
+        return _with_etag(vehicle)
+
+    @post("/{vehicle_id:uuid}/pledges", guards=STANDING)
+    async def declare_pledge(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: EncumbranceIn
+    ) -> Encumbrance:
+        """Declare a pledge (gage): the vehicle cannot be transferred until it is lifted."""
+        return await _declare(bus, request, vehicle_id, "pledge", data)
+
+    @post("/{vehicle_id:uuid}/oppositions", guards=STANDING)
+    async def declare_opposition(
+        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: EncumbranceIn
+    ) -> Encumbrance:
+        """Declare an opposition: transfer and registration are blocked until it is lifted."""
+        return await _declare(bus, request, vehicle_id, "opposition", data)
+
+    @post("/{vehicle_id:uuid}/pledges/{encumbrance_id:uuid}/lift", guards=STANDING, status_code=200)
+    async def lift_pledge(
+        self,
+        bus: Bus,
+        request: Request[Any, Any, Any],
+        vehicle_id: UUID,
+        encumbrance_id: UUID,
+        data: LiftIn | None = None,
+    ) -> Encumbrance:
+        """Lift a pledge (it stays on record with who lifted it)."""
+        return await bus.ask(
+            LiftEncumbrance(
+                vehicle_id=vehicle_id,
+                encumbrance_id=encumbrance_id,
+                reason=data.reason if data else "",
+                by=_user(request).sub,
+            )
+        )
+
+    @post("/{vehicle_id:uuid}/oppositions/{encumbrance_id:uuid}/lift", guards=STANDING, status_code=200)
+    async def lift_opposition(
+        self,
+        bus: Bus,
+        request: Request[Any, Any, Any],
+        vehicle_id: UUID,
+        encumbrance_id: UUID,
+        data: LiftIn | None = None,
+    ) -> Encumbrance:
+        """Lift an opposition (it stays on record with who lifted it)."""
+        return await bus.ask(
+            LiftEncumbrance(
+                vehicle_id=vehicle_id,
+                encumbrance_id=encumbrance_id,
+                reason=data.reason if data else "",
+                by=_user(request).sub,
+            )
+        )
+
+
+async def _declare(
+    bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, kind: Any, data: EncumbranceIn
+) -> Encumbrance:
+    return await bus.ask(
+        DeclareEncumbrance(
+            vehicle_id=vehicle_id,
+            kind=kind,
+            holder=data.holder,
+            reference=data.reference,
+            reason=data.reason,
+            by=_user(request).sub,
+        )
+    )
+
+
+CONTROLLERS: list[Any] = [VehiclesController]

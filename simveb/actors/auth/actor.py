@@ -1,9 +1,679 @@
-"""The auth actor."""
+"""The auth actor: passwords, one-time codes, sign-in, sessions and tokens, lockouts, TOTP.
+
+It signs access tokens with the process key ring (re-read when the keys directory changes, so a
+`simveb keys rotate` takes effect without a restart) and keeps no other in-memory state, so several
+messages are handled at once; correctness under concurrency comes from row locks.
+
+Rules that hold everywhere below:
+- Answers never reveal whether an account exists: an unknown identifier, an inactive account and a
+  wrong password give the same error, a code request for nobody gives the same reply (a challenge
+  row is stored all the same, no code is sent), and a password is always verified against a hash
+  (a dummy one when there is none) so the timing is similar.
+- Secrets are stored hashed: passwords with argon2id (off the event loop), one-time codes with a
+  peppered HMAC-SHA256, refresh tokens and recovery codes (high entropy) with SHA-256.
+- Revoking a session denies every access token it still has alive; verifiers poll the deny list.
+"""
 
 from __future__ import annotations
 
-from simveb.bus import Actor
+import asyncio
+import hashlib
+import hmac
+import logging
+import math
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import pyotp
+import segno
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from simveb.actors.auth import store
+from simveb.actors.auth.messages import (
+    CheckPasswordPolicy,
+    DeniedTokens,
+    EnableTotp,
+    GetJwks,
+    Jwks,
+    ListDeniedTokens,
+    ListSessions,
+    Login,
+    LoginResult,
+    Logout,
+    OtpRequested,
+    RecoveryCodes,
+    RefreshSession,
+    RequestOtp,
+    ResetPassword,
+    RevokeSession,
+    RevokeUserSessions,
+    Session,
+    SetPassword,
+    SetupTotp,
+    TokenPair,
+    TotpSetup,
+    TwoFactorChallenge,
+    VerifyOtp,
+)
+from simveb.actors.notifications.messages import SendOtp
+from simveb.actors.users.messages import (
+    ConfirmRegistration,
+    GetUserAuthz,
+    ResolveLogin,
+    UserAuthz,
+    UserDeactivated,
+    UserRolesChanged,
+)
+from simveb.bus import Actor, handler
+from simveb.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
+from simveb.keys import KeyRing, load_private
+
+log = logging.getLogger("simveb.auth")
+
+# OWASP's argon2id parameters (m=19 MiB, t=2, p=1): about 26 ms a hash on this machine class.
+HASHER = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+MAX_PASSWORD_LENGTH = 256  # argon2 accepts anything; a bound keeps a huge body from costing more
+TOTP_DIGITS = re.compile(r"^\d{6}$")
+RECOVERY_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read from paper
+
+INVALID_CREDENTIALS = "wrong identifier or password"
+INVALID_CODE = "wrong or expired code"
+
+
+def account_key(identifier: str) -> str:
+    """The identifier as attempts and code requests are counted: trimmed, lower case, no spaces."""
+    return re.sub(r"\s+", "", identifier).lower()[:254]
+
+
+def sha256(value: str) -> bytes:
+    return hashlib.sha256(value.encode()).digest()
+
+
+def normalise_recovery(code: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "", code.upper())
+
+
+def new_recovery_code() -> str:
+    raw = "".join(secrets.choice(RECOVERY_ALPHABET) for _ in range(16))  # 80 bits
+    return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def _verify(hashed: str, password: str) -> bool:
+    try:
+        return HASHER.verify(hashed, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
 
 
 class AuthActor(Actor):
     name = "auth"
+    # Stateless apart from the key ring (replaced atomically): logins overlap while argon2 runs in
+    # threads. Lockouts and refresh rotation take row or advisory locks in the database.
+    concurrency = 16
+
+    async def on_start(self) -> None:
+        self.conf = self.settings.auth
+        self._keys_dir = self.settings.data_dir / "keys"
+        self._keys = KeyRing.for_settings(self.settings)
+        self._keys_stamp = self._stamp()
+        self._keys_checked = time.monotonic()
+        self._pepper = self._code_pepper()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # A real hash to verify against when the account has none: same cost, same timing.
+        self._dummy_hash = await asyncio.to_thread(HASHER.hash, secrets.token_urlsafe(16))
+        self._spawn(self._purge_hourly())
+
+    async def on_stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- keys and hashes ---------------------------------------------------------------------------
+
+    def _stamp(self) -> tuple[tuple[str, int], ...]:
+        if not self._keys_dir.is_dir():
+            return ()
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self._keys_dir.glob("*.pem")))
+
+    def _ring(self) -> KeyRing:
+        """The key ring, re-read at most once a second when the keys directory changed (rotation)."""
+        now = time.monotonic()
+        if now - self._keys_checked >= 1.0:
+            self._keys_checked = now
+            stamp = self._stamp()
+            if stamp != self._keys_stamp:
+                self._keys = KeyRing.for_settings(self.settings)
+                self._keys_stamp = stamp
+                log.info("signing keys reloaded; signing with kid %s", self._keys.kid)
+        return self._keys
+
+    def _code_pepper(self) -> bytes:
+        """HMAC key of one-time codes: the configured secret, else derived from a key that does not
+        change at a rotation (the configured signing key, or the oldest development key file)."""
+        if self.conf.code_secret:
+            return hashlib.sha256(b"simveb-codes:" + self.conf.code_secret.encode()).digest()
+        if self.settings.security.signing_key:
+            material = self.settings.security.signing_key.encode()
+        else:
+            files = sorted(self._keys_dir.glob("*.pem"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+            material = files[0].read_bytes()
+            load_private(material)  # refuse a broken file here rather than at the first code
+        return hashlib.sha256(b"simveb-codes:" + material).digest()
+
+    def _code_hash(self, challenge_id: UUID, code: str) -> bytes:
+        return hmac.new(self._pepper, f"{challenge_id}:{code}".encode(), hashlib.sha256).digest()
+
+    async def _purge_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                async with self.db.pool.acquire() as con:
+                    await store.purge(con)
+            except Exception:
+                log.warning("auth purge failed; retrying in an hour", exc_info=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- users -------------------------------------------------------------------------------------
+
+    async def _resolve(self, identifier: str) -> UserAuthz | None:
+        try:
+            return await self.bus.ask(ResolveLogin(identifier=identifier.strip()))
+        except NotFound:
+            return None
+
+    def _needs_2fa(self, authz: UserAuthz) -> bool:
+        required = set(self.conf.require_2fa_roles)
+        return any(role in required for role in authz.roles)
+
+    # --- passwords ---------------------------------------------------------------------------------
+
+    async def _policy(self, password: str, user_id: UUID | None) -> None:
+        broken = []
+        if len(password) < self.conf.password_min_length:
+            broken.append(f"at least {self.conf.password_min_length} characters")
+        if len(password) > MAX_PASSWORD_LENGTH:
+            broken.append(f"at most {MAX_PASSWORD_LENGTH} characters")
+        if password.strip() != password or not password.strip():
+            broken.append("no leading or trailing spaces")
+        if not broken and user_id is not None and self.conf.password_history:
+            async with self.db.pool.acquire() as con:
+                previous = await store.recent_password_hashes(con, user_id, self.conf.password_history)
+            for hashed in previous:
+                if await asyncio.to_thread(_verify, hashed, password):
+                    broken.append(f"not one of the last {self.conf.password_history} passwords")
+                    break
+        if broken:
+            raise Invalid("password refused: " + "; ".join(broken), code="password_policy", rules=broken)
+
+    @handler
+    async def check_password_policy(self, msg: CheckPasswordPolicy) -> None:
+        await self._policy(msg.password, msg.user_id)
+
+    @handler
+    async def set_password(self, msg: SetPassword) -> None:
+        await self._policy(msg.password, msg.user_id)
+        hashed = await asyncio.to_thread(HASHER.hash, msg.password)
+        async with self.db.transaction() as con:
+            await store.set_password(con, msg.user_id, hashed, msg.by)
+
+    # --- lockouts ----------------------------------------------------------------------------------
+
+    async def _check_locks(self, key: str, client_ip: str | None) -> None:
+        async with self.db.pool.acquire() as con:
+            left = await store.active_lockout(con, "account", key)
+            if left is None and client_ip:
+                left = await store.active_lockout(con, "address", client_ip)
+        if left is not None:
+            raise TooManyRequests(
+                "too many failed attempts; try again later", retry_after=max(1, math.ceil(left)), code="locked_out"
+            )
+
+    async def _failed(self, key: str, user_id: UUID | None, client_ip: str | None, kind: str) -> None:
+        """Record a failure; lock the account (or the address) when it was one too many (audited)."""
+        locked: float | None = None
+        async with self.db.transaction() as con:
+            # Serialise the count-then-lock of one account so concurrent failures lock it once.
+            await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", key)
+            await store.record_attempt(con, key, user_id, client_ip, kind, False)
+            failures = await store.recent_failures(con, "account", key, self.conf.failure_window_s)
+            if failures >= self.conf.max_failures:
+                await store.add_lockout(
+                    con,
+                    "account",
+                    key,
+                    user_id=user_id,
+                    client_ip=client_ip,
+                    failures=failures,
+                    seconds=self.conf.lockout_s,
+                )
+                locked = self.conf.lockout_s
+                log.warning("account locked after %d failures", failures, extra={"account": key, "ip": client_ip})
+            if client_ip:
+                by_address = await store.recent_failures(con, "address", client_ip, self.conf.failure_window_s)
+                if by_address >= self.conf.address_max_failures:
+                    await store.add_lockout(
+                        con,
+                        "address",
+                        client_ip,
+                        user_id=None,
+                        client_ip=client_ip,
+                        failures=by_address,
+                        seconds=self.conf.address_lockout_s,
+                    )
+                    locked = max(locked or 0, self.conf.address_lockout_s)
+                    log.warning("client address locked after %d failures", by_address, extra={"ip": client_ip})
+        if locked is not None:
+            raise TooManyRequests(
+                "too many failed attempts; try again later", retry_after=int(locked), code="locked_out"
+            )
+
+    async def _succeeded(self, key: str, user_id: UUID, client_ip: str | None, kind: str) -> None:
+        async with self.db.pool.acquire() as con:
+            await store.record_attempt(con, key, user_id, client_ip, kind, True)
+
+    # --- tokens ------------------------------------------------------------------------------------
+
+    async def _issue(
+        self,
+        con: asyncpg.Connection,
+        authz: UserAuthz,
+        session_id: UUID,
+        *,
+        limited: bool,
+        mfa: bool,
+        method: str,
+    ) -> TokenPair:
+        """Sign an access token and store it with a new refresh token, in the caller's transaction."""
+        now = int(time.time())
+        ttl = self.conf.access_ttl_s
+        jti = uuid.uuid4().hex
+        claims: dict[str, Any] = {
+            "iss": self.settings.security.issuer,
+            "aud": self.settings.security.audience,
+            "sub": str(authz.user_id),
+            "iat": now,
+            "exp": now + ttl,
+            "jti": jti,
+            "sid": str(session_id),
+            "amr": [{"password": "pwd", "otp": "otp", "register": "otp"}[method], *(["otp_totp"] if mfa else [])],
+            # A limited token names no role and carries no permission: only routes open to any
+            # signed-in user (2FA setup, /me, sessions, logout) accept it.
+            "roles": [] if limited else list(authz.roles),
+            "permissions": [] if limited else list(authz.permissions),
+        }
+        if limited:
+            claims["scope"] = "two_factor_setup"
+        access = self._ring().sign(claims)
+        refresh = secrets.token_urlsafe(32)
+        await store.add_tokens(con, session_id, sha256(refresh), jti, datetime.fromtimestamp(now + ttl, UTC))
+        return TokenPair(
+            access_token=access, refresh_token=refresh, expires_in=ttl, session_id=session_id, limited=limited
+        )
+
+    async def _new_session(
+        self, authz: UserAuthz, *, method: str, mfa: bool, client_ip: str | None, user_agent: str | None
+    ) -> LoginResult:
+        limited = self._needs_2fa(authz) and not mfa
+        session_id = uuid.uuid4()
+        async with self.db.transaction() as con:
+            await store.create_session(
+                con,
+                session_id=session_id,
+                user_id=authz.user_id,
+                method=method,
+                mfa=mfa,
+                limited=limited,
+                client_ip=client_ip,
+                user_agent=(user_agent or "")[:300] or None,
+                ttl_s=self.conf.refresh_ttl_s,
+            )
+            tokens = await self._issue(con, authz, session_id, limited=limited, mfa=mfa, method=method)
+        return LoginResult(status="authenticated", tokens=tokens)
+
+    async def _signed_in(
+        self, authz: UserAuthz, *, method: str, account: str, client_ip: str | None, user_agent: str | None
+    ) -> LoginResult:
+        """First factor proved: ask for the second when the account has one, else open a session."""
+        async with self.db.pool.acquire() as con:
+            has_totp = await store.totp_enabled(con, authz.user_id)
+            if has_totp:
+                challenge_id = uuid.uuid4()
+                expires_at = await store.create_challenge(
+                    con,
+                    challenge_id=challenge_id,
+                    account=account,
+                    user_id=authz.user_id,
+                    purpose="two_factor",
+                    code_hash=None,
+                    client_ip=client_ip,
+                    ttl_s=self.conf.challenge_ttl_s,
+                    method=method,
+                )
+        if has_totp:
+            return LoginResult(
+                status="two_factor_required",
+                challenge=TwoFactorChallenge(challenge_id=challenge_id, expires_at=expires_at),
+            )
+        return await self._new_session(authz, method=method, mfa=False, client_ip=client_ip, user_agent=user_agent)
+
+    # --- sign-in -----------------------------------------------------------------------------------
+
+    @handler
+    async def login(self, msg: Login) -> LoginResult:
+        authz = await self._resolve(msg.identifier)
+        key = f"user:{authz.user_id}" if authz else f"id:{account_key(msg.identifier)}"
+        await self._check_locks(key, msg.client_ip)
+        hashed = None
+        if authz is not None and authz.status == "active":
+            async with self.db.pool.acquire() as con:
+                hashed = await store.password_hash(con, authz.user_id)
+        password = msg.password[:MAX_PASSWORD_LENGTH]
+        ok = await asyncio.to_thread(_verify, hashed or self._dummy_hash, password) and hashed is not None
+        if not ok or authz is None:
+            await self._failed(key, authz.user_id if authz else None, msg.client_ip, "password")
+            raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+        await self._succeeded(key, authz.user_id, msg.client_ip, "password")
+        if HASHER.check_needs_rehash(hashed):  # type: ignore[arg-type]
+            new = await asyncio.to_thread(HASHER.hash, password)
+            async with self.db.pool.acquire() as con:
+                await store.rehash_password(con, authz.user_id, hashed, new)  # type: ignore[arg-type]
+        return await self._signed_in(
+            authz, method="password", account=key, client_ip=msg.client_ip, user_agent=msg.user_agent
+        )
+
+    @handler
+    async def request_otp(self, msg: RequestOtp) -> OtpRequested:
+        account = account_key(msg.identifier)
+        cooldown = self.conf.otp_resend_cooldown_s
+        async with self.db.pool.acquire() as con:
+            recent = await store.recent_challenge(con, account, msg.purpose, cooldown)
+        if recent is not None:
+            # Within the cooldown the same challenge is answered again and nothing is sent.
+            return OtpRequested(
+                challenge_id=recent["id"],
+                expires_at=recent["expires_at"],
+                resend_after_s=max(1, math.ceil(recent["wait"])),
+            )
+        authz = await self._resolve(msg.identifier)
+        wanted_status = "pending" if msg.purpose == "register" else "active"
+        eligible = authz is not None and authz.status == wanted_status and bool(authz.phone or authz.email)
+        challenge_id = uuid.uuid4()
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        async with self.db.pool.acquire() as con:
+            expires_at = await store.create_challenge(
+                con,
+                challenge_id=challenge_id,
+                account=account,
+                user_id=authz.user_id if eligible and authz else None,
+                purpose=msg.purpose,
+                code_hash=self._code_hash(challenge_id, code),
+                client_ip=msg.client_ip,
+                ttl_s=self.conf.otp_ttl_s,
+            )
+        if eligible and authz is not None:
+            # Delivered in the background: the reply takes as long whether or not a code is sent.
+            self._spawn(self._deliver(authz, code, msg.purpose, challenge_id))
+        return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+
+    async def _deliver(self, authz: UserAuthz, code: str, purpose: str, challenge_id: UUID) -> None:
+        if not self.bus.handles(SendOtp):
+            log.warning("no notifications service in this process: one-time code %s not sent", challenge_id)
+            return
+        channel, to = ("sms", authz.phone) if authz.phone else ("email", authz.email)
+        try:
+            await self.bus.ask(
+                SendOtp(
+                    channel=channel,  # type: ignore[arg-type]
+                    to=to or "",
+                    code=code,
+                    purpose=purpose,  # type: ignore[arg-type]
+                    language=authz.language,
+                    idempotency_key=str(challenge_id),
+                )
+            )
+        except Exception as exc:  # the code is never logged, only which challenge failed
+            log.warning("one-time code %s could not be queued: %s", challenge_id, type(exc).__name__)
+
+    async def _open_challenge(
+        self, challenge_id: UUID, code: str, purposes: tuple[str, ...], client_ip: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Lock a challenge and check the code; return (row, ok). Refusals that are not a wrong code raise."""
+        async with self.db.transaction() as con:
+            row = await store.challenge(con, challenge_id)
+            if row is None or row["consumed_at"] is not None or row["purpose"] not in purposes:
+                raise Unauthorized(INVALID_CODE, code="invalid_code")
+            if row["expired"]:
+                raise Unauthorized("the code expired; ask for a new one", code="code_expired")
+            if row["attempts"] >= self.conf.otp_max_attempts:
+                left = (row["expires_at"] - datetime.now(UTC)).total_seconds()
+                raise TooManyRequests(
+                    "too many wrong codes; ask for a new one",
+                    retry_after=max(1, min(math.ceil(left), self.conf.otp_resend_cooldown_s or 1)),
+                    code="too_many_attempts",
+                )
+            # Wrong codes count as failed sign-ins of the account: a lockout stops guessing across codes.
+            key = f"user:{row['user_id']}" if row["user_id"] else f"id:{row['account']}"
+            left = await store.active_lockout(con, "account", key)
+            if left is None and client_ip:
+                left = await store.active_lockout(con, "address", client_ip)
+            if left is not None:
+                raise TooManyRequests(
+                    "too many failed attempts; try again later", retry_after=max(1, math.ceil(left)), code="locked_out"
+                )
+            ok = await self._code_matches(con, row, code.strip())
+            if ok:
+                await store.consume_challenge(con, challenge_id)
+            else:
+                await store.challenge_failed(con, challenge_id)
+        return dict(row), ok
+
+    async def _code_matches(self, con: asyncpg.Connection, row: asyncpg.Record, code: str) -> bool:
+        user_id = row["user_id"]
+        if user_id is None:
+            return False
+        if row["purpose"] != "two_factor":
+            return row["code_hash"] is not None and hmac.compare_digest(
+                row["code_hash"], self._code_hash(row["id"], code)
+            )
+        if TOTP_DIGITS.match(code):
+            totp = await store.totp(con, user_id, lock=True)
+            if totp is None or totp["enabled_at"] is None:
+                return False
+            step = totp_step(totp["secret"], code, after=totp["last_used_step"])
+            if step is None:
+                return False
+            await store.use_totp_step(con, user_id, step)
+            return True
+        return await store.use_recovery_code(con, user_id, sha256(normalise_recovery(code)))
+
+    async def _code_failed(self, row: dict[str, Any], client_ip: str | None) -> None:
+        key = f"user:{row['user_id']}" if row["user_id"] else f"id:{row['account']}"
+        kind = "two_factor" if row["purpose"] == "two_factor" else "otp"
+        await self._failed(key, row["user_id"], client_ip, kind)
+        raise Unauthorized(INVALID_CODE, code="invalid_code")
+
+    @handler
+    async def verify_otp(self, msg: VerifyOtp) -> LoginResult:
+        row, ok = await self._open_challenge(
+            msg.challenge_id, msg.code, ("login", "register", "two_factor"), msg.client_ip
+        )
+        if not ok:
+            await self._code_failed(row, msg.client_ip)
+        user_id: UUID = row["user_id"]
+        kind = "two_factor" if row["purpose"] == "two_factor" else "otp"
+        if row["purpose"] == "register":
+            authz = await self.bus.ask(ConfirmRegistration(user_id=user_id))
+        else:
+            authz = await self.bus.ask(GetUserAuthz(user_id=user_id))
+        if authz.status != "active":
+            raise Unauthorized(INVALID_CODE, code="invalid_code")
+        await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, kind)
+        if row["purpose"] == "two_factor":
+            return await self._new_session(
+                authz, method=row["method"] or "password", mfa=True, client_ip=msg.client_ip, user_agent=msg.user_agent
+            )
+        method = "register" if row["purpose"] == "register" else "otp"
+        return await self._signed_in(
+            authz, method=method, account=f"user:{user_id}", client_ip=msg.client_ip, user_agent=msg.user_agent
+        )
+
+    @handler
+    async def refresh(self, msg: RefreshSession) -> LoginResult:
+        token_hash = sha256(msg.refresh_token)
+        refused: Unauthorized | None = None
+        tokens: TokenPair | None = None
+        async with self.db.transaction() as con:
+            row = await store.refresh_token(con, token_hash)
+            if row is None:
+                refused = Unauthorized("unknown refresh token", code="invalid_refresh_token")
+            elif row["rotated_at"] is not None:
+                # Reuse of an exchanged token: it was stolen or replayed. Revoke the whole family.
+                await store.revoke_sessions(con, [row["session_id"]], "refresh_token_reuse")
+                log.warning("refresh token reused: session %s revoked", row["session_id"])
+                refused = Unauthorized("refresh token already used; session revoked", code="refresh_token_reused")
+            elif row["revoked_at"] is not None or row["expired"]:
+                refused = Unauthorized("session ended; sign in again", code="session_revoked")
+            else:
+                authz = await self.bus.ask(GetUserAuthz(user_id=row["user_id"]))
+                if authz.status != "active":
+                    await store.revoke_sessions(con, [row["session_id"]], "user_inactive")
+                    refused = Unauthorized("session ended; sign in again", code="session_revoked")
+                else:
+                    limited = self._needs_2fa(authz) and not row["mfa"]
+                    await store.rotate(con, token_hash, row["session_id"], limited)
+                    tokens = await self._issue(
+                        con, authz, row["session_id"], limited=limited, mfa=row["mfa"], method=row["method"]
+                    )
+        if refused is not None:
+            raise refused
+        return LoginResult(status="authenticated", tokens=tokens)
+
+    # --- sessions ----------------------------------------------------------------------------------
+
+    @handler
+    async def logout(self, msg: Logout) -> None:
+        expires_at = datetime.fromtimestamp(msg.exp, UTC)
+        async with self.db.transaction() as con:
+            session_id = msg.session_id or await store.session_of_token(con, msg.jti)
+            if session_id is not None and await store.session_owner(con, session_id) == msg.user_id:
+                await store.revoke_sessions(con, [session_id], "logout")
+            await store.deny_token(con, msg.jti, expires_at, "logout")
+
+    @handler
+    async def list_sessions(self, msg: ListSessions) -> list[Session]:
+        async with self.db.pool.acquire() as con:
+            return await store.list_sessions(con, msg.user_id)
+
+    @handler
+    async def revoke_session(self, msg: RevokeSession) -> None:
+        async with self.db.transaction() as con:
+            # Someone else's session and no session at all look the same: 404, nothing learnt.
+            if await store.session_owner(con, msg.session_id) != msg.user_id:
+                raise NotFound("no such session", code="session_not_found")
+            await store.revoke_sessions(con, [msg.session_id], "revoked_by_user")
+
+    @handler
+    async def revoke_user_sessions(self, msg: RevokeUserSessions) -> int:
+        async with self.db.transaction() as con:
+            return await store.revoke_sessions(con, [], msg.reason, user_id=msg.user_id)
+
+    @handler
+    async def on_user_deactivated(self, event: UserDeactivated, con: asyncpg.Connection) -> None:
+        await store.revoke_sessions(con, [], "user_deactivated", user_id=event.user_id)
+
+    @handler
+    async def on_user_roles_changed(self, event: UserRolesChanged, con: asyncpg.Connection) -> None:
+        # The next sign-in carries the new permissions; tokens with the old ones are denied now.
+        await store.revoke_sessions(con, [], "roles_changed", user_id=event.user_id)
+
+    # --- second factor -----------------------------------------------------------------------------
+
+    @handler
+    async def setup_totp(self, msg: SetupTotp) -> TotpSetup:
+        secret = pyotp.random_base32()
+        async with self.db.transaction() as con:
+            current = await store.totp(con, msg.user_id, lock=True)
+            if current is not None and current["enabled_at"] is not None:
+                raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
+            await store.start_totp(con, msg.user_id, secret)
+        uri = pyotp.TOTP(secret).provisioning_uri(name=msg.account_name, issuer_name=self.conf.totp_issuer)
+        svg = segno.make(uri, error="m").svg_inline(scale=4)
+        return TotpSetup(secret=secret, otpauth_uri=uri, qr_svg=svg)
+
+    @handler
+    async def enable_totp(self, msg: EnableTotp) -> RecoveryCodes:
+        codes = [new_recovery_code() for _ in range(self.conf.recovery_codes)]
+        async with self.db.transaction() as con:
+            current = await store.totp(con, msg.user_id, lock=True)
+            if current is None:
+                raise Conflict("start with POST /api/auth/2fa/setup", code="two_factor_not_started")
+            if current["enabled_at"] is not None:
+                raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
+            step = totp_step(current["secret"], msg.code.strip(), after=current["last_used_step"])
+            if step is None:
+                raise Invalid("wrong code: check the authenticator app's clock", code="invalid_code")
+            await store.use_totp_step(con, msg.user_id, step, enable=True)
+            await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
+        return RecoveryCodes(codes=codes)
+
+    # --- password reset ----------------------------------------------------------------------------
+
+    @handler
+    async def reset_password(self, msg: ResetPassword) -> None:
+        await self._policy(msg.new_password, None)
+        row, ok = await self._open_challenge(msg.challenge_id, msg.code, ("password_reset",), msg.client_ip)
+        if not ok:
+            await self._code_failed(row, msg.client_ip)
+        user_id: UUID = row["user_id"]
+        try:
+            await self._policy(msg.new_password, user_id)
+        except Invalid:
+            # The code was right but the password is refused: give the code back for another try.
+            async with self.db.pool.acquire() as con:
+                await con.execute("UPDATE auth.otp_verifications SET consumed_at = NULL WHERE id = $1", row["id"])
+            raise
+        hashed = await asyncio.to_thread(HASHER.hash, msg.new_password)
+        async with self.db.transaction() as con:
+            await store.set_password(con, user_id, hashed, "password_reset")
+            await store.revoke_sessions(con, [], "password_reset", user_id=user_id)
+        await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, "otp")
+
+    # --- verifiers ---------------------------------------------------------------------------------
+
+    @handler
+    async def get_jwks(self, msg: GetJwks) -> Jwks:
+        return Jwks(keys=self._ring().jwks()["keys"])
+
+    @handler
+    async def list_denied(self, msg: ListDeniedTokens) -> DeniedTokens:
+        async with self.db.pool.acquire() as con:
+            return await store.denied_since(con, msg.cursor)
+
+
+def totp_step(secret: str, code: str, *, after: int, at: float | None = None) -> int | None:
+    """The 30-second step (now, one before, one after) whose code this is, if later than `after`.
+
+    Refusing steps already used means a code seen over a shoulder cannot be replayed.
+    """
+    if not TOTP_DIGITS.match(code):
+        return None
+    totp = pyotp.TOTP(secret)
+    now = time.time() if at is None else at
+    current = int(now // totp.interval)
+    for step in (current, current - 1, current + 1):
+        if step > after and hmac.compare_digest(totp.generate_otp(step), code):
+            return step
+    return None

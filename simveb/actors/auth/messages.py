@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
+import msgspec
+
 from simveb.bus import Ask, Record
 
 
@@ -43,3 +45,177 @@ class RequestOtp(Ask[OtpRequested]):
     identifier: str
     purpose: Literal["login", "register", "password_reset"]
     client_ip: str | None = None
+
+
+# --- replies -----------------------------------------------------------------------------------------
+
+LoginStatus = Literal["authenticated", "two_factor_required"]
+
+
+class TokenPair(Record):
+    """What a completed sign-in gives: a short-lived access token and the session's refresh token.
+
+    `limited` tokens carry no permission: the account's role requires a second factor that is not
+    enabled yet; they serve only to set it up (then sign in again).
+    """
+
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int
+    session_id: UUID
+    limited: bool = False
+
+
+class TwoFactorChallenge(Record):
+    """The password (or code) was right; prove the second factor with this challenge at verify-otp."""
+
+    challenge_id: UUID
+    expires_at: datetime
+    methods: list[str] = msgspec.field(default_factory=lambda: ["totp", "recovery_code"])
+
+
+class LoginResult(Record):
+    status: LoginStatus
+    tokens: TokenPair | None = None
+    challenge: TwoFactorChallenge | None = None
+
+
+class Session(Record):
+    id: UUID
+    method: str
+    mfa: bool
+    limited: bool
+    client_ip: str | None = None
+    user_agent: str | None = None
+    created_at: datetime
+    last_used_at: datetime
+    expires_at: datetime
+
+
+class TotpSetup(Record):
+    """Scan the QR code (or type the secret) in an authenticator app, then confirm with a code."""
+
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+
+
+class RecoveryCodes(Record):
+    """Shown once: each code signs in once instead of a TOTP code."""
+
+    codes: list[str]
+
+
+class DeniedToken(Record):
+    jti: str
+    exp: int
+
+
+class DeniedTokens(Record):
+    items: list[DeniedToken]
+    cursor: int
+
+
+class Jwks(Record):
+    keys: list[dict[str, str]]
+
+
+# --- sign-in -----------------------------------------------------------------------------------------
+
+
+class Login(Ask[LoginResult]):
+    """Email or phone and password. Unauthorized `invalid_credentials` whatever was wrong (unknown
+    account, wrong password, inactive account); TooManyRequests while the account or address is locked."""
+
+    identifier: str
+    password: str
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+class VerifyOtp(Ask[LoginResult]):
+    """Complete a code sign-in, a self-registration, or a second-factor challenge (TOTP or recovery code)."""
+
+    challenge_id: UUID
+    code: str
+    client_ip: str | None = None
+    user_agent: str | None = None
+
+
+class RefreshSession(Ask[LoginResult]):
+    """Exchange a refresh token for a new pair; a token already exchanged revokes the whole session."""
+
+    refresh_token: str
+    client_ip: str | None = None
+
+
+class Logout(Ask[None]):
+    """Revoke the session and deny this access token until it expires."""
+
+    user_id: UUID
+    jti: str
+    exp: int
+    session_id: UUID | None = None
+
+
+class ListSessions(Ask[list[Session]]):
+    """The user's live sessions."""
+
+    user_id: UUID
+
+
+class RevokeSession(Ask[None]):
+    """NotFound unless the session is one of this user's."""
+
+    user_id: UUID
+    session_id: UUID
+
+
+class RevokeUserSessions(Ask[int]):
+    """Revoke every session of a user (deactivation, role change, password reset); returns how many."""
+
+    user_id: UUID
+    reason: str
+
+
+# --- second factor -----------------------------------------------------------------------------------
+
+
+class SetupTotp(Ask[TotpSetup]):
+    """Start (or restart) a TOTP setup; Conflict when TOTP is already enabled."""
+
+    user_id: UUID
+    account_name: str
+
+
+class EnableTotp(Ask[RecoveryCodes]):
+    """Confirm the setup with a current code; returns the recovery codes (shown once)."""
+
+    user_id: UUID
+    code: str
+
+
+# --- passwords ---------------------------------------------------------------------------------------
+
+
+class ResetPassword(Ask[None]):
+    """Set a new password with a password_reset code (RequestOtp); revokes every session."""
+
+    challenge_id: UUID
+    code: str
+    new_password: str
+    client_ip: str | None = None
+
+
+# --- keys and deny list (for verifiers) --------------------------------------------------------------
+
+
+class GetJwks(Ask[Jwks]):
+    """The public keys that verify access tokens (re-read after a rotation)."""
+
+
+class ListDeniedTokens(Ask[DeniedTokens]):
+    """Denied, unexpired access tokens recorded after `cursor` (0: all of them)."""
+
+    cursor: int = 0

@@ -7,13 +7,25 @@ and commands; the messages below are the agreed interface with auth and notifica
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import date, datetime
+from typing import Annotated, Literal
 from uuid import UUID
+
+import msgspec
 
 from simveb.bus import Ask, Event, Record
 
 KycStatus = Literal["unverified", "npi_verified", "kyc_verified"]
 UserStatus = Literal["pending", "active", "inactive"]
+UserKind = Literal["person", "company", "staff"]
+Language = Literal["fr", "en"]
+Sex = Literal["M", "F"]
+Npi = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{10}$", description="NPI: 10 digits")]
+Ifu = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{13}$", description="IFU: 13 digits")]
+Phone = Annotated[str, msgspec.Meta(pattern=r"^\+22901[0-9]{8}$", description="+229 then 10 digits starting 01")]
+Email = Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=254)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+RoleCode = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 
 
 class UserAuthz(Record):
@@ -78,3 +90,264 @@ class SeedUsers(Ask[int]):
     """Load the roles and permissions; returns rows added."""
 
     only_if_empty: bool = False
+
+
+# --- who is asking -----------------------------------------------------------------------------------
+
+
+class Caller(Record):
+    """Who is asking, as the HTTP layer (token) or the CLI knows it.
+
+    Object-level decisions (is this my account, am I a representative of that company) are the
+    actor's: it sees the data, the caller only sees the token.
+    """
+
+    sub: str
+    permissions: frozenset[str] = frozenset()
+
+    def can(self, permission: str) -> bool:
+        return permission in self.permissions
+
+
+SYSTEM = Caller(
+    sub="system",
+    permissions=frozenset({"users:read", "users:write", "users:roles", "users:kyc"}),
+)
+
+
+# --- replies -----------------------------------------------------------------------------------------
+
+
+class Address(Record):
+    line1: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    line2: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    city: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    department: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    country: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$")] = "BJ"
+
+
+class Representative(Record):
+    """A person who acts for a company account."""
+
+    user_id: UUID
+    title: Annotated[str, msgspec.Meta(max_length=100)] = ""
+
+
+class User(Record):
+    id: UUID
+    kind: UserKind
+    status: UserStatus
+    kyc_status: KycStatus
+    email: str | None = None
+    phone: str | None = None
+    npi: str | None = None
+    language: Language = "fr"
+    display_name: str = ""
+    roles: list[str] = []
+    created_at: datetime
+    updated_at: datetime
+
+
+class UserPage(Record):
+    items: list[User]
+    total: int
+    limit: int
+    offset: int
+
+
+class Profile(Record):
+    """A user's profile: the person fields, or the company fields and its representatives."""
+
+    user_id: UUID
+    kind: UserKind
+    kyc_status: KycStatus
+    npi: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    last_name: str | None = None
+    first_name: str | None = None
+    birth_date: date | None = None
+    sex: Sex | None = None
+    address: Address | None = None
+    company_name: str | None = None
+    ifu: str | None = None
+    rccm: str | None = None
+    representatives: list[Representative] = []
+    updated_at: datetime | None = None
+
+
+class RoleInfo(Record):
+    code: str
+    label_fr: str
+    label_en: str
+    description: str = ""
+    permissions: list[str] = []
+
+
+class RoleChange(Record):
+    at: datetime
+    by: str
+    old_roles: list[str]
+    new_roles: list[str]
+
+
+class UserRoles(Record):
+    user_id: UUID
+    roles: list[str]
+    permissions: list[str]
+    history: list[RoleChange] = []
+
+
+class Registration(Record):
+    """Internal reply to a self-registration; the HTTP answer never shows it (no enumeration).
+
+    `user_id` is set when a pending account now waits for its OTP (new, or the same NPI and phone
+    registering again); None when the NPI or phone belongs to another live account.
+    """
+
+    user_id: UUID | None = None
+    created: bool = False
+
+
+# --- queries -----------------------------------------------------------------------------------------
+
+
+class GetUser(Ask[User]):
+    """NotFound unless the caller is the user, a representative of it, or holds users:read."""
+
+    user_id: UUID
+    caller: Caller
+
+
+class ListUsers(Ask[UserPage]):
+    """Needs users:read. `q` matches names, NPI, email or phone (case-insensitive substring)."""
+
+    caller: Caller
+    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 20
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    role: str | None = None
+    status: UserStatus | None = None
+    kind: UserKind | None = None
+    kyc_status: KycStatus | None = None
+    q: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+
+
+class GetProfile(Ask[Profile]):
+    user_id: UUID
+    caller: Caller
+
+
+class GetUserRoles(Ask[UserRoles]):
+    user_id: UUID
+    caller: Caller
+
+
+class ListRoles(Ask[list[RoleInfo]]):
+    """Every role with its permissions (the grid of the README, as data)."""
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+class RegisterCitizen(Ask[Registration]):
+    """Public self-registration: a pending person account with the citizen role, confirmed by OTP."""
+
+    npi: Npi
+    phone: Phone
+    last_name: Name
+    first_name: Name
+    email: Email | None = None
+    language: Language = "fr"
+
+
+class CreateUser(Ask[User]):
+    """Created by an admin (users:write): active at once; Conflict when an identifier is taken."""
+
+    caller: Caller
+    kind: UserKind = "staff"
+    roles: list[RoleCode]
+    email: Email | None = None
+    phone: Phone | None = None
+    npi: Npi | None = None
+    last_name: Name | None = None
+    first_name: Name | None = None
+    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    ifu: Ifu | None = None
+    language: Language = "fr"
+
+
+class AbortCreation(Ask[None]):
+    """Compensation of a failed staff creation (e.g. the password could not be set): the account is
+    deactivated and released (its identifiers free again), its history kept."""
+
+    user_id: UUID
+    by: str
+    reason: str
+
+
+class UpdateUser(Ask[User]):
+    """Contact details; a None field is left unchanged. Self or users:write; the phone (where sign-in
+    codes go) only with users:write until a change proved by a code exists."""
+
+    user_id: UUID
+    caller: Caller
+    email: Email | None = None
+    phone: Phone | None = None
+    language: Language | None = None
+
+
+class DeactivateUser(Ask[User]):
+    """Status inactive, history kept, UserDeactivated emitted. Self (account closure) or users:write."""
+
+    user_id: UUID
+    caller: Caller
+    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+
+
+class ProfileFields(Record):
+    """A profile change; a None field is left unchanged (representatives: None = unchanged)."""
+
+    last_name: Name | None = None
+    first_name: Name | None = None
+    birth_date: date | None = None
+    sex: Sex | None = None
+    address: Address | None = None
+    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    ifu: Ifu | None = None
+    rccm: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
+    representatives: list[Representative] | None = None
+
+
+class UpdateProfile(Ask[Profile]):
+    """Self, a representative (company), or users:write. Verified identity fields are locked."""
+
+    user_id: UUID
+    caller: Caller
+    fields: ProfileFields
+
+
+class SetUserRoles(Ask[UserRoles]):
+    """Replace a user's roles (users:roles, never one's own); history kept, UserRolesChanged emitted."""
+
+    user_id: UUID
+    caller: Caller
+    roles: list[RoleCode]
+
+
+class VerifyNpi(Ask[User]):
+    """Match the profile against ANIP (through integrations): unverified -> npi_verified.
+
+    Conflict `npi_mismatch` naming the differing fields (never the registry's values); Unavailable
+    when the registry is down. Self or users:kyc.
+    """
+
+    user_id: UUID
+    caller: Caller
+
+
+class ValidateKyc(Ask[User]):
+    """An agent (users:kyc, not the user themselves) validates the file: npi_verified -> kyc_verified."""
+
+    user_id: UUID
+    caller: Caller
+    note: Annotated[str, msgspec.Meta(max_length=500)] = ""

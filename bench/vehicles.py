@@ -1,0 +1,453 @@
+"""Vehicle registry benchmark: bulk import, searches and GET by id at national scale.
+
+    python bench/vehicles.py [--rows N] [--database-url URL] [--seconds S]
+
+Generates a CSV of N plausible vehicles (mostly motorcycles) and reports, each against a baseline
+measured in the same run on the same database:
+
+(a) import rows/s (`simveb vehicles import` path: the actor COPYs into staging, validates in SQL,
+    inserts) against a raw COPY of the same file into a bare table (target ratio >= 0.5);
+(b) p50/p95 latency of plate, VIN, owner and fuzzy searches through the bus at N rows (target p95
+    <= 20 ms);
+(c) `GET /api/vehicles/{id}` requests/s (token check, bus, actor) against a bare route on the same
+    server doing the same query without bus or auth (target ratio >= 0.6). The server runs in a
+    child process (uvicorn, one worker); the load comes from a minimal keep-alive HTTP/1.1 client.
+
+The database is the one of --database-url or SIMVEB_TEST_DATABASE_URL (a fresh database is created
+on that server and dropped after), otherwise an embedded PostgreSQL in a temporary directory.
+The last line is a summary: `bench vehicles: import_ratio=... search_p95_ms=... get_ratio=... ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import os
+import random
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from litestar.datastructures import State
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simveb import migrate  # noqa: E402
+from simveb.actors.vehicles import seed_data  # noqa: E402
+from simveb.actors.vehicles.messages import (  # noqa: E402
+    CSV_COLUMNS,
+    GetImportJob,
+    SearchVehicles,
+    SeedVehicles,
+    StartImport,
+    Vehicle,
+    VehicleFilter,
+)
+from simveb.config import Settings, with_overrides  # noqa: E402
+
+LETTERS = "ABCDEFGHJKLMNPRSTUVWXYZ"  # plate series skip I, O and Q like VINs do
+VIN_CHARS = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
+COLOURS = ["Rouge", "Noir", "Bleu", "Blanc", "Gris", "Vert", "Jaune", "Argent", "Bordeaux", "Blanc nacré"]
+TOWNS = ["Cotonou", "Porto-Novo", "Parakou", "Abomey-Calavi", "Djougou", "Bohicon", "Natitingou", "Lokossa"]
+TYPOS = [
+    "boxr",
+    "cruser",
+    "crypton",
+    "hilux",
+    "corola",
+    "haojue",
+    "apache",
+    "sportage",
+    "lucky",
+    "dayun",
+    "jincheng",
+    "pulsar",
+]
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+
+def catalogue() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """(make, model, type) of motorcycles and of cars, from the seeded catalogue."""
+    motos, cars = [], []
+    two_wheels = {"motorcycle", "scooter", "tricycle"}
+    for _code, name, _country, models in seed_data.BRANDS:
+        for model, type_code in models:
+            (motos if type_code in two_wheels else cars).append((name, model, type_code))
+    return motos, cars
+
+
+def generate(path: Path, rows: int, seed: int = 7) -> dict[str, list[str]]:
+    """Write the CSV; return samples of plates, VINs and owners for the search benchmark."""
+    rnd = random.Random(seed)
+    motos, cars = catalogue()
+    owners = [str(uuid.UUID(int=rnd.getrandbits(128), version=4)) for _ in range(max(1, rows // 2))]
+    samples: dict[str, list[str]] = {"plate": [], "vin": [], "owner": []}
+    moto_n = car_n = 0
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for i in range(rows):
+            moto = rnd.random() < 0.8
+            if moto:
+                make, model, type_code = rnd.choice(motos)
+                series, number = divmod(moto_n, 9999)
+                plate = f"{1 + series // len(LETTERS) % 9}{LETTERS[series % len(LETTERS)]} {number + 1:04d}"
+                moto_n += 1
+                cc, kw, hp, seats, mass = rnd.choice((110, 125, 150)), rnd.randint(6, 12), 2, 2, ""
+                empty, energy, chars = str(rnd.randint(95, 140)), "Essence", ""
+            else:
+                make, model, type_code = rnd.choice(cars)
+                series, number = divmod(car_n, 9999)
+                pair = LETTERS[series // len(LETTERS) % len(LETTERS)] + LETTERS[series % len(LETTERS)]
+                plate = f"{pair} {number + 1:04d} RB"
+                car_n += 1
+                cc, kw = rnd.choice((1400, 1600, 2000, 2400, 3000)), rnd.randint(55, 160)
+                hp, seats, mass = kw // 10, rnd.choice((5, 5, 5, 7, 15)), str(rnd.randint(1500, 3500))
+                empty = str(rnd.randint(900, 2200))
+                energy = rnd.choice(("Essence", "Gazole", "Gazole", "Hybride", "Électricité"))
+                chars = rnd.choice(("", "", "tinted_windows", "utility", "air_conditioning;tinted_windows"))
+            vin = "".join(rnd.choice(VIN_CHARS) for _ in range(9)) + f"{i:08d}"
+            owner = rnd.choice(owners)
+            if rnd.random() < 0.05:
+                owner += ";" + rnd.choice(owners)
+            year = rnd.randint(1995, 2025)
+            writer.writerow(
+                (
+                    vin,
+                    plate,
+                    make,
+                    model,
+                    type_code,
+                    "",
+                    model,
+                    year,
+                    rnd.choice(COLOURS),
+                    energy,
+                    cc,
+                    kw,
+                    hp,
+                    seats,
+                    mass,
+                    "",
+                    empty,
+                    f"{year}-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}",
+                    f"DD-{rnd.choice(TOWNS)[:3].upper()}-{i}",
+                    chars,
+                    f"Immatriculé à {rnd.choice(TOWNS)}",
+                    owner,
+                    "active",
+                )
+            )
+            if i % max(1, rows // 2000) == 0:
+                samples["plate"].append(plate)
+                samples["vin"].append(vin)
+                samples["owner"].append(owner.split(";")[0])
+    return samples
+
+
+# --- database ------------------------------------------------------------------------------------------
+
+
+class BenchDatabase:
+    """A fresh database on the given server, or an embedded server in a temporary directory."""
+
+    def __init__(self, server_url: str | None, workdir: Path) -> None:
+        self.server_url = server_url
+        self.workdir = workdir
+        self.name = f"simveb_bench_{uuid.uuid4().hex[:8]}"
+        self.embedded: Any = None
+        self.url = ""
+
+    async def __aenter__(self) -> str:
+        if self.server_url:
+            con = await asyncpg.connect(self.server_url)
+            try:
+                await con.execute(f'CREATE DATABASE "{self.name}"')
+            finally:
+                await con.close()
+            parts = urlsplit(self.server_url)
+            self.url = urlunsplit((parts.scheme, parts.netloc, "/" + self.name, parts.query, parts.fragment))
+        else:
+            from simveb.db import start_embedded
+
+            self.embedded = start_embedded(self.workdir)
+            self.url = self.embedded.get_uri()
+        return self.url
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.server_url:
+            con = await asyncpg.connect(self.server_url)
+            try:
+                await con.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            finally:
+                await con.close()
+        elif self.embedded is not None:
+            self.embedded.cleanup()
+
+
+def bench_settings(url: str, data_dir: Path) -> Settings:
+    return with_overrides(
+        Settings(),
+        server={"data_dir": str(data_dir), "log_level": "WARNING", "sandbox": False},
+        database={"url": url, "migrate_on_start": False, "pool_min": 2, "pool_max": 10},
+        ratelimit={"enabled": False},
+        bus={"ask_timeout_s": 3600.0},
+    )
+
+
+# --- (a) import ----------------------------------------------------------------------------------------
+
+
+async def raw_copy(url: str, path: Path) -> float:
+    con = await asyncpg.connect(url)
+    try:
+        cols = ", ".join(f"{c} text" for c in CSV_COLUMNS)
+        await con.execute(f"DROP TABLE IF EXISTS public.bench_raw; CREATE TABLE public.bench_raw ({cols})")
+        started = time.perf_counter()
+        await con.copy_to_table("bench_raw", source=path, format="csv", header=True, encoding="utf8")
+        elapsed = time.perf_counter() - started
+        await con.execute("DROP TABLE public.bench_raw")
+        return elapsed
+    finally:
+        await con.close()
+
+
+async def import_file(runtime: Any, path: Path, workdir: Path) -> tuple[float, Any]:
+    bus = runtime.bus
+    await bus.ask(SeedVehicles(only_if_empty=True))
+    started = time.perf_counter()
+    job = await bus.ask(StartImport(path=str(path), error_path=str(workdir / "errors.csv"), by="bench"))
+    while job.state in ("queued", "running"):
+        await asyncio.sleep(0.05)
+        job = await bus.ask(GetImportJob(job_id=job.id))
+    return time.perf_counter() - started, job
+
+
+# --- (b) searches --------------------------------------------------------------------------------------
+
+
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+
+
+async def searches(runtime: Any, samples: dict[str, list[str]], per_kind: int) -> dict[str, tuple[float, float]]:
+    rnd = random.Random(11)
+    bus = runtime.bus
+    kinds = {
+        "plate": lambda: VehicleFilter(plate=rnd.choice(samples["plate"])),
+        "vin": lambda: VehicleFilter(vin=rnd.choice(samples["vin"])),
+        "owner": lambda: VehicleFilter(owner=uuid.UUID(rnd.choice(samples["owner"]))),
+        "fuzzy": lambda: VehicleFilter(q=rnd.choice(TYPOS)),
+    }
+    results = {}
+    for kind, make in kinds.items():
+        for _ in range(10):  # warm the plan cache and the buffers
+            await bus.ask(SearchVehicles(filter=make(), limit=20))
+        timings = []
+        for _ in range(per_kind):
+            filt = make()
+            started = time.perf_counter()
+            page = await bus.ask(SearchVehicles(filter=filt, limit=20))
+            timings.append((time.perf_counter() - started) * 1000)
+            if kind in ("plate", "vin") and not page.items:
+                raise SystemExit(f"bench: {kind} search found nothing for {filt}")
+        results[kind] = quantiles(timings)
+    return results
+
+
+# --- (c) GET by id over HTTP ---------------------------------------------------------------------------
+
+
+def serve(url: str, data_dir: str, port: int) -> None:
+    """The child process: the real app plus one bare route, on uvicorn."""
+    import uvicorn
+    from litestar import get
+
+    from simveb.actors.vehicles import store
+    from simveb.errors import NotFound
+    from simveb.http.app import create_app
+
+    @get("/bare/vehicles/{vehicle_id:uuid}", opt={"public": True})
+    async def bare(vehicle_id: uuid.UUID, state: State) -> Vehicle:
+        """The same query as GET /api/vehicles/{id}, without bus or token."""
+        async with state.runtime.db.pool.acquire() as con:
+            vehicle = await store.get_vehicle(con, vehicle_id)
+        if vehicle is None:
+            raise NotFound("no vehicle")
+        return vehicle
+
+    app = create_app(bench_settings(url, Path(data_dir)))
+    app.register(bare)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
+
+
+async def hammer(port: int, paths: list[str], header: bytes, seconds: float, connections: int) -> float:
+    """Requests per second of keep-alive GETs on `paths` (round robin) for `seconds`."""
+    stop = time.perf_counter() + seconds
+    done = 0
+
+    async def worker(k: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = k
+        try:
+            while time.perf_counter() < stop:
+                writer.write(
+                    b"GET " + paths[i % len(paths)].encode() + b" HTTP/1.1\r\nHost: bench\r\n" + header + b"\r\n"
+                )
+                i += connections
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head[9:12] != b"200":
+                    raise SystemExit(f"bench: {paths[i % len(paths)]} answered {head[:64]!r}")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                await reader.readexactly(length)
+                done += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    return done / (time.perf_counter() - started)
+
+
+async def http_ratio(url: str, data_dir: Path, ids: list[str], seconds: float) -> tuple[float, float]:
+    from simveb.keys import KeyRing
+
+    settings = bench_settings(url, data_dir)
+    keys = KeyRing.for_settings(settings)  # the child loads the same development key
+    now = int(time.time())
+    token = keys.sign(
+        {
+            "iss": settings.security.issuer,
+            "aud": settings.security.audience,
+            "sub": str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + 3600,
+            "jti": uuid.uuid4().hex,
+            "roles": ["agent"],
+            "permissions": ["vehicles:read"],
+        }
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", url, str(data_dir), str(port))
+    try:
+        for _ in range(300):
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        else:
+            raise SystemExit("bench: the server did not start")
+        full_paths = [f"/api/vehicles/{i}" for i in ids]
+        bare_paths = [f"/bare/vehicles/{i}" for i in ids]
+        auth = f"Authorization: Bearer {token}\r\n".encode()
+        await hammer(port, bare_paths, b"", 2, 8)  # warm-up
+        await hammer(port, full_paths, auth, 2, 8)
+        bare_rps, full_rps = [], []
+        for _ in range(3):  # alternate, so a noisy neighbour hurts both sides alike
+            bare_rps.append(await hammer(port, bare_paths, b"", seconds, 8))
+            full_rps.append(await hammer(port, full_paths, auth, seconds, 8))
+        return statistics.median(full_rps), statistics.median(bare_rps)
+    finally:
+        child.terminate()
+        await asyncio.wait_for(child.wait(), 30)
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    from simveb.runtime import Runtime
+
+    workdir = Path(tempfile.mkdtemp(prefix="simveb-bench-"))
+    try:
+        source = workdir / "vehicles.csv"
+        started = time.perf_counter()
+        samples = generate(source, args.rows)
+        size_mb = source.stat().st_size / 1e6
+        print(f"generated {args.rows} rows ({size_mb:.0f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
+        async with BenchDatabase(args.database_url, workdir) as url:
+            await migrate.migrate(url)
+            raw_s = await raw_copy(url, source)
+            print(f"raw COPY into a bare table: {raw_s:.1f} s, {args.rows / raw_s:,.0f} rows/s", flush=True)
+            settings = bench_settings(url, workdir / "data")
+            runtime = Runtime(settings, relay=False)
+            await runtime.start(migrate_first=False, seed_if_empty=False)
+            try:
+                import_s, job = await import_file(runtime, source, workdir)
+                if job.state != "done" or job.inserted != args.rows:
+                    raise SystemExit(
+                        f"bench: import {job.state}: {job.inserted} inserted, {job.rejected} rejected, {job.error}"
+                    )
+                print(f"import: {import_s:.1f} s, {args.rows / import_s:,.0f} rows/s", flush=True)
+                async with runtime.db.pool.acquire() as con:
+                    await con.execute("ANALYZE vehicles.vehicles")  # what autovacuum does after a bulk load
+                    ids = [
+                        str(r["id"])
+                        for r in await con.fetch("SELECT id FROM vehicles.vehicles ORDER BY random() LIMIT 2000")
+                    ]
+                fuzzy = runtime.bus.cells["vehicles"].instance.fuzzy
+                latencies = await searches(runtime, samples, args.queries)
+            finally:
+                await runtime.stop()
+            for kind, (p50, p95) in latencies.items():
+                print(f"search {kind:6}: p50 {p50:6.2f} ms  p95 {p95:6.2f} ms", flush=True)
+            full_rps, bare_rps = await http_ratio(url, workdir / "data", ids, args.seconds)
+            print(f"GET /api/vehicles/{{id}}: {full_rps:,.0f} req/s; bare route: {bare_rps:,.0f} req/s", flush=True)
+        import_ratio = (args.rows / import_s) / (args.rows / raw_s)
+        search_p95 = max(p95 for _, p95 in latencies.values())
+        print(
+            f"bench vehicles: import_ratio={import_ratio:.2f} search_p95_ms={search_p95:.1f}"
+            f" get_ratio={full_rps / bare_rps:.2f} rows={args.rows} import_rows_s={args.rows / import_s:.0f}"
+            f" raw_rows_s={args.rows / raw_s:.0f} get_rps={full_rps:.0f} bare_rps={bare_rps:.0f}"
+            + "".join(f" {k}_p95_ms={v[1]:.1f}" for k, v in latencies.items())
+            + f" fuzzy={fuzzy}"
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="vehicles to generate (default 1,000,000)")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("SIMVEB_TEST_DATABASE_URL"),
+        help="PostgreSQL server to create the bench database on (default: SIMVEB_TEST_DATABASE_URL, else embedded)",
+    )
+    parser.add_argument("--queries", type=int, default=300, help="searches per kind")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of each HTTP load round")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(main(parse(sys.argv[1:])))

@@ -1,0 +1,373 @@
+"""SQL of the auth service: every query on the `auth` schema, and nothing else.
+
+Functions take a connection (the caller owns the transaction) and return plain values or the
+messages' Structs. Secrets arrive here already hashed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from simveb.actors.auth.messages import DeniedToken, DeniedTokens, Session
+
+# --- passwords ---------------------------------------------------------------------------------------
+
+
+async def password_hash(con: asyncpg.Connection, user_id: UUID) -> str | None:
+    return await con.fetchval("SELECT password_hash FROM auth.credentials WHERE user_id = $1", user_id)
+
+
+async def recent_password_hashes(con: asyncpg.Connection, user_id: UUID, limit: int) -> list[str]:
+    rows = await con.fetch(
+        "SELECT password_hash FROM auth.password_history WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
+        user_id,
+        limit,
+    )
+    return [r["password_hash"] for r in rows]
+
+
+async def set_password(con: asyncpg.Connection, user_id: UUID, hashed: str, by: str) -> None:
+    await con.execute(
+        "INSERT INTO auth.credentials (user_id, password_hash, updated_by) VALUES ($1, $2, $3)"
+        " ON CONFLICT (user_id) DO UPDATE SET password_hash = EXCLUDED.password_hash, updated_at = now(),"
+        " updated_by = EXCLUDED.updated_by",
+        user_id,
+        hashed,
+        by,
+    )
+    await con.execute("INSERT INTO auth.password_history (user_id, password_hash) VALUES ($1, $2)", user_id, hashed)
+
+
+async def rehash_password(con: asyncpg.Connection, user_id: UUID, old: str, new: str) -> None:
+    """Replace a hash made with older parameters (same password), only if it did not change meanwhile."""
+    await con.execute(
+        "UPDATE auth.credentials SET password_hash = $3 WHERE user_id = $1 AND password_hash = $2", user_id, old, new
+    )
+
+
+# --- sessions, refresh and access tokens -------------------------------------------------------------
+
+_SESSION_COLS = "id, method, mfa, limited, client_ip, user_agent, created_at, last_used_at, expires_at"
+
+
+async def create_session(
+    con: asyncpg.Connection,
+    *,
+    session_id: UUID,
+    user_id: UUID,
+    method: str,
+    mfa: bool,
+    limited: bool,
+    client_ip: str | None,
+    user_agent: str | None,
+    ttl_s: int,
+) -> None:
+    await con.execute(
+        "INSERT INTO auth.sessions (id, user_id, method, mfa, limited, client_ip, user_agent, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))",
+        session_id,
+        user_id,
+        method,
+        mfa,
+        limited,
+        client_ip,
+        user_agent,
+        float(ttl_s),
+    )
+
+
+async def add_tokens(
+    con: asyncpg.Connection, session_id: UUID, refresh_hash: bytes, jti: str, access_exp: datetime
+) -> None:
+    await con.execute(
+        "INSERT INTO auth.refresh_tokens (token_hash, session_id) VALUES ($1, $2)", refresh_hash, session_id
+    )
+    await con.execute(
+        "INSERT INTO auth.access_tokens (jti, session_id, expires_at) VALUES ($1, $2, $3)",
+        jti,
+        session_id,
+        access_exp,
+    )
+
+
+async def refresh_token(con: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
+    """The refresh token with its session, both rows locked (a concurrent exchange waits, then sees it used)."""
+    return await con.fetchrow(
+        "SELECT r.token_hash, r.rotated_at, s.id AS session_id, s.user_id, s.method, s.mfa, s.limited,"
+        " s.revoked_at, s.expires_at <= now() AS expired"
+        " FROM auth.refresh_tokens r JOIN auth.sessions s ON s.id = r.session_id"
+        " WHERE r.token_hash = $1 FOR UPDATE",
+        token_hash,
+    )
+
+
+async def rotate(con: asyncpg.Connection, token_hash: bytes, session_id: UUID, limited: bool) -> None:
+    await con.execute("UPDATE auth.refresh_tokens SET rotated_at = now() WHERE token_hash = $1", token_hash)
+    await con.execute("UPDATE auth.sessions SET last_used_at = now(), limited = $2 WHERE id = $1", session_id, limited)
+
+
+async def session_owner(con: asyncpg.Connection, session_id: UUID) -> UUID | None:
+    return await con.fetchval(
+        "SELECT user_id FROM auth.sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()", session_id
+    )
+
+
+async def session_of_token(con: asyncpg.Connection, jti: str) -> UUID | None:
+    return await con.fetchval("SELECT session_id FROM auth.access_tokens WHERE jti = $1", jti)
+
+
+async def list_sessions(con: asyncpg.Connection, user_id: UUID) -> list[Session]:
+    rows = await con.fetch(
+        f"SELECT {_SESSION_COLS} FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL"
+        " AND expires_at > now() ORDER BY created_at DESC",
+        user_id,
+    )
+    return [Session(**dict(r)) for r in rows]
+
+
+async def revoke_sessions(
+    con: asyncpg.Connection, session_ids: list[UUID], reason: str, *, user_id: UUID | None = None
+) -> int:
+    """Revoke live sessions (all of a user's when user_id is given) and deny their unexpired access tokens."""
+    if user_id is not None:
+        ids = await con.fetch(
+            "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = $2"
+            " WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+            user_id,
+            reason,
+        )
+    else:
+        ids = await con.fetch(
+            "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = $2"
+            " WHERE id = ANY($1) AND revoked_at IS NULL RETURNING id",
+            session_ids,
+            reason,
+        )
+    revoked = [r["id"] for r in ids]
+    if revoked:
+        await con.execute(
+            "INSERT INTO auth.denied_tokens (jti, expires_at, reason)"
+            " SELECT jti, expires_at, $2 FROM auth.access_tokens WHERE session_id = ANY($1) AND expires_at > now()"
+            " ON CONFLICT (jti) DO NOTHING",
+            revoked,
+            reason,
+        )
+    return len(revoked)
+
+
+async def deny_token(con: asyncpg.Connection, jti: str, expires_at: datetime, reason: str) -> None:
+    await con.execute(
+        "INSERT INTO auth.denied_tokens (jti, expires_at, reason) VALUES ($1, $2, $3) ON CONFLICT (jti) DO NOTHING",
+        jti,
+        expires_at,
+        reason,
+    )
+
+
+async def denied_since(con: asyncpg.Connection, cursor: int, limit: int = 5000) -> DeniedTokens:
+    rows = await con.fetch(
+        "SELECT id, jti, extract(epoch FROM expires_at)::bigint AS exp FROM auth.denied_tokens"
+        " WHERE id > $1 AND expires_at > now() ORDER BY id LIMIT $2",
+        cursor,
+        limit,
+    )
+    if rows:
+        cursor = rows[-1]["id"]
+    else:
+        # Nothing live after the cursor: jump to the newest id so expired rows are not scanned again.
+        cursor = max(cursor, await con.fetchval("SELECT coalesce(max(id), 0) FROM auth.denied_tokens"))
+    return DeniedTokens(items=[DeniedToken(jti=r["jti"], exp=r["exp"]) for r in rows], cursor=cursor)
+
+
+# --- attempts and lockouts ---------------------------------------------------------------------------
+
+
+async def record_attempt(
+    con: asyncpg.Connection, account: str, user_id: UUID | None, client_ip: str | None, kind: str, success: bool
+) -> None:
+    await con.execute(
+        "INSERT INTO auth.login_attempts (account, user_id, client_ip, kind, success) VALUES ($1, $2, $3, $4, $5)",
+        account,
+        user_id,
+        client_ip,
+        kind,
+        success,
+    )
+
+
+async def active_lockout(con: asyncpg.Connection, scope: str, key: str) -> float | None:
+    """Seconds left of the lockout in force, if any."""
+    return await con.fetchval(
+        "SELECT extract(epoch FROM max(locked_until) - now())::float8 FROM auth.lockouts"
+        " WHERE scope = $1 AND key = $2 AND locked_until > now()",
+        scope,
+        key,
+    )
+
+
+async def recent_failures(con: asyncpg.Connection, scope: str, key: str, window_s: int) -> int:
+    """Failures inside the window, counted after the last success and the end of the last lockout."""
+    column = "account" if scope == "account" else "client_ip"
+    return await con.fetchval(
+        f"""
+        WITH since AS (
+            SELECT greatest(
+                now() - make_interval(secs => $2),
+                (SELECT max(at) FROM auth.login_attempts WHERE {column} = $1 AND success),
+                (SELECT max(locked_until) FROM auth.lockouts WHERE scope = $3 AND key = $1)
+            ) AS t
+        )
+        SELECT count(*) FROM auth.login_attempts, since
+        WHERE {column} = $1 AND NOT success AND at > since.t
+        """,
+        key,
+        float(window_s),
+        scope,
+    )
+
+
+async def add_lockout(
+    con: asyncpg.Connection,
+    scope: str,
+    key: str,
+    *,
+    user_id: UUID | None,
+    client_ip: str | None,
+    failures: int,
+    seconds: int,
+) -> None:
+    await con.execute(
+        "INSERT INTO auth.lockouts (scope, key, user_id, client_ip, failures, locked_until)"
+        " VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        scope,
+        key,
+        user_id,
+        client_ip,
+        failures,
+        float(seconds),
+    )
+
+
+# --- one-time codes and challenges -------------------------------------------------------------------
+
+_OTP_COLS = (
+    "id, account, user_id, purpose, code_hash, attempts, method, created_at, expires_at, consumed_at,"
+    " expires_at <= now() AS expired"
+)
+
+
+async def recent_challenge(
+    con: asyncpg.Connection, account: str, purpose: str, cooldown_s: int
+) -> asyncpg.Record | None:
+    """The newest unconsumed code sent to this account for this purpose within the cooldown."""
+    return await con.fetchrow(
+        "SELECT id, expires_at, extract(epoch FROM created_at + make_interval(secs => $3) - now())::float8 AS wait"
+        " FROM auth.otp_verifications WHERE account = $1 AND purpose = $2 AND consumed_at IS NULL"
+        " AND created_at > now() - make_interval(secs => $3) ORDER BY created_at DESC LIMIT 1",
+        account,
+        purpose,
+        float(cooldown_s),
+    )
+
+
+async def create_challenge(
+    con: asyncpg.Connection,
+    *,
+    challenge_id: UUID,
+    account: str,
+    user_id: UUID | None,
+    purpose: str,
+    code_hash: bytes | None,
+    client_ip: str | None,
+    ttl_s: int,
+    method: str | None = None,
+) -> datetime:
+    return await con.fetchval(
+        "INSERT INTO auth.otp_verifications (id, account, user_id, purpose, code_hash, client_ip, method, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)) RETURNING expires_at",
+        challenge_id,
+        account,
+        user_id,
+        purpose,
+        code_hash,
+        client_ip,
+        method,
+        float(ttl_s),
+    )
+
+
+async def challenge(con: asyncpg.Connection, challenge_id: UUID) -> asyncpg.Record | None:
+    return await con.fetchrow(f"SELECT {_OTP_COLS} FROM auth.otp_verifications WHERE id = $1 FOR UPDATE", challenge_id)
+
+
+async def challenge_failed(con: asyncpg.Connection, challenge_id: UUID) -> None:
+    await con.execute("UPDATE auth.otp_verifications SET attempts = attempts + 1 WHERE id = $1", challenge_id)
+
+
+async def consume_challenge(con: asyncpg.Connection, challenge_id: UUID) -> None:
+    await con.execute("UPDATE auth.otp_verifications SET consumed_at = now() WHERE id = $1", challenge_id)
+
+
+# --- TOTP and recovery codes -------------------------------------------------------------------------
+
+
+async def totp(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> asyncpg.Record | None:
+    return await con.fetchrow(
+        "SELECT secret, enabled_at, last_used_step FROM auth.totp WHERE user_id = $1" + (" FOR UPDATE" if lock else ""),
+        user_id,
+    )
+
+
+async def totp_enabled(con: asyncpg.Connection, user_id: UUID) -> bool:
+    return bool(await con.fetchval("SELECT enabled_at IS NOT NULL FROM auth.totp WHERE user_id = $1", user_id))
+
+
+async def start_totp(con: asyncpg.Connection, user_id: UUID, secret: str) -> None:
+    await con.execute(
+        "INSERT INTO auth.totp (user_id, secret) VALUES ($1, $2)"
+        " ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, created_at = now(), last_used_step = 0"
+        " WHERE auth.totp.enabled_at IS NULL",
+        user_id,
+        secret,
+    )
+
+
+async def use_totp_step(con: asyncpg.Connection, user_id: UUID, step: int, *, enable: bool = False) -> None:
+    await con.execute(
+        "UPDATE auth.totp SET last_used_step = $2"
+        + (", enabled_at = coalesce(enabled_at, now())" if enable else "")
+        + " WHERE user_id = $1",
+        user_id,
+        step,
+    )
+
+
+async def replace_recovery_codes(con: asyncpg.Connection, user_id: UUID, hashes: list[bytes]) -> None:
+    await con.execute("DELETE FROM auth.recovery_codes WHERE user_id = $1", user_id)
+    await con.executemany(
+        "INSERT INTO auth.recovery_codes (user_id, code_hash) VALUES ($1, $2)", [(user_id, h) for h in hashes]
+    )
+
+
+async def use_recovery_code(con: asyncpg.Connection, user_id: UUID, code_hash: bytes) -> bool:
+    """Spend a recovery code; False when it is not this user's or was used already."""
+    done = await con.fetchval(
+        "UPDATE auth.recovery_codes SET used_at = now() WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL"
+        " RETURNING true",
+        user_id,
+        code_hash,
+    )
+    return bool(done)
+
+
+async def purge(con: asyncpg.Connection) -> None:
+    """Drop rows that can no longer matter: expired denials and access tokens, codes a day old.
+
+    Attempts, lockouts and sessions stay: they are the audit trail.
+    """
+    await con.execute("DELETE FROM auth.denied_tokens WHERE expires_at < now() - interval '1 minute'")
+    await con.execute("DELETE FROM auth.access_tokens WHERE expires_at < now() - interval '1 minute'")
+    await con.execute("DELETE FROM auth.otp_verifications WHERE expires_at < now() - interval '1 day'")
