@@ -103,7 +103,9 @@ def main() -> None:
     print(f"loop: {loop_name}")
     print(f"direct handler : {r['direct_per_s']:>12,.0f} calls/s")
     print(f"through the bus: {r['bus_per_s']:>12,.0f} asks/s   (p50 ask {r['p50_ask_us']:.1f} us)")
-    print(f"overhead per ask: p50 {r['p50_overhead_us']:.1f} us, p99 {r['p99_overhead_us']:.1f} us (target p50 <= 25 us)")
+    print(
+        f"overhead per ask: p50 {r['p50_overhead_us']:.1f} us, p99 {r['p99_overhead_us']:.1f} us (target p50 <= 25 us)"
+    )
     print(
         f"bench bus: asks={args.asks} loop={loop_name} bus_per_s={r['bus_per_s']:.0f} direct_per_s={r['direct_per_s']:.0f}"
         f" ratio={r['ratio']:.4f} p50_overhead_us={r['p50_overhead_us']:.1f} p99_overhead_us={r['p99_overhead_us']:.1f}"

@@ -400,6 +400,7 @@ async def main(args: argparse.Namespace) -> None:
                         f"bench: import {job.state}: {job.inserted} inserted, {job.rejected} rejected, {job.error}"
                     )
                 print(f"import: {import_s:.1f} s, {args.rows / import_s:,.0f} rows/s", flush=True)
+                print("import phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in job.seconds.items()), flush=True)
                 async with runtime.db.pool.acquire() as con:
                     await con.execute("ANALYZE vehicles.vehicles")  # what autovacuum does after a bulk load
                     ids = [

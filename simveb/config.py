@@ -223,9 +223,6 @@ class VehiclesSettings(Section):
     import_max_bytes: Positive = 536_870_912
     # work_mem, temp_buffers and maintenance_work_mem of the import's own session.
     import_work_mem: str = "256MB"
-    # An import of at least this many rows, and bigger than the registry, rebuilds the indexes once
-    # instead of updating them row by row (the table is locked meanwhile: a first national load).
-    import_rebuild_min_rows: Positive = 100_000
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -155,7 +155,9 @@ CREATE UNIQUE INDEX vehicles_plate_key ON vehicles.vehicles (plate_key text_patt
 -- fastupdate off: a pending list would be scanned in full by every owner search until vacuum.
 CREATE INDEX vehicles_owners ON vehicles.vehicles USING gin (owners) WITH (fastupdate = off);
 -- text_pattern_ops: byte-wise comparisons (equality is all searches need), cheaper to maintain.
-CREATE INDEX vehicles_make_model ON vehicles.vehicles (lower(make) text_pattern_ops, lower(model) text_pattern_ops);
+-- id last: the vehicles of one model come out in id order, so a page stops after `limit` rows.
+CREATE INDEX vehicles_make_model ON vehicles.vehicles
+    (lower(make) text_pattern_ops, lower(model) text_pattern_ops, id);
 CREATE INDEX vehicles_filed_by ON vehicles.vehicles (filed_by) WHERE filed_by IS NOT NULL;
 -- Most of the fleet is active: only the rare other statuses are indexed.
 CREATE INDEX vehicles_status ON vehicles.vehicles (status) WHERE status <> 'active';

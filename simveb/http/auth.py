@@ -132,6 +132,7 @@ class KeyReloader:
             log.warning("signing keys not reloaded: %s", exc)
             return None
         self.verifier.keys = ring
+        self.verifier.verified.clear()  # a key may have been withdrawn: verify everything again
         return ring.public.get(kid)
 
 
@@ -145,10 +146,12 @@ async def wire_verifier(verifier: TokenVerifier, runtime: Runtime) -> None:
     pending = loop.create_future()
     verifier._wiring = pending  # type: ignore[attr-defined]
     try:
-        deny = DenyList(runtime.bus, runtime.settings.auth.deny_list_poll_s)  # type: ignore[arg-type]
         if runtime.bus is not None and runtime.bus.handles(ListDeniedTokens):
+            deny = DenyList(runtime.bus, runtime.settings.auth.deny_list_poll_s)
             await deny.sync()
-        verifier.is_revoked = deny
+            verifier.is_revoked = deny
+        else:  # no auth service in this process (a partial runtime): nothing can be revoked here
+            log.warning("no auth service in this process: access tokens are not checked against a deny list")
         verifier.find_key = KeyReloader(verifier, runtime)
         verifier.wired = True
     finally:

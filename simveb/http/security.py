@@ -8,6 +8,7 @@ that need more than the token (object ownership) are the actors'.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +54,19 @@ class TokenVerifier:
         # is not in the ring yet (rotation by another process) is looked up there, throttled.
         self.find_key: Callable[[str], Any] = lambda _kid: None
         self.wired = False
+        # Tokens whose signature and claims were verified, by exact token text: a client sends the
+        # same token for up to 15 minutes and the Ed25519 check is most of a request's cost. Expiry
+        # and revocation are still checked at every use; any other text misses and is verified.
+        self.verified: dict[str, Principal] = {}
 
     def verify(self, token: str) -> Principal:
+        cached = self.verified.get(token)
+        if cached is not None:
+            if cached.exp is not None and cached.exp + self.leeway < time.time():
+                raise Unauthorized("token expired", code="token_expired")
+            if cached.jti and self.is_revoked(cached.jti):
+                raise Unauthorized("token revoked", code="token_revoked")
+            return cached
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -83,13 +95,17 @@ class TokenVerifier:
         jti = claims.get("jti")
         if jti and self.is_revoked(jti):
             raise Unauthorized("token revoked", code="token_revoked")
-        return Principal(
+        found = Principal(
             sub=str(claims["sub"]),
             roles=tuple(claims.get("roles", ())),
             permissions=frozenset(claims.get("permissions", ())),
             jti=jti,
             exp=claims.get("exp"),
         )
+        if len(self.verified) >= 10_000:
+            self.verified.clear()  # bounded; re-verifying is only slower, never wrong
+        self.verified[token] = found
+        return found
 
 
 class BearerMiddleware(AbstractAuthenticationMiddleware):

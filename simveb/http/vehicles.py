@@ -647,6 +647,7 @@ class VehiclesController(Controller):
             LiftEncumbrance(
                 vehicle_id=vehicle_id,
                 encumbrance_id=encumbrance_id,
+                kind="pledge",
                 reason=data.reason if data else "",
                 by=_user(request).sub,
             )
@@ -666,6 +667,7 @@ class VehiclesController(Controller):
             LiftEncumbrance(
                 vehicle_id=vehicle_id,
                 encumbrance_id=encumbrance_id,
+                kind="opposition",
                 reason=data.reason if data else "",
                 by=_user(request).sub,
             )

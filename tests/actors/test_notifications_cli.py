@@ -35,7 +35,7 @@ async def test_notify_email_delivers(settings, runtime: Runtime, smtp: SmtpRecor
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("queued ") and "sent (" in done.stdout
-    await wait_for(lambda: smtp.messages, timeout=5)
+    await wait_for(lambda: smtp.messages, timeout=10)
     assert len(smtp.messages) == 1
     assert "Bienvenue sur SIMVEB, Awa" in smtp.messages[0].get_payload(decode=True).decode()
     bad = simveb(settings, "notify", "email", "--to", "awa@example.bj", "--template", "nope", env=_env(settings))
@@ -53,10 +53,10 @@ async def test_retry_dead_queues_dead_messages_again(settings, runtime: Runtime,
     async def is_(status: str) -> bool:
         return (await runtime.bus.ask(GetDelivery(notification_id=mid))).status == status
 
-    await wait_for(lambda: is_("dead"), timeout=15)
+    await wait_for(lambda: is_("dead"), timeout=20)
     sims.control("sms", mode="ok")
     done = simveb(settings, "notifications", "retry-dead", env=_env(settings))
     assert done.returncode == 0, done.stderr
     assert "1 dead message(s) queued again" in done.stdout
-    await wait_for(lambda: is_("sent"), timeout=15)
+    await wait_for(lambda: is_("sent"), timeout=20)
     assert [m["text"] for m in sims.sms("+22997000042")] == ["late"]

@@ -235,7 +235,7 @@ async def test_a_load_bigger_than_the_registry_rebuilds_the_indexes(bus, runtime
 
     before = await indexes()
     actor = runtime.bus.cells["vehicles"].instance
-    actor.settings = with_overrides(actor.settings, vehicles={"import_rebuild_min_rows": 10})
+    actor.rebuild_min_rows = 10
     rows, bad = sample(40)
     job = await run_import(bus, write_csv(tmp_path / "big.csv", rows), tmp_path / "big.errors.csv")
     assert (job.inserted, job.rejected) == (36, 4), job.error

@@ -470,3 +470,24 @@ async def test_code_never_logged(client: httpx.AsyncClient, runtime: Runtime, sm
     with contextlib.suppress(Exception):
         await client.post("/api/auth/verify-otp", json={"challenge_id": r.json()["challenge_id"], "code": code})
     assert code not in simveb_logs.text()
+
+
+async def test_verified_token_cache_still_checks_expiry_and_revocation(tmp_path: Any) -> None:
+    from simveb.errors import Unauthorized
+    from simveb.http.security import TokenVerifier
+    from simveb.keys import KeyRing
+
+    ring = KeyRing.from_directory(tmp_path, create=True)
+    verifier = TokenVerifier(ring, issuer="simveb", audience="simveb-api", leeway=0)
+    now = int(time.time())
+    claims = {"iss": "simveb", "aud": "simveb-api", "sub": "u", "iat": now, "jti": "j1"}
+    short = ring.sign({**claims, "exp": now + 1})
+    assert verifier.verify(short).sub == "u"
+    assert short in verifier.verified
+    verifier.is_revoked = lambda jti: jti == "j1"
+    with pytest.raises(Unauthorized, match="revoked"):
+        verifier.verify(short)
+    verifier.is_revoked = lambda _jti: False
+    await asyncio.sleep(1.1 + now + 1 - time.time())
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(short)

@@ -50,7 +50,7 @@ async def test_sms_sent_by_api_arrives_at_the_simulator(client, runtime, auth, s
     )
     assert r.status_code == 202, r.text
     assert len(r.json()["notification_ids"]) == 1
-    await wait_for(lambda: sims.sms("+22997001122"), timeout=10)
+    await wait_for(lambda: sims.sms("+22997001122"), timeout=20)
     assert sims.sms("+22997001122")[0]["text"] == "Votre carte grise est prête"
 
 
@@ -66,7 +66,7 @@ async def test_email_by_api_and_idempotency_key(client, runtime, auth, smtp: Smt
     second = await client.post("/api/notifications/email", json=body, headers=auth(SEND))
     assert first.status_code == second.status_code == 202
     assert first.json() == second.json()
-    await wait_for(lambda: smtp.messages, timeout=10)
+    await wait_for(lambda: smtp.messages, timeout=20)
     text = smtp.messages[0].get_payload(decode=True).decode()
     assert "IMM-42 : statut validée (auparavant soumise)." in text
     assert len(smtp.messages) == 1
@@ -91,7 +91,7 @@ async def test_push_by_api_needs_a_registered_device(client, runtime, auth, sims
         headers=auth(SEND),
     )
     assert r.status_code == 202, r.text
-    await wait_for(lambda: sims.push("tok-1"), timeout=10)
+    await wait_for(lambda: sims.push("tok-1"), timeout=20)
     assert sims.push("tok-1")[0]["notification"] == {"title": "SIMVEB", "body": "Bonjour"}
 
 

@@ -195,6 +195,8 @@ async def test_pledge_blocks_transfer_and_roadside_lookup(api, auth):
     r = await api.post(f"{url}/transfer", json={"owners": [buyer]}, headers=auth(*AGENT))
     is_problem(r, 409, "transfer_blocked")
     assert r.json()["reasons"][0]["code"] == "pledge"
+    wrong_kind = await api.post(f"{url}/oppositions/{pledge['id']}/lift", headers=auth(*SUPERVISOR))
+    is_problem(wrong_kind, 404, "unknown_encumbrance")
     r = await api.post(
         f"{url}/pledges/{pledge['id']}/lift", json={"reason": "soldé"}, headers=auth(*SUPERVISOR, sub="sup-2")
     )

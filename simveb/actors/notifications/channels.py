@@ -7,6 +7,7 @@ provider refused this message: retrying cannot help). Nothing here logs a messag
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from email.message import EmailMessage
@@ -161,6 +162,7 @@ class FcmPush:
         self.client = client
         self._token: str | None = None
         self._token_expires = 0.0
+        self._token_lock = asyncio.Lock()
         self.project = settings.fcm_project
         self.client_email = ""
         self.private_key: Any = None
@@ -179,6 +181,13 @@ class FcmPush:
     async def _access_token(self) -> str:
         if self._token and time.time() < self._token_expires - 60:
             return self._token
+        # One exchange at a time: a batch of sends must not stampede the token endpoint.
+        async with self._token_lock:
+            if self._token and time.time() < self._token_expires - 60:
+                return self._token
+            return await self._fetch_token()
+
+    async def _fetch_token(self) -> str:
         if self.private_key is None:
             raise PermanentFailure("push is not configured (notifications.fcm_service_account)")
         now = int(time.time())

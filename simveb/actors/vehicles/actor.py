@@ -152,11 +152,15 @@ class VehiclesActor(Actor):
     name = "vehicles"
     # No in-memory state correctness depends on: reads (GET by id, searches) run side by side.
     concurrency = 8
+    # An import of at least this many rows, and bigger than the registry, rebuilds the indexes once
+    # instead of updating them row by row (the table is locked meanwhile: a first national load).
+    rebuild_min_rows = 100_000
 
     async def on_start(self) -> None:
         async with self.db.pool.acquire() as con:
             self.fuzzy: store.FuzzyMode = await store.fuzzy_mode(con)
         self._jobs: dict[UUID, ImportJob] = {}
+        self._phase_started: dict[UUID, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._exports: dict[UUID, _Export] = {}
         self._reaper = asyncio.create_task(self._reap_exports(), name="vehicles:export-reaper")
@@ -601,7 +605,7 @@ class VehiclesActor(Actor):
     async def lift(self, msg: LiftEncumbrance) -> Encumbrance:
         async with self.db.transaction() as con:
             found = await store.get_encumbrance(con, msg.encumbrance_id, lock=True)
-            if found is None or found.vehicle_id != msg.vehicle_id:
+            if found is None or found.vehicle_id != msg.vehicle_id or msg.kind not in (None, found.kind):
                 raise NotFound(
                     f"no pledge or opposition {msg.encumbrance_id} on this vehicle", code="unknown_encumbrance"
                 )
@@ -699,7 +703,14 @@ class VehiclesActor(Actor):
         return job
 
     def _progress(self, job_id: UUID, **changes: Any) -> ImportJob:
-        job = msgspec.structs.replace(self._jobs[job_id], **changes)
+        current = self._jobs[job_id]
+        if changes.get("phase", current.phase) != current.phase:
+            now = time.monotonic()
+            started = self._phase_started.get(job_id, now)
+            if current.phase:
+                changes["seconds"] = {**current.seconds, current.phase: round(now - started, 3)}
+            self._phase_started[job_id] = now
+        job = msgspec.structs.replace(current, **changes)
         self._jobs[job_id] = job
         return job
 
@@ -740,7 +751,7 @@ class VehiclesActor(Actor):
             # times cheaper than a million index insertions. The table is locked meanwhile, so
             # routine imports, smaller than the registry, keep the indexes and the table open.
             existing = await store.registry_size_estimate(con)
-            rebuild = staged >= cfg.import_rebuild_min_rows and staged > max(existing, 0)
+            rebuild = staged >= self.rebuild_min_rows and staged > max(existing, 0)
             self._progress(job_id, phase="validating and inserting", total_rows=staged)
             for attempt in range(3):
                 try:
@@ -796,6 +807,7 @@ class VehiclesActor(Actor):
         finished = [k for k, j in self._jobs.items() if j.state in ("done", "failed")]
         for k in finished[:-20]:
             del self._jobs[k]
+            self._phase_started.pop(k, None)
 
     async def _chunks(self, job_id: UUID, source: Path) -> AsyncIterator[bytes]:
         read = 0

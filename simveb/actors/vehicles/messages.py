@@ -472,6 +472,7 @@ class DeclareEncumbrance(Ask[Encumbrance]):
 class LiftEncumbrance(Ask[Encumbrance]):
     vehicle_id: UUID
     encumbrance_id: UUID
+    kind: EncumbranceKind | None = None  # when given, the entry must be of this kind
     reason: Text1000 = ""
     by: str
 
@@ -511,6 +512,7 @@ class ImportJob(Record):
     created_by: str
     created_at: datetime
     finished_at: datetime | None = None
+    seconds: dict[str, float] = {}  # time spent in each phase (while this process keeps the job)
 
 
 class StartImport(Ask[ImportJob]):

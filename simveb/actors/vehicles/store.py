@@ -39,6 +39,7 @@ FuzzyMode = Literal["trgm", "fts"]
 # ("cruser" scores 0.5 against "cruiser").
 TRGM_THRESHOLD = 0.45
 NameMatch = tuple[str, str | None]  # (make, model) lower-cased; model None = every model of the make
+MAX_NAME_MATCHES = 40
 
 
 def _struct(cls: type, row: asyncpg.Record | None) -> Any:
@@ -330,6 +331,17 @@ def plate_key(plate: str) -> str:
     return re.sub(r"\s+", "", plate).upper()
 
 
+def _identifier_terms(q: str, arg: Any) -> tuple[str, list[str]]:
+    """The VIN-prefix and plate-prefix terms a free-text query may stand for."""
+    terms = []
+    key = plate_key(q.strip())
+    if re.fullmatch(r"[A-HJ-NPR-Z0-9]{3,17}", key):
+        terms.append(f"vin LIKE {arg(_like_prefix(key))}")
+    if re.fullmatch(r"[A-Z0-9]{2,12}", key):
+        terms.append(f"plate_key LIKE {arg(_like_prefix(key))}")
+    return key, terms
+
+
 def build_where(
     f: VehicleFilter, viewer: Viewer | None, names: list[NameMatch], args: list[Any]
 ) -> tuple[list[str], bool]:
@@ -381,12 +393,7 @@ def build_where(
         where.append(f"year <= {arg(f.year_max)}")
     if f.q and f.q.strip():
         q = f.q.strip()
-        alternatives = []
-        key = plate_key(q)
-        if re.fullmatch(r"[A-HJ-NPR-Z0-9]{3,17}", key):
-            alternatives.append(f"vin LIKE {arg(_like_prefix(key))}")
-        if re.fullmatch(r"[A-Z0-9]{2,12}", key):
-            alternatives.append(f"plate_key LIKE {arg(_like_prefix(key))}")
+        _, alternatives = _identifier_terms(q, arg)
         for make, model in names:
             if model is None:
                 alternatives.append(f"lower(make) = {arg(make)}")
@@ -407,10 +414,7 @@ async def catalogue_matches(con: asyncpg.Connection, q: str, mode: FuzzyMode) ->
     words = _WORD.findall(q.lower())
     if not words:
         return []
-    base = (
-        "SELECT lower(b.name) AS make, lower(m.name) AS model, count(*) OVER (PARTITION BY b.code) AS n_models,"
-        " {score} AS score FROM vehicles.models m JOIN vehicles.brands b ON b.code = m.brand_code"
-    )
+    base = "SELECT lower(b.name) AS make, lower(m.name) AS model, {score} AS score FROM vehicles.models m JOIN vehicles.brands b ON b.code = m.brand_code"
     if mode == "trgm":
         text = " ".join(words)
         score = "greatest(word_similarity($1, lower(b.name || ' ' || m.name)), word_similarity($1, lower(m.name)))"
@@ -421,7 +425,6 @@ async def catalogue_matches(con: asyncpg.Connection, q: str, mode: FuzzyMode) ->
         )
     else:
         query = " & ".join(f"{w}:*" for w in words)
-        # The filter stays outside: n_models must count every model of the make, matched or not.
         score = (
             "(to_tsvector('simple'::regconfig, lower(b.name || ' ' || m.name))"
             " @@ to_tsquery('simple'::regconfig, $1))::int"
@@ -429,16 +432,8 @@ async def catalogue_matches(con: asyncpg.Connection, q: str, mode: FuzzyMode) ->
         rows = await con.fetch(
             f"SELECT * FROM ({base.format(score=score)}) x WHERE score = 1 ORDER BY make, model", query
         )
-    by_make: dict[str, list[asyncpg.Record]] = {}
-    for r in rows:
-        by_make.setdefault(r["make"], []).append(r)
-    matches: list[NameMatch] = []
-    for make, found in by_make.items():
-        if len(found) == found[0]["n_models"]:
-            matches.append((make, None))  # the make itself was named: every model, even retired ones
-        else:
-            matches.extend((make, r["model"]) for r in found)
-    return matches[:50]
+    matches: list[NameMatch] = [(r["make"], r["model"]) for r in rows]
+    return matches[:MAX_NAME_MATCHES]
 
 
 async def search(
@@ -449,8 +444,10 @@ async def search(
     after: UUID | None,
     limit: int,
 ) -> list[Vehicle]:
-    args: list[Any] = []
     names = await catalogue_matches(con, f.q, mode) if f.q else []
+    if names:
+        return await _search_by_names(con, f, viewer, names, after, limit)
+    args: list[Any] = []
     where, possible = build_where(f, viewer, names, args)
     if not possible:
         return []
@@ -463,6 +460,40 @@ async def search(
         + (" WHERE " + " AND ".join(where) if where else "")
         + f" ORDER BY id LIMIT ${len(args)}"
     )
+    return _structs(Vehicle, await con.fetch(sql, *args))
+
+
+async def _search_by_names(
+    con: asyncpg.Connection,
+    f: VehicleFilter,
+    viewer: Viewer | None,
+    names: list[NameMatch],
+    after: UUID | None,
+    limit: int,
+) -> list[Vehicle]:
+    """One branch per matched (make, model), each the first `limit` ids of the (make, model, id)
+    index, merged: a rare model is never found by walking the whole table in id order, and a
+    common one stops after `limit` rows. The identifier alternatives of q get a branch each too."""
+    args: list[Any] = []
+    base, possible = build_where(msgspec.structs.replace(f, q=None), viewer, [], args)
+    if not possible:
+        return []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if after is not None:
+        base.append(f"id > {arg(after)}")
+    lim = arg(limit)
+    branches = [f"lower(make) = {arg(make)} AND lower(model) = {arg(model)}" for make, model in names]
+    _, identifiers = _identifier_terms(f.q or "", arg)
+    branches.extend(identifiers)
+    selects = [
+        f"(SELECT {_VEHICLE_COLS} FROM vehicles.vehicles WHERE {' AND '.join([*base, branch])} ORDER BY id LIMIT {lim})"
+        for branch in branches
+    ]
+    sql = f"SELECT DISTINCT ON (id) * FROM ({' UNION ALL '.join(selects)}) u ORDER BY id LIMIT {lim}"
     return _structs(Vehicle, await con.fetch(sql, *args))
 
 
