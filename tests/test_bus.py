@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from simveb.bus import Actor as BaseActor
 from simveb.bus import (
     ActorStopped,
     Ask,
@@ -19,7 +20,6 @@ from simveb.bus import (
     check_acyclic,
     handler,
 )
-from simveb.bus import Actor as BaseActor
 from simveb.config import Settings, with_overrides
 from simveb.errors import Conflict, InternalError
 

@@ -48,7 +48,7 @@ def test_environment_overrides_any_key() -> None:
 
 def test_simveb_config_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "other.toml"
-    path.write_text('[server]\nport = 9100\n[bus]\nmailbox_size = 7\n', encoding="utf-8")
+    path.write_text("[server]\nport = 9100\n[bus]\nmailbox_size = 7\n", encoding="utf-8")
     s = load_settings(environ={"SIMVEB_CONFIG": str(path)})
     assert (s.server.port, s.bus.mailbox_size, s.server.host) == (9100, 7, "127.0.0.1")
 

@@ -77,7 +77,7 @@ async def test_the_first_error_stops_the_run_and_is_rolled_back(scratch_url: str
     write(tmp_path, "alpha/0001_ok.sql", "CREATE SCHEMA alpha; CREATE TABLE alpha.t (x int);")
     write(tmp_path, "alpha/0002_bad.sql", "CREATE TABLE alpha.half (x int); SELECT no_such_function();")
     write(tmp_path, "alpha/0003_later.sql", "CREATE TABLE alpha.later (x int);")
-    with pytest.raises(migrate.MigrationError, match="alpha/0002_bad"):
+    with pytest.raises(migrate.MigrationError, match=r"alpha/0002_bad"):
         await migrate.migrate(scratch_url, tmp_path)
     con = await asyncpg.connect(scratch_url)
     try:
@@ -91,7 +91,7 @@ async def test_the_first_error_stops_the_run_and_is_rolled_back(scratch_url: str
 
 def test_badly_named_files_are_refused(tmp_path: Path) -> None:
     write(tmp_path, "alpha/1_init.sql", "SELECT 1;")
-    with pytest.raises(migrate.MigrationError, match="0001_slug.sql"):
+    with pytest.raises(migrate.MigrationError, match=r"0001_slug\.sql"):
         migrate.discover(tmp_path)
 
 

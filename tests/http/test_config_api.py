@@ -63,7 +63,7 @@ async def test_quote_prices_with_breakdown(client, seeded) -> None:
     assert r.status_code == 200, r.text
     assert quote["currency"] == "XOF"
     assert quote["total"] == 25_000 + 35_000 + 5_000 + 10_000
-    assert [line["kind"] for line in quote["lines"]][0] == "base"
+    assert quote["lines"][0]["kind"] == "base"
     assert sum(line["amount"] for line in quote["lines"]) == quote["total"]
 
 
@@ -78,7 +78,11 @@ async def test_quote_message_for_other_actors(seeded) -> None:
     ("params", "status", "code"),
     [
         ({"service": "nope", "owner_type": "person", "vehicle_category": "four_wheels_plus"}, 404, "unknown_service"),
-        ({"service": "transfer", "owner_type": "alien", "vehicle_category": "four_wheels_plus"}, 422, "invalid_owner_type"),
+        (
+            {"service": "transfer", "owner_type": "alien", "vehicle_category": "four_wheels_plus"},
+            422,
+            "invalid_owner_type",
+        ),
         ({"service": "transfer", "owner_type": "person", "vehicle_category": "boat"}, 422, "invalid_vehicle_category"),
         ({"service": "transfer"}, 400, "validation_error"),
     ],
@@ -198,7 +202,9 @@ async def test_validation_errors_name_the_field(client, seeded, auth) -> None:
 async def test_oversized_body_is_refused(client, seeded, auth, settings) -> None:
     big = "x" * (settings.server.max_body_bytes + 10)
     r = await client.put(
-        "/api/config/settings/site.name", content=f'{{"value": "{big}"}}', headers={**auth(*ADMIN), "content-type": "application/json"}
+        "/api/config/settings/site.name",
+        content=f'{{"value": "{big}"}}',
+        headers={**auth(*ADMIN), "content-type": "application/json"},
     )
     problem(r, 413)
     assert (await client.get("/api/config/settings")).json()[0]["value"] != big

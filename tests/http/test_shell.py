@@ -97,7 +97,7 @@ async def test_bad_tokens_are_refused(client, runtime, settings, changes, code) 
 
 async def test_unsigned_or_tampered_tokens_are_refused(client, runtime, settings) -> None:
     good = token(runtime, settings)
-    header, payload, signature = good.split(".")
+    header, _payload, signature = good.split(".")
     forged_payload = jwt.utils.base64url_encode(b'{"sub":"admin","permissions":["config:write"]}').decode()
     none_token = jwt.encode({"sub": "x"}, key=None, algorithm="none")
     for bad in (f"{header}.{forged_payload}.{signature}", none_token, "not-a-jwt", good + "x"):
