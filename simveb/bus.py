@@ -104,6 +104,9 @@ class ActorStopped(Unavailable):
 # Actors
 
 current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("simveb_actor", default=None)
+# The id of the event being handled (outbox event id, or the id publish() gave it): consumers derive
+# idempotency keys from it, so one event never produces the same effect twice.
+current_event_id: contextvars.ContextVar[uuid.UUID | None] = contextvars.ContextVar("simveb_event", default=None)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -400,6 +403,7 @@ class Cell:
         method = getattr(instance, attr)
         if env.event_id is None:
             return await method(env.message)
+        current_event_id.set(env.event_id)
         # An event: deduplicate through the inbox so a redelivery changes nothing.
         db = self.bus.context.db
         if db is None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -21,6 +21,8 @@ from simveb.config import Settings
 log = logging.getLogger("simveb.db")
 
 _json_encoder = msgspec.json.Encoder()
+
+T = TypeVar("T")
 
 
 def _encode_json(value: Any) -> str:
@@ -34,6 +36,16 @@ async def init_connection(con: asyncpg.Connection) -> None:
             name, encoder=_encode_json, decoder=msgspec.json.decode, schema="pg_catalog", format="text"
         )
     await con.set_type_codec("uuid", encoder=str, decoder=uuid.UUID, schema="pg_catalog", format="text")
+
+
+def from_row(cls: type[T], row: asyncpg.Record | None) -> T | None:
+    """One row as the Struct `cls` (None stays None); msgspec checks the column types on the way."""
+    return None if row is None else msgspec.convert(dict(row), cls)
+
+
+def from_rows(cls: type[T], rows: Iterable[asyncpg.Record]) -> list[T]:
+    """Rows as a list of the Struct `cls`."""
+    return [msgspec.convert(dict(r), cls) for r in rows]
 
 
 def start_embedded(data_dir: Path) -> Any:

@@ -7,7 +7,6 @@ aiosmtpd. Settings point the notifications actor at them, with short retry delay
 from __future__ import annotations
 
 import email
-import socket
 from collections.abc import Iterator
 from email.message import Message
 from typing import Any
@@ -20,6 +19,7 @@ from litestar import Litestar
 from simveb.config import Settings, with_overrides
 from simveb.sandbox import sandbox_router
 from tests.sandbox_server import serve_app
+from tests.support import free_port
 
 
 class Simulators:
@@ -58,12 +58,6 @@ class SmtpRecorder:
         self.messages.append(email.message_from_bytes(envelope.content))
         self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

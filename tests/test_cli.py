@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,27 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT
-
-
-def simveb(settings, *args: str, stdin: str | None = None, env: dict[str, str] | None = None):
-    environ = {
-        **os.environ,
-        "SIMVEB_CONFIG": str(ROOT / "config.toml"),
-        "SIMVEB_DATABASE__URL": settings.database.url,
-        "SIMVEB_SERVER__DATA_DIR": settings.server.data_dir,
-        "SIMVEB_SERVER__LOG_LEVEL": "WARNING",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "simveb.cli", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=False,
-    )
+from tests.support import ROOT, free_port, simveb
 
 
 def test_migrate_a_second_time_applies_nothing(settings, runtime) -> None:
@@ -78,12 +57,6 @@ def test_a_bad_setting_is_one_line_and_a_non_zero_exit(settings) -> None:
 def test_openapi_prints_json(settings) -> None:
     done = simveb(settings, "openapi")
     assert done.returncode == 0 and '"/api/config/services"' in done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serve_on_a_fresh_data_dir_becomes_ready(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,26 +13,8 @@ from simveb.actors.integrations.actor import IntegrationsActor
 from simveb.actors.integrations.messages import LookupCitizen
 from simveb.config import Settings
 from simveb.runtime import Runtime
-from tests.conftest import ROOT
+from tests.support import free_port, simveb
 from tests.xroad_support import settings_for, simulator_server
-
-
-def simveb(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    environ = {
-        **os.environ,
-        "SIMVEB_CONFIG": str(ROOT / "config.toml"),
-        "SIMVEB_DATABASE__URL": settings.database.url,
-        "SIMVEB_SERVER__DATA_DIR": settings.server.data_dir,
-        "SIMVEB_SERVER__LOG_LEVEL": "WARNING",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "simveb.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=120,
-        check=False,
-    )
 
 
 async def test_integrations_status_command(base_settings: Settings, runtime: Runtime) -> None:
@@ -56,9 +36,7 @@ async def test_integrations_status_command(base_settings: Settings, runtime: Run
 
 
 def test_sandbox_command_serves_the_simulators() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "simveb.cli", "sandbox", "--port", str(port)],
         stdout=subprocess.DEVNULL,

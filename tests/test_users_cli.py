@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from simveb.actors.users.messages import ResolveLogin
-from tests.test_cli import simveb
+from tests.support import simveb
 
 
 async def test_create_first_admin_list_and_roles(settings, runtime) -> None:

@@ -2,6 +2,9 @@
 
 The simulator runs in its own server (tests/sandbox_server.py); tests tell it how to behave through
 its control endpoint and read its call counters there, exactly as a person would with curl.
+
+A test module takes the fixtures by name: `sim_url, sim = xroad.sim_url, xroad.sim`
+(after `from tests import xroad_support as xroad`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from litestar import Litestar
 
 from simveb.config import Settings, with_overrides
@@ -67,3 +71,20 @@ class Simulator:
 
     def close(self) -> None:
         self.http.close()
+
+
+@pytest.fixture(scope="module")
+def sim_url() -> Iterator[str]:
+    """One simulator server per test module."""
+    with simulator_server() as url:
+        yield url
+
+
+@pytest.fixture
+def sim(sim_url: str) -> Iterator[Simulator]:
+    """The control endpoint, reset before and after the test."""
+    control = Simulator(sim_url)
+    control.reset()
+    yield control
+    control.reset()
+    control.close()

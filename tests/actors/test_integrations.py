@@ -7,7 +7,7 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -25,8 +25,9 @@ from simveb.config import Settings
 from simveb.errors import Invalid, NotFound, Unavailable
 from simveb.runtime import Runtime
 from simveb.sandbox.xroad import fake_citizen, fake_company
+from tests import xroad_support as xroad
 from tests.support import wait_for
-from tests.xroad_support import Simulator, settings_for, simulator_server
+from tests.xroad_support import Simulator, settings_for
 
 NPI = "1234567890"
 IFU = "3201234567891"
@@ -39,19 +40,7 @@ OWN_TABLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    with simulator_server() as url:
-        yield url
-
-
-@pytest.fixture
-def sim(sim_url: str) -> Iterator[Simulator]:
-    control = Simulator(sim_url)
-    control.reset()
-    yield control
-    control.reset()
-    control.close()
+sim_url, sim = xroad.sim_url, xroad.sim
 
 
 @pytest.fixture

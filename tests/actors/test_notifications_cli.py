@@ -6,8 +6,7 @@ from simveb.actors.notifications.messages import GetDelivery, SeedNotifications,
 from simveb.runtime import Runtime
 from tests import notifications_support as fixtures
 from tests.notifications_support import Simulators, SmtpRecorder
-from tests.support import wait_for
-from tests.test_cli import simveb
+from tests.support import simveb, wait_for
 
 simulators, sims, smtp_server, smtp, settings = (
     fixtures.simulators,

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import re
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from simveb.config import Settings, with_overrides
 from simveb.keys import write_new_key
 from simveb.runtime import Runtime
 from simveb.sandbox import sandbox_router
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 PASSWORD = "correct horse battery"
 _numbers = itertools.count(20_000_000)
@@ -43,15 +42,9 @@ _numbers = itertools.count(20_000_000)
 # --- fixtures: the SMS simulator on its own port, users made through the users service ----------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def sms_url() -> AsyncIterator[str]:
-    port = _free_port()
+    port = free_port()
     sim = Litestar(route_handlers=[sandbox_router()])
     server = uvicorn.Server(uvicorn.Config(sim, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())

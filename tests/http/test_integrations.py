@@ -3,33 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from simveb.config import Settings
 from simveb.sandbox.xroad import fake_citizen, fake_company
-from tests.xroad_support import Simulator, settings_for, simulator_server
+from tests import xroad_support as xroad
+from tests.xroad_support import Simulator, settings_for
 
 NPI = "1234567890"
 IFU = "3201234567891"
 PROBLEM = "application/problem+json"
 
 
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    with simulator_server() as url:
-        yield url
-
-
-@pytest.fixture
-def sim(sim_url: str) -> Iterator[Simulator]:
-    control = Simulator(sim_url)
-    control.reset()
-    yield control
-    control.reset()
-    control.close()
+sim_url, sim = xroad.sim_url, xroad.sim
 
 
 @pytest.fixture

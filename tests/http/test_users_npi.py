@@ -8,7 +8,6 @@ import asyncio
 import re
 import time
 import unicodedata
-from collections.abc import Iterator
 from datetime import date
 
 import httpx
@@ -18,26 +17,15 @@ from simveb.actors.auth.messages import RequestOtp
 from simveb.actors.notifications.messages import SeedNotifications
 from simveb.config import Settings, with_overrides
 from simveb.sandbox.xroad import fake_citizen
+from tests import xroad_support as xroad
 from tests.support import wait_for
 from tests.users_support import make_user, npi, phone, seed_roles
-from tests.xroad_support import Simulator, settings_for, simulator_server
+from tests.xroad_support import settings_for
 
 AGENT = ("users:read", "users:kyc")
 
 
-@pytest.fixture(scope="module")
-def sim_url() -> Iterator[str]:
-    with simulator_server() as url:
-        yield url
-
-
-@pytest.fixture
-def sim(sim_url: str) -> Iterator[Simulator]:
-    control = Simulator(sim_url)
-    control.reset()
-    yield control
-    control.reset()
-    control.close()
+sim_url, sim = xroad.sim_url, xroad.sim
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 
 from simveb.actors.auth.messages import DeniedToken, DeniedTokens, Session
+from simveb.db import from_rows
 
 # --- passwords ---------------------------------------------------------------------------------------
 
@@ -125,7 +126,7 @@ async def list_sessions(con: asyncpg.Connection, user_id: UUID) -> list[Session]
         " AND expires_at > now() ORDER BY created_at DESC",
         user_id,
     )
-    return [Session(**dict(r)) for r in rows]
+    return from_rows(Session, rows)
 
 
 async def revoke_sessions(

@@ -17,17 +17,14 @@ from simveb.actors.config.messages import (
     ServiceFields,
     Setting,
 )
-
-
-def _struct(cls: type, row: asyncpg.Record | None) -> Any:
-    return None if row is None else msgspec.convert(dict(row), cls, from_attributes=False)
+from simveb.db import from_row, from_rows
 
 
 async def all_settings(con: asyncpg.Connection) -> list[Setting]:
     rows = await con.fetch(
         "SELECT key, type, value, public, description, updated_at, updated_by FROM config.settings ORDER BY key"
     )
-    return [_struct(Setting, r) for r in rows]
+    return from_rows(Setting, rows)
 
 
 async def get_setting(con: asyncpg.Connection, key: str, *, lock: bool = False) -> Setting | None:
@@ -36,7 +33,7 @@ async def get_setting(con: asyncpg.Connection, key: str, *, lock: bool = False) 
         " WHERE key = $1" + (" FOR UPDATE" if lock else ""),
         key,
     )
-    return _struct(Setting, row)
+    return from_row(Setting, row)
 
 
 async def upsert_setting(con: asyncpg.Connection, s: Setting, by: str) -> Setting:
@@ -53,7 +50,7 @@ async def upsert_setting(con: asyncpg.Connection, s: Setting, by: str) -> Settin
         s.description,
         by,
     )
-    return _struct(Setting, row)
+    return from_row(Setting, row)
 
 
 _SERVICE_COLS = "code, label_fr, label_en, description, required_documents, workflow, active, updated_at"
@@ -61,14 +58,14 @@ _SERVICE_COLS = "code, label_fr, label_en, description, required_documents, work
 
 async def all_services(con: asyncpg.Connection) -> list[Service]:
     rows = await con.fetch(f"SELECT {_SERVICE_COLS} FROM config.services ORDER BY code")
-    return [_struct(Service, r) for r in rows]
+    return from_rows(Service, rows)
 
 
 async def get_service(con: asyncpg.Connection, code: str, *, lock: bool = False) -> Service | None:
     row = await con.fetchrow(
         f"SELECT {_SERVICE_COLS} FROM config.services WHERE code = $1" + (" FOR UPDATE" if lock else ""), code
     )
-    return _struct(Service, row)
+    return from_row(Service, row)
 
 
 async def insert_service(con: asyncpg.Connection, code: str, f: ServiceFields, by: str) -> Service | None:
@@ -86,7 +83,7 @@ async def insert_service(con: asyncpg.Connection, code: str, f: ServiceFields, b
         f.active,
         by,
     )
-    return _struct(Service, row)
+    return from_row(Service, row)
 
 
 async def update_service(con: asyncpg.Connection, code: str, f: ServiceFields, by: str) -> Service | None:
@@ -103,7 +100,7 @@ async def update_service(con: asyncpg.Connection, code: str, f: ServiceFields, b
         f.active,
         by,
     )
-    return _struct(Service, row)
+    return from_row(Service, row)
 
 
 _FEE_COLS = "id, service_code, kind, match, label, amount, active, updated_at"
@@ -111,14 +108,14 @@ _FEE_COLS = "id, service_code, kind, match, label, amount, active, updated_at"
 
 async def all_fees(con: asyncpg.Connection) -> list[Fee]:
     rows = await con.fetch(f"SELECT {_FEE_COLS} FROM config.fees ORDER BY service_code, kind, match")
-    return [_struct(Fee, r) for r in rows]
+    return from_rows(Fee, rows)
 
 
 async def get_fee(con: asyncpg.Connection, fee_id: UUID, *, lock: bool = False) -> Fee | None:
     row = await con.fetchrow(
         f"SELECT {_FEE_COLS} FROM config.fees WHERE id = $1" + (" FOR UPDATE" if lock else ""), fee_id
     )
-    return _struct(Fee, row)
+    return from_row(Fee, row)
 
 
 async def find_fee(con: asyncpg.Connection, service_code: str, kind: str, match: str) -> Fee | None:
@@ -128,7 +125,7 @@ async def find_fee(con: asyncpg.Connection, service_code: str, kind: str, match:
         kind,
         match,
     )
-    return _struct(Fee, row)
+    return from_row(Fee, row)
 
 
 async def insert_fee(con: asyncpg.Connection, f: FeeFields, by: str) -> Fee | None:
@@ -145,7 +142,7 @@ async def insert_fee(con: asyncpg.Connection, f: FeeFields, by: str) -> Fee | No
         f.active,
         by,
     )
-    return _struct(Fee, row)
+    return from_row(Fee, row)
 
 
 async def update_fee(con: asyncpg.Connection, fee_id: UUID, f: FeeFields, by: str) -> Fee | None:
@@ -161,7 +158,7 @@ async def update_fee(con: asyncpg.Connection, fee_id: UUID, f: FeeFields, by: st
         f.active,
         by,
     )
-    return _struct(Fee, row)
+    return from_row(Fee, row)
 
 
 _FLAG_COLS = "key, enabled, rollout_percent, description, updated_at"
@@ -169,14 +166,14 @@ _FLAG_COLS = "key, enabled, rollout_percent, description, updated_at"
 
 async def all_flags(con: asyncpg.Connection) -> list[FeatureFlag]:
     rows = await con.fetch(f"SELECT {_FLAG_COLS} FROM config.feature_flags ORDER BY key")
-    return [_struct(FeatureFlag, r) for r in rows]
+    return from_rows(FeatureFlag, rows)
 
 
 async def get_flag(con: asyncpg.Connection, key: str, *, lock: bool = False) -> FeatureFlag | None:
     row = await con.fetchrow(
         f"SELECT {_FLAG_COLS} FROM config.feature_flags WHERE key = $1" + (" FOR UPDATE" if lock else ""), key
     )
-    return _struct(FeatureFlag, row)
+    return from_row(FeatureFlag, row)
 
 
 async def upsert_flag(con: asyncpg.Connection, flag: FeatureFlag, by: str) -> FeatureFlag:
@@ -191,7 +188,7 @@ async def upsert_flag(con: asyncpg.Connection, flag: FeatureFlag, by: str) -> Fe
         flag.description,
         by,
     )
-    return _struct(FeatureFlag, row)
+    return from_row(FeatureFlag, row)
 
 
 async def record(con: asyncpg.Connection, entity: str, key: str, by: str, old: Any, new: Any) -> None:
@@ -215,7 +212,7 @@ async def history(con: asyncpg.Connection, entity: str | None, key: str | None, 
         key,
         limit,
     )
-    return [_struct(HistoryEntry, r) for r in rows]
+    return from_rows(HistoryEntry, rows)
 
 
 async def is_empty(con: asyncpg.Connection) -> bool:

@@ -16,6 +16,7 @@ import asyncpg
 import msgspec
 
 from simveb.bus import Record
+from simveb.db import from_rows
 
 
 def hash_identifier(identifier: str, key: str = "") -> str:
@@ -133,7 +134,7 @@ async def claim_due(con: asyncpg.Connection, services: list[str], limit: int, le
         lease_s,
     )
     rows = sorted(rows, key=lambda r: r["id"])
-    return [msgspec.convert(dict(r), QueuedLookup) for r in rows]
+    return from_rows(QueuedLookup, rows)
 
 
 async def delete_queued(con: asyncpg.Connection, row_id: int) -> None:

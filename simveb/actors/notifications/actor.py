@@ -65,7 +65,7 @@ from simveb.actors.notifications.messages import (
 )
 from simveb.actors.notifications.rendering import Sealer, check_syntax, masked, render
 from simveb.actors.users.messages import UserContactChanged
-from simveb.bus import Actor, Event, handler
+from simveb.bus import Actor, Event, current_event_id, handler
 from simveb.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger("simveb.notifications")
@@ -89,9 +89,12 @@ def _idempotency_key(*parts: str) -> str:
     return key if len(key) <= 300 else f"{parts[0]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
-def _event_digest(event: Event) -> str:
-    """Stable identity of an event (type and content): the bus does not hand the event id to handlers,
-    and a redelivered event has the same content, so the idempotency key is derived from it."""
+def _event_identity(event: Event) -> str:
+    """The event's id (the same on every redelivery); a digest of its content when handled outside
+    the bus's event delivery (then there is no id)."""
+    event_id = current_event_id.get()
+    if event_id is not None:
+        return event_id.hex
     tag = type(event).__struct_config__.tag
     return hashlib.sha256(f"{tag}:".encode() + msgspec.json.encode(event)).hexdigest()[:32]
 
@@ -303,7 +306,7 @@ class NotificationsActor(Actor):
             return
         fields = msgspec.to_builtins(event)
         params = {**fields, "event_type": tag}
-        digest = _event_digest(event)
+        digest = _event_identity(event)
         for sub in subs:
             value = fields.get(sub.recipient_field)
             if value is None:

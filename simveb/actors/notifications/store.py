@@ -6,14 +6,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-import msgspec
 
 from simveb.actors.notifications.messages import Delivery, Device, Notification, Subscription, Template
-
-
-def _struct(cls: type, row: asyncpg.Record | None) -> Any:
-    return None if row is None else msgspec.convert(dict(row), cls)
-
+from simveb.db import from_row, from_rows
 
 # --- templates ---------------------------------------------------------------------------------------
 
@@ -28,7 +23,7 @@ async def list_templates(con: asyncpg.Connection, event: str | None, channel: st
         event,
         channel,
     )
-    return [_struct(Template, r) for r in rows]
+    return from_rows(Template, rows)
 
 
 async def find_template(con: asyncpg.Connection, event: str, channel: str, language: str) -> Template | None:
@@ -41,7 +36,7 @@ async def find_template(con: asyncpg.Connection, event: str, channel: str, langu
         [language, "fr"],
         language,
     )
-    return _struct(Template, row)
+    return from_row(Template, row)
 
 
 async def get_template(con: asyncpg.Connection, template_id: UUID, *, lock: bool = False) -> Template | None:
@@ -49,7 +44,7 @@ async def get_template(con: asyncpg.Connection, template_id: UUID, *, lock: bool
         f"SELECT {_TEMPLATE_COLS} FROM notifications.templates WHERE id = $1" + (" FOR UPDATE" if lock else ""),
         template_id,
     )
-    return _struct(Template, row)
+    return from_row(Template, row)
 
 
 async def update_template(
@@ -65,7 +60,7 @@ async def update_template(
         description,
         by,
     )
-    return _struct(Template, row)
+    return from_row(Template, row)
 
 
 async def has_templates(con: asyncpg.Connection) -> bool:
@@ -79,7 +74,7 @@ _SUB_COLS = "id, event_type, channel, template_event, recipient_field, active"
 
 async def all_subscriptions(con: asyncpg.Connection) -> list[Subscription]:
     rows = await con.fetch(f"SELECT {_SUB_COLS} FROM notifications.subscriptions ORDER BY event_type, channel")
-    return [_struct(Subscription, r) for r in rows]
+    return from_rows(Subscription, rows)
 
 
 async def put_subscription(
@@ -95,7 +90,7 @@ async def put_subscription(
         field,
         active,
     )
-    return _struct(Subscription, row)
+    return from_row(Subscription, row)
 
 
 # --- contacts and devices ------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ async def register_device(con: asyncpg.Connection, user_id: UUID, token: str, pl
         user_id,
         platform,
     )
-    return _struct(Device, row)
+    return from_row(Device, row)
 
 
 async def delete_device(con: asyncpg.Connection, user_id: UUID, token: str) -> bool:
@@ -243,7 +238,7 @@ _DELIVERY_COLS = (
 
 async def get_delivery(con: asyncpg.Connection, message_id: UUID) -> Delivery | None:
     row = await con.fetchrow(f"SELECT {_DELIVERY_COLS} FROM notifications.messages WHERE id = $1", message_id)
-    return _struct(Delivery, row)
+    return from_row(Delivery, row)
 
 
 # --- in-app --------------------------------------------------------------------------------------------
@@ -269,7 +264,7 @@ async def in_app_page(
         user_id,
         unread_only,
     )
-    return [_struct(Notification, r) for r in rows], counts["total"], counts["unread"]
+    return from_rows(Notification, rows), counts["total"], counts["unread"]
 
 
 async def mark_read(con: asyncpg.Connection, user_id: UUID, message_id: UUID) -> Notification | None:
@@ -279,4 +274,4 @@ async def mark_read(con: asyncpg.Connection, user_id: UUID, message_id: UUID) ->
         message_id,
         user_id,
     )
-    return _struct(Notification, row)
+    return from_row(Notification, row)

@@ -18,11 +18,7 @@ from simveb.actors.users.messages import (
     User,
     UserAuthz,
 )
-
-
-def _struct(cls: type, row: asyncpg.Record | None) -> Any:
-    return None if row is None else msgspec.convert(dict(row), cls, from_attributes=False)
-
+from simveb.db import from_row, from_rows
 
 # --- users -------------------------------------------------------------------------------------------
 
@@ -36,7 +32,7 @@ _USER_SELECT = (
 
 
 async def get_user(con: asyncpg.Connection, user_id: UUID) -> User | None:
-    return _struct(User, await con.fetchrow(_USER_SELECT + " WHERE u.id = $1", user_id))
+    return from_row(User, await con.fetchrow(_USER_SELECT + " WHERE u.id = $1", user_id))
 
 
 async def get_row(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> asyncpg.Record | None:
@@ -163,7 +159,7 @@ async def list_users(
     total = await con.fetchval(
         "SELECT count(*) FROM users.users u LEFT JOIN users.profiles p ON p.user_id = u.id" + where, *args
     )
-    return [_struct(User, r) for r in rows], total
+    return from_rows(User, rows), total
 
 
 # --- profiles, identities, addresses, representatives -------------------------------------------------
@@ -327,7 +323,7 @@ async def role_history(con: asyncpg.Connection, user_id: UUID, limit: int = 50) 
         user_id,
         limit,
     )
-    return [_struct(RoleChange, r) for r in rows]
+    return from_rows(RoleChange, rows)
 
 
 async def all_roles(con: asyncpg.Connection) -> list[RoleInfo]:
@@ -338,7 +334,7 @@ async def all_roles(con: asyncpg.Connection) -> list[RoleInfo]:
         " FROM users.roles r LEFT JOIN users.role_permissions rp ON rp.role = r.code"
         " GROUP BY r.code ORDER BY r.code"
     )
-    return [_struct(RoleInfo, r) for r in rows]
+    return from_rows(RoleInfo, rows)
 
 
 async def active_admins(con: asyncpg.Connection) -> int:

@@ -743,95 +743,182 @@ _INT_FIELDS = (
 
 def _import_sql() -> str:
     int_checks = "\n".join(
-        f"        WHEN NOT vehicles.is_int_in(s.{name}, {lo}, {hi})"
+        f"            WHEN NOT vehicles.is_int_in(s.{name}, {lo}, {hi})"
         f" THEN '{name}: expected a whole number from {lo} to {hi}, got ' || quote_literal(s.{name})"
         for name, lo, hi in _INT_FIELDS
     )
+    # The fast check of the whole numbers: one regular expression over all of them (digits only, at
+    # most 9 each, so the casts that follow cannot fail), then their ranges.
+    int_text = ", ',', ".join(f"s.{name}" for name, _, _ in (("year", 0, 0), *_INT_FIELDS))
+    int_ranges = " AND ".join(
+        f"coalesce(nullif(s.{name}, '')::integer BETWEEN {lo} AND {hi}, true)" for name, lo, hi in _INT_FIELDS
+    )
     int_values = ", ".join(f"nullif(c.{name}, '')::integer" for name, _, _ in _INT_FIELDS)
     int_cols = ", ".join(name for name, _, _ in _INT_FIELDS)
+    raw_cols = ", ".join(f"s.{name}" for name in ("year", *(n for n, _, _ in _INT_FIELDS)))
+    n_plate = (
+        "CASE WHEN st.plate LIKE '%  %' OR st.plate ~ '[\\t\\n\\r]'"
+        " THEN nullif(upper(regexp_replace(btrim(st.plate), '\\s+', ' ', 'g')), '')"
+        " ELSE nullif(upper(btrim(st.plate)), '') END"
+    )
     return f"""
 WITH brand_keys AS (
-    -- a make is given by name or by code; one equality key each, so the join hashes
+    -- a make is given by name or by code
     SELECT code, name, lower(name) AS k FROM vehicles.brands UNION SELECT code, name, code FROM vehicles.brands
 ), energy_keys AS (
     SELECT label, lower(label) AS k FROM vehicles.energies UNION SELECT label, code FROM vehicles.energies
-), norm AS (
-    SELECT st.*,
-           upper(replace(coalesce(st.vin, ''), ' ', '')) AS n_vin,
-           CASE WHEN st.plate LIKE '%  %' OR st.plate ~ '[\\t\\n\\r]'
-                THEN nullif(upper(regexp_replace(btrim(st.plate), '\\s+', ' ', 'g')), '')
-                ELSE nullif(upper(btrim(st.plate)), '') END AS n_plate,
-           lower(replace(coalesce(st.owners, ''), ' ', '')) AS n_owners,
-           lower(replace(coalesce(st.characteristics, ''), ' ', '')) AS n_chars,
-           coalesce(nullif(lower(btrim(st.status)), ''), 'active') AS n_status
-    FROM pg_temp.{STAGING} st
-), joined AS (
-    SELECT n.*, b.name AS b_name, m.name AS m_name, t.code AS t_code, t.category AS t_category, e.label AS e_label,
-           -- byte order (COLLATE "C"): these sorts only group equal keys, no need for linguistic order
-           row_number() OVER (PARTITION BY n.n_vin COLLATE "C" ORDER BY n.row_no) AS vin_rank,
-           CASE WHEN n.n_plate IS NULL THEN 1
-                ELSE row_number() OVER (PARTITION BY replace(n.n_plate, ' ', '') COLLATE "C" ORDER BY n.row_no)
-           END AS plate_rank,
-           v.id AS existing_id,
-           pv.vin AS plate_owner_vin
-    FROM norm n
-    LEFT JOIN brand_keys b ON b.k = lower(btrim(n.make))
-    LEFT JOIN vehicles.models m ON m.brand_code = b.code AND lower(m.name) = lower(btrim(n.model))
-    LEFT JOIN vehicles.types t ON t.code = coalesce(nullif(lower(btrim(n.vehicle_type)), ''), m.vehicle_type)
-    LEFT JOIN energy_keys e ON e.k = lower(btrim(n.energy))
-    LEFT JOIN vehicles.vehicles v ON v.vin = n.n_vin
-    LEFT JOIN vehicles.vehicles pv ON pv.plate_key = replace(n.n_plate, ' ', '')
-), checked AS (
-    SELECT s.*,
-      CASE
-        WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
-        WHEN s.n_vin = '' THEN 'vin: missing'
-        WHEN length(s.n_vin) <> 17 THEN 'vin: must be 17 characters, got ' || length(s.n_vin)
-        WHEN translate(s.n_vin, 'ABCDEFGHJKLMNPRSTUVWXYZ0123456789', '') <> ''
-             THEN CASE WHEN s.n_vin ~ '[IOQ]' THEN 'vin: the letters I, O and Q are never used'
-                       ELSE 'vin: only letters and digits' END
-        WHEN s.vin_rank > 1 THEN 'vin: duplicate of an earlier row of this file'
-        WHEN coalesce(btrim(s.make), '') = '' THEN 'make: missing'
-        WHEN s.b_name IS NULL THEN 'make: unknown brand ' || quote_literal(btrim(s.make))
-        WHEN coalesce(btrim(s.model), '') = '' THEN 'model: missing'
-        WHEN s.m_name IS NULL THEN 'model: unknown model ' || quote_literal(btrim(s.model)) || ' for ' || s.b_name
-        WHEN s.t_code IS NULL THEN 'vehicle_type: unknown type ' || quote_literal(btrim(s.vehicle_type))
-        WHEN coalesce(btrim(s.category), '') <> '' AND lower(btrim(s.category)) <> s.t_category
-             THEN 'category: ' || quote_literal(btrim(s.category)) || ' does not match type ' || s.t_code
-        WHEN coalesce(btrim(s.energy), '') = '' THEN 'energy: missing'
-        WHEN s.e_label IS NULL THEN 'energy: unknown energy ' || quote_literal(btrim(s.energy))
-        WHEN NOT vehicles.is_int_in(s.year, 1900, extract(year FROM now())::int + 1)
-             THEN 'year: expected a year from 1900 to next year, got ' || quote_literal(s.year)
+), combos AS (
+    -- Every valid (make, model, type, category, energy) spelling, a few tens of thousands of rows built
+    -- in milliseconds: one hash join resolves the whole catalogue part of a row instead of five.
+    -- A row without a match is wrong somewhere; the detailed checks below say where.
+    SELECT DISTINCT ON (b.k, lower(m.name), tk.k, ck.k, e.k)
+           b.k AS make_k, lower(m.name) AS model_k, tk.k AS type_k, ck.k AS category_k, e.k AS energy_k,
+           b.name AS b_name, m.name AS m_name, t.code AS t_code, t.category AS t_category, e.label AS e_label
+    FROM brand_keys b
+    JOIN vehicles.models m ON m.brand_code = b.code
+    CROSS JOIN vehicles.types t
+    -- an empty type means the model's own type; an empty category is always accepted
+    CROSS JOIN LATERAL (SELECT t.code UNION ALL SELECT '' WHERE t.code = m.vehicle_type) tk (k)
+    CROSS JOIN LATERAL (VALUES (''), (t.category)) ck (k)
+    CROSS JOIN energy_keys e
+    ORDER BY b.k, lower(m.name), tk.k, ck.k, e.k, b.code, e.label
+), char_codes AS (
+    SELECT coalesce(array_agg(code), '{{}}') AS codes FROM vehicles.characteristic_values
+), dup_vin AS (
+    -- Duplicates inside the file are rare: hashing the keys alone, then joining the few repeated
+    -- ones back, costs far less than sorting every staged row by VIN and by plate.
+    SELECT upper(replace(coalesce(vin, ''), ' ', '')) AS k, min(row_no) AS first_row
+    FROM pg_temp.{STAGING} GROUP BY 1 HAVING count(*) > 1
+), dup_plate AS (
+    SELECT replace({n_plate}, ' ', '') AS k, min(row_no) AS first_row
+    FROM pg_temp.{STAGING} st WHERE {n_plate} IS NOT NULL GROUP BY 1 HAVING count(*) > 1
+), checked AS MATERIALIZED (
+    SELECT s.row_no, s.reason, s.existing_id IS NOT NULL AS existing, s.n_vin, s.n_plate, s.n_owners, s.n_chars,
+           s.n_status, s.b_name, s.m_name, s.t_code, s.t_category, s.e_label, s.commercial_name, s.colour,
+           s.customs_ref, s.remarks, s.first_registration_date, {raw_cols},
+           -- the original row only for a rejected one, for the error file
+           CASE WHEN s.reason IS NOT NULL THEN s.src END AS src
+    FROM (
+      SELECT s.*,
+        CASE
+          -- The common path: one cheap predicate that implies every check below passes (regular
+          -- expressions on short strings, casts only after their text was checked, no function calls).
+          WHEN s.pre_reason IS NULL
+               AND s.n_vin ~ '^[A-HJ-NPR-Z0-9]{{17}}$'
+               AND (s.vin_first IS NULL OR s.vin_first = s.row_no)
+               AND s.b_name IS NOT NULL
+               AND CASE WHEN concat({int_text}) ~ '^([0-9]{{0,9}},){{7}}[0-9]{{0,9}}$'
+                        THEN coalesce(nullif(s.year, '')::integer BETWEEN 1900 AND s.max_year, true) AND {int_ranges}
+                        ELSE false END
+               AND CASE WHEN coalesce(s.first_registration_date, '') = '' THEN true
+                        WHEN s.first_registration_date ~ '^[12][0-9]{{3}}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$'
+                        THEN substr(s.first_registration_date, 9, 2)::integer <=
+                             CASE substr(s.first_registration_date, 6, 2)
+                                  WHEN '02' THEN CASE WHEN substr(s.first_registration_date, 1, 4)::integer % 4 = 0
+                                                       AND (substr(s.first_registration_date, 1, 4)::integer % 100 <> 0
+                                                            OR substr(s.first_registration_date, 1, 4)::integer % 400 = 0)
+                                                      THEN 29 ELSE 28 END
+                                  WHEN '04' THEN 30 WHEN '06' THEN 30 WHEN '09' THEN 30 WHEN '11' THEN 30
+                                  ELSE 31 END
+                        ELSE false END
+               AND (s.n_plate IS NULL OR (s.n_plate ~ '^[A-Z0-9]+( [A-Z0-9]+)*$' AND length(s.n_plate) <= 20))
+               AND (s.n_owners = '' OR s.n_owners ~ ('^[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}}'
+                                                     '(;[0-9a-f]{{8}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{4}}-[0-9a-f]{{12}})*$'))
+               AND (s.n_chars = '' OR string_to_array(s.n_chars, ';') <@ s.char_codes)
+               AND s.n_status IN ('active', 'stolen', 'destroyed', 'exported')
+               -- bytes bound characters from above: no character count on the common path
+               AND coalesce(octet_length(s.commercial_name), 0) <= 200 AND coalesce(octet_length(s.colour), 0) <= 50
+               AND coalesce(octet_length(s.customs_ref), 0) <= 100 AND coalesce(octet_length(s.remarks), 0) <= 1000
+          THEN CASE WHEN s.existing_id IS NOT NULL THEN NULL
+                    WHEN s.plate_first < s.row_no THEN 'plate: duplicate of an earlier row of this file'
+                    WHEN s.plate_owner_vin IS NOT NULL THEN 'plate: already assigned to another vehicle'
+               END
+          -- A row that failed the fast predicate: every check in order, the first that fails names
+          -- the reason. Catalogue names come from small per-row lookups, run for these rows only.
+          ELSE (SELECT CASE
+            WHEN s.pre_reason IS NOT NULL THEN s.pre_reason
+            WHEN s.n_vin = '' THEN 'vin: missing'
+            WHEN length(s.n_vin) <> 17 THEN 'vin: must be 17 characters, got ' || length(s.n_vin)
+            WHEN translate(s.n_vin, 'ABCDEFGHJKLMNPRSTUVWXYZ0123456789', '') <> ''
+                 THEN CASE WHEN s.n_vin ~ '[IOQ]' THEN 'vin: the letters I, O and Q are never used'
+                           ELSE 'vin: only letters and digits' END
+            WHEN s.vin_first < s.row_no THEN 'vin: duplicate of an earlier row of this file'
+            WHEN coalesce(btrim(s.make), '') = '' THEN 'make: missing'
+            WHEN d.b_name IS NULL THEN 'make: unknown brand ' || quote_literal(btrim(s.make))
+            WHEN coalesce(btrim(s.model), '') = '' THEN 'model: missing'
+            WHEN d.m_name IS NULL THEN 'model: unknown model ' || quote_literal(btrim(s.model)) || ' for ' || d.b_name
+            WHEN d.t_code IS NULL THEN 'vehicle_type: unknown type ' || quote_literal(btrim(s.vehicle_type))
+            WHEN coalesce(btrim(s.category), '') <> '' AND lower(btrim(s.category)) <> d.t_category
+                 THEN 'category: ' || quote_literal(btrim(s.category)) || ' does not match type ' || d.t_code
+            WHEN coalesce(btrim(s.energy), '') = '' THEN 'energy: missing'
+            WHEN d.e_label IS NULL THEN 'energy: unknown energy ' || quote_literal(btrim(s.energy))
+            WHEN NOT vehicles.is_int_in(s.year, 1900, s.max_year)
+                 THEN 'year: expected a year from 1900 to next year, got ' || quote_literal(s.year)
 {int_checks}
-        WHEN coalesce(s.first_registration_date, '') <> '' AND NOT vehicles.is_iso_date(s.first_registration_date)
-             THEN 'first_registration_date: expected an existing date YYYY-MM-DD, got '
-                  || quote_literal(s.first_registration_date)
-        WHEN s.n_plate IS NOT NULL AND (s.n_plate !~ '^[A-Z0-9]+( [A-Z0-9]+)*$' OR length(s.n_plate) > 20)
-             THEN 'plate: only letters, digits and single spaces'
-        WHEN s.n_owners <> '' AND NOT vehicles.is_uuid_list(s.n_owners)
-             THEN 'owners: expected user ids (UUID) separated by ;'
-        WHEN s.n_chars <> '' AND NOT (string_to_array(s.n_chars, ';')
-             <@ (SELECT coalesce(array_agg(code), '{{}}') FROM vehicles.characteristic_values))
-             THEN 'characteristics: unknown code in ' || quote_literal(s.n_chars)
-        WHEN s.n_status NOT IN ('active', 'stolen', 'destroyed', 'exported')
-             THEN 'status: expected active, stolen, destroyed or exported'
-        WHEN length(coalesce(s.commercial_name, '')) > 200 OR length(coalesce(s.colour, '')) > 50
-             OR length(coalesce(s.customs_ref, '')) > 100 OR length(coalesce(s.remarks, '')) > 1000
-             THEN 'text too long (commercial_name 200, colour 50, customs_ref 100, remarks 1000)'
-        WHEN s.existing_id IS NOT NULL THEN NULL
-        WHEN s.plate_rank > 1 THEN 'plate: duplicate of an earlier row of this file'
-        WHEN s.plate_owner_vin IS NOT NULL THEN 'plate: already assigned to another vehicle'
-      END AS reason
-    FROM joined s
+            WHEN coalesce(s.first_registration_date, '') <> '' AND NOT vehicles.is_iso_date(s.first_registration_date)
+                 THEN 'first_registration_date: expected an existing date YYYY-MM-DD, got '
+                      || quote_literal(s.first_registration_date)
+            WHEN s.n_plate IS NOT NULL AND (s.n_plate !~ '^[A-Z0-9]+( [A-Z0-9]+)*$' OR length(s.n_plate) > 20)
+                 THEN 'plate: only letters, digits and single spaces'
+            WHEN s.n_owners <> '' AND NOT vehicles.is_uuid_list(s.n_owners)
+                 THEN 'owners: expected user ids (UUID) separated by ;'
+            WHEN s.n_chars <> '' AND NOT (string_to_array(s.n_chars, ';') <@ s.char_codes)
+                 THEN 'characteristics: unknown code in ' || quote_literal(s.n_chars)
+            WHEN s.n_status NOT IN ('active', 'stolen', 'destroyed', 'exported')
+                 THEN 'status: expected active, stolen, destroyed or exported'
+            WHEN length(coalesce(s.commercial_name, '')) > 200 OR length(coalesce(s.colour, '')) > 50
+                 OR length(coalesce(s.customs_ref, '')) > 100 OR length(coalesce(s.remarks, '')) > 1000
+                 THEN 'text too long (commercial_name 200, colour 50, customs_ref 100, remarks 1000)'
+            WHEN s.existing_id IS NOT NULL THEN NULL
+            WHEN s.plate_first < s.row_no THEN 'plate: duplicate of an earlier row of this file'
+            WHEN s.plate_owner_vin IS NOT NULL THEN 'plate: already assigned to another vehicle'
+          END
+          FROM (SELECT b.name AS b_name, m.name AS m_name, t.code AS t_code, t.category AS t_category,
+                       (SELECT e.label FROM energy_keys e WHERE e.k = lower(btrim(s.energy)) LIMIT 1) AS e_label
+                FROM (SELECT NULL) one
+                LEFT JOIN LATERAL (SELECT * FROM brand_keys b WHERE b.k = lower(btrim(s.make)) LIMIT 1) b ON true
+                LEFT JOIN vehicles.models m ON m.brand_code = b.code AND lower(m.name) = lower(btrim(s.model))
+                LEFT JOIN vehicles.types t
+                       ON t.code = coalesce(nullif(lower(btrim(s.vehicle_type)), ''), m.vehicle_type)) d)
+        END AS reason
+      FROM (
+        SELECT n.*, c.b_name, c.m_name, c.t_code, c.t_category, c.e_label, dv.first_row AS vin_first,
+               dp.first_row AS plate_first, v.id AS existing_id, pv.vin AS plate_owner_vin, cc.codes AS char_codes,
+               extract(year FROM now())::integer + 1 AS max_year
+        FROM (
+          SELECT st.*, st AS src,
+                 upper(replace(coalesce(st.vin, ''), ' ', '')) AS n_vin,
+                 {n_plate} AS n_plate,
+                 lower(replace(coalesce(st.owners, ''), ' ', '')) AS n_owners,
+                 lower(replace(coalesce(st.characteristics, ''), ' ', '')) AS n_chars,
+                 coalesce(nullif(lower(btrim(st.status)), ''), 'active') AS n_status,
+                 lower(btrim(st.make)) AS make_k, lower(btrim(st.model)) AS model_k,
+                 coalesce(lower(btrim(st.vehicle_type)), '') AS type_k,
+                 coalesce(lower(btrim(st.category)), '') AS category_k, lower(btrim(st.energy)) AS energy_k
+          FROM pg_temp.{STAGING} st
+          OFFSET 0  -- a fence: each normalised value is computed once per row, not once per use
+        ) n
+        CROSS JOIN char_codes cc
+        LEFT JOIN combos c ON (c.make_k, c.model_k, c.type_k, c.category_k, c.energy_k)
+                            = (n.make_k, n.model_k, n.type_k, n.category_k, n.energy_k)
+        LEFT JOIN dup_vin dv ON dv.k = n.n_vin
+        LEFT JOIN dup_plate dp ON dp.k = replace(n.n_plate, ' ', '')
+        LEFT JOIN vehicles.vehicles v ON v.vin = n.n_vin
+        LEFT JOIN vehicles.vehicles pv ON pv.plate_key = replace(n.n_plate, ' ', '')
+        OFFSET 0
+      ) s
+      OFFSET 0
+    ) s
 ), rejected AS (
     INSERT INTO pg_temp.{REJECTS} (row_no, reason, {", ".join(CSV_COLUMNS)})
-    SELECT c.row_no, c.reason, {", ".join(f"c.{n}" for n in CSV_COLUMNS)} FROM checked c WHERE c.reason IS NOT NULL
+    SELECT c.row_no, c.reason, {", ".join(f"(c.src).{n}" for n in CSV_COLUMNS)} FROM checked c WHERE c.reason IS NOT NULL
     RETURNING 1
 ), inserted AS (
     INSERT INTO vehicles.vehicles (id, vin, plate, make, model, vehicle_type, category, commercial_name, year,
         colour, energy, {int_cols}, first_registration_date, customs_ref, characteristics, remarks, owners, status,
         created_by, updated_by, import_job)
-    SELECT encode(overlay(k.base PLACING int4send(c.row_no::int) FROM 13 FOR 4), 'hex')::uuid, c.n_vin, c.n_plate, c.b_name, c.m_name, c.t_code, c.t_category,
+    SELECT encode(overlay(k.base PLACING int4send(c.row_no::int) FROM 13 FOR 4), 'hex')::uuid, c.n_vin, c.n_plate,
+           c.b_name, c.m_name, c.t_code, c.t_category,
            btrim(coalesce(c.commercial_name, '')), nullif(c.year, '')::integer, btrim(coalesce(c.colour, '')),
            c.e_label, {int_values}, nullif(c.first_registration_date, '')::date, btrim(coalesce(c.customs_ref, '')),
            CASE WHEN c.n_chars = '' THEN '{{}}'::text[] ELSE string_to_array(c.n_chars, ';') END,
@@ -841,7 +928,7 @@ WITH brand_keys AS (
     -- One UUIDv7 per import, its last 4 bytes replaced by the row number: ids stay time-ordered,
     -- follow the file's order, and cost a fraction of a random UUID per row.
     FROM checked c CROSS JOIN (SELECT uuid_send(vehicles.uuid7()) AS base) k
-    WHERE c.reason IS NULL AND c.existing_id IS NULL
+    WHERE c.reason IS NULL AND NOT c.existing
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM pg_temp.{STAGING}) AS total,
