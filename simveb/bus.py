@@ -331,7 +331,11 @@ class Cell:
             self._retry_task.cancel()
         if self.instance is not None:
             try:
-                await self.instance.on_stop()
+                # A stop that never ends must not keep the process alive: it is bounded and named.
+                async with asyncio.timeout(grace):
+                    await self.instance.on_stop()
+            except TimeoutError:
+                log.error("actor %s did not stop within %g s; leaving it", self.name, grace)
             except Exception:
                 log.exception("actor %s failed to stop cleanly", self.name)
         self.state = "stopped"

@@ -6,6 +6,7 @@ schema-qualified). The embedded server (pgserver) is used when `database.url` is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -100,8 +101,14 @@ class Database:
         except Exception:
             return False
 
-    async def close(self) -> None:
-        await self.pool.close()
+    async def close(self, timeout: float = 10.0) -> None:
+        """Close the pool; connections still held after `timeout` (a stuck task) are terminated."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.pool.close()
+        except TimeoutError:
+            log.error("database connections still in use after %g s at shutdown; terminating them", timeout)
+            self.pool.terminate()
 
 
 class DatabaseProvider:
