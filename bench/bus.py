@@ -4,7 +4,7 @@ Prints the p50/p99 overhead per ask in microseconds and the throughput ratio. Th
 same trivial work in both cases, so the difference is the price of the mailbox, the envelope, the
 future and the timeout timer. Runs on uvloop when installed (as the server does), else asyncio.
 
-    python bench/bus.py [--asks 50000]
+    python bench/bus.py [--asks 50000] [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -90,15 +90,16 @@ async def measure(asks: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--asks", type=int, default=50_000)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = parser.parse_args()
-    try:
-        import uvloop
+    runner, loop_name = asyncio.run, "asyncio"
+    if args.loop == "uvloop":
+        try:
+            import uvloop
 
-        runner = uvloop.run
-        loop_name = "uvloop"
-    except ImportError:
-        runner = asyncio.run
-        loop_name = "asyncio"
+            runner, loop_name = uvloop.run, "uvloop"
+        except ImportError:
+            pass
     r = runner(measure(args.asks))
     print(f"loop: {loop_name}")
     print(f"direct handler : {r['direct_per_s']:>12,.0f} calls/s")
