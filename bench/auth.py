@@ -24,54 +24,19 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
+from common import database  # bench/common.py
 
-from simveb import migrate
 from simveb.actors.auth.messages import SetPassword
 from simveb.actors.users.messages import SYSTEM, CreateUser, SeedUsers
 from simveb.config import Settings, with_overrides
-from simveb.db import start_embedded
 from simveb.runtime import Runtime
 
 EMAIL = "bench.agent@example.bj"
 PASSWORD = "bench password 2026"
-
-
-@contextlib.contextmanager
-def database(scratch: Path) -> Iterator[str]:
-    server_url = os.environ.get("SIMVEB_TEST_DATABASE_URL")
-    if not server_url:
-        server = start_embedded(scratch)
-        try:
-            url = server.get_uri()
-            asyncio.run(migrate.migrate(url))
-            yield url
-        finally:
-            server.cleanup()
-        return
-    name = f"simveb_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        con = await asyncpg.connect(server_url)
-        try:
-            await con.execute(sql)
-        finally:
-            await con.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(server_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    try:
-        asyncio.run(migrate.migrate(url))
-        yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def prepare(settings: Settings) -> None:

@@ -16,26 +16,21 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import uvicorn
+from common import database  # bench/common.py
 from litestar import Litestar
 
-from simveb import migrate
 from simveb.actors.notifications.actor import NotificationsActor
 from simveb.actors.notifications.messages import SeedNotifications, SendNotification
 from simveb.config import Settings, with_overrides
-from simveb.db import start_embedded
 from simveb.runtime import Runtime
 from simveb.sandbox import sandbox_router
 
@@ -57,37 +52,6 @@ def simulator() -> Iterator[str]:
         server.should_exit = True
         thread.join(5)
         sock.close()
-
-
-@contextlib.contextmanager
-def database(scratch: Path) -> Iterator[str]:
-    server_url = os.environ.get("SIMVEB_TEST_DATABASE_URL")
-    if not server_url:
-        server = start_embedded(scratch)
-        try:
-            url = server.get_uri()
-            asyncio.run(migrate.migrate(url))
-            yield url
-        finally:
-            server.cleanup()
-        return
-    name = f"simveb_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        con = await asyncpg.connect(server_url)
-        try:
-            await con.execute(sql)
-        finally:
-            await con.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    parts = urlsplit(server_url)
-    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-    try:
-        asyncio.run(migrate.migrate(url))
-        yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def body(i: int) -> str:

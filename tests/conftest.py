@@ -8,6 +8,7 @@ starts from empty tables and a new runtime, so no cache or mailbox leaks from on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -109,17 +110,24 @@ async def truncate_all(url: str) -> None:
         await con.close()
 
 
-@pytest.fixture
-async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """A started runtime (all actors, relay) on empty tables."""
+@contextlib.asynccontextmanager
+async def fresh_runtime(settings: Settings, **options: Any) -> AsyncIterator[Runtime]:
+    """A started runtime on empty tables (all actors and the relay unless `options` say otherwise)."""
     assert settings.database.url
     await truncate_all(settings.database.url)
-    rt = Runtime(settings)
+    rt = Runtime(settings, **options)
     await rt.start(migrate_first=False, seed_if_empty=False)
     try:
         yield rt
     finally:
         await rt.stop()
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """A started runtime (all actors, relay) on empty tables."""
+    async with fresh_runtime(settings) as rt:
+        yield rt
 
 
 @pytest.fixture

@@ -114,6 +114,21 @@ def _me(request: Request[Any, Any, Any]) -> UUID:
         raise BadRequest("this route needs a user's token (sub is not a user id)", code="not_a_user") from None
 
 
+def _send(
+    request: Request[Any, Any, Any], data: EmailIn | SmsIn | PushIn, channel: Channel, **recipient: Any
+) -> SendNotification:
+    """The send asked by one of the channel routes; `recipient` is `to=` or `user_id=`."""
+    return SendNotification(
+        channel=channel,
+        template=data.template,
+        params=data.params,
+        language=data.language,
+        idempotency_key=data.idempotency_key,
+        by=_who(request),
+        **recipient,
+    )
+
+
 class NotificationsController(Controller):
     path = "/api/notifications"
     tags = ["notifications"]
@@ -121,47 +136,17 @@ class NotificationsController(Controller):
     @post("/email", guards=SEND, status_code=202)
     async def send_email(self, bus: Bus, request: Request[Any, Any, Any], data: EmailIn) -> Accepted:
         """Queue an email rendered from a template."""
-        return await bus.ask(
-            SendNotification(
-                channel="email",
-                to=data.to,
-                template=data.template,
-                params=data.params,
-                language=data.language,
-                idempotency_key=data.idempotency_key,
-                by=_who(request),
-            )
-        )
+        return await bus.ask(_send(request, data, "email", to=data.to))
 
     @post("/sms", guards=SEND, status_code=202)
     async def send_sms(self, bus: Bus, request: Request[Any, Any, Any], data: SmsIn) -> Accepted:
         """Queue an SMS rendered from a template."""
-        return await bus.ask(
-            SendNotification(
-                channel="sms",
-                to=data.to,
-                template=data.template,
-                params=data.params,
-                language=data.language,
-                idempotency_key=data.idempotency_key,
-                by=_who(request),
-            )
-        )
+        return await bus.ask(_send(request, data, "sms", to=data.to))
 
     @post("/push", guards=SEND, status_code=202)
     async def send_push(self, bus: Bus, request: Request[Any, Any, Any], data: PushIn) -> Accepted:
         """Queue a push notification to every device of a user."""
-        return await bus.ask(
-            SendNotification(
-                channel="push",
-                user_id=data.user_id,
-                template=data.template,
-                params=data.params,
-                language=data.language,
-                idempotency_key=data.idempotency_key,
-                by=_who(request),
-            )
-        )
+        return await bus.ask(_send(request, data, "push", user_id=data.user_id))
 
     @get("/")
     async def mine(

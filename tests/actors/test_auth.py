@@ -57,16 +57,10 @@ async def make_user(rt: Runtime, *roles: str, password: str | None = PASSWORD) -
 @contextlib.asynccontextmanager
 async def runtime_with(base: Settings, **auth: object) -> AsyncIterator[Runtime]:
     """A runtime on empty tables with some auth settings changed (short windows for expiry tests)."""
-    from tests.conftest import truncate_all
+    from tests.conftest import fresh_runtime
 
-    settings = with_overrides(base, auth=auth)
-    await truncate_all(settings.database.url)
-    rt = Runtime(settings)
-    await rt.start(migrate_first=False, seed_if_empty=False)
-    try:
+    async with fresh_runtime(with_overrides(base, auth=auth)) as rt:
         yield rt
-    finally:
-        await rt.stop()
 
 
 @pytest.fixture

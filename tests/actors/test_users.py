@@ -31,7 +31,7 @@ from simveb.config import Settings
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound
 from simveb.http.users import create_account
 from simveb.runtime import Runtime
-from tests.conftest import truncate_all
+from tests.conftest import fresh_runtime
 from tests.users_support import make_user, npi, phone, seed_roles
 
 
@@ -159,13 +159,9 @@ class BrokenPasswordStore(Actor):
 
 @pytest.fixture
 async def broken_auth_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    await truncate_all(settings.database.url)
-    rt = Runtime(settings, actors=[UsersActor, IntegrationsActor, NotificationsActor, BrokenPasswordStore])
-    await rt.start(migrate_first=False, seed_if_empty=False)
-    try:
+    actors = [UsersActor, IntegrationsActor, NotificationsActor, BrokenPasswordStore]
+    async with fresh_runtime(settings, actors=actors) as rt:
         yield rt
-    finally:
-        await rt.stop()
 
 
 async def test_failed_password_step_releases_the_new_account(broken_auth_runtime):

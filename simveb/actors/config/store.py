@@ -68,12 +68,9 @@ async def get_service(con: asyncpg.Connection, code: str, *, lock: bool = False)
     return from_row(Service, row)
 
 
-async def insert_service(con: asyncpg.Connection, code: str, f: ServiceFields, by: str) -> Service | None:
-    """Insert a service; None when the code is taken."""
-    row = await con.fetchrow(
-        "INSERT INTO config.services (code, label_fr, label_en, description, required_documents, workflow,"
-        " active, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-        f" ON CONFLICT (code) DO NOTHING RETURNING {_SERVICE_COLS}",
+def _service_values(code: str, f: ServiceFields, by: str) -> tuple[Any, ...]:
+    """The code, fields and author of a service, in the order of its insert and update."""
+    return (
         code,
         f.label_fr,
         f.label_en,
@@ -83,6 +80,16 @@ async def insert_service(con: asyncpg.Connection, code: str, f: ServiceFields, b
         f.active,
         by,
     )
+
+
+async def insert_service(con: asyncpg.Connection, code: str, f: ServiceFields, by: str) -> Service | None:
+    """Insert a service; None when the code is taken."""
+    row = await con.fetchrow(
+        "INSERT INTO config.services (code, label_fr, label_en, description, required_documents, workflow,"
+        " active, updated_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        f" ON CONFLICT (code) DO NOTHING RETURNING {_SERVICE_COLS}",
+        *_service_values(code, f, by),
+    )
     return from_row(Service, row)
 
 
@@ -91,14 +98,7 @@ async def update_service(con: asyncpg.Connection, code: str, f: ServiceFields, b
         "UPDATE config.services SET label_fr = $2, label_en = $3, description = $4, required_documents = $5,"
         " workflow = $6, active = $7, updated_at = now(), updated_by = $8"
         f" WHERE code = $1 RETURNING {_SERVICE_COLS}",
-        code,
-        f.label_fr,
-        f.label_en,
-        f.description,
-        f.required_documents,
-        msgspec.to_builtins(f.workflow),
-        f.active,
-        by,
+        *_service_values(code, f, by),
     )
     return from_row(Service, row)
 
@@ -128,19 +128,18 @@ async def find_fee(con: asyncpg.Connection, service_code: str, kind: str, match:
     return from_row(Fee, row)
 
 
+def _fee_values(f: FeeFields, by: str) -> tuple[Any, ...]:
+    """The fields and author of a fee line, in the order of its insert and update."""
+    return f.service_code, f.kind, f.match, f.label, f.amount, f.active, by
+
+
 async def insert_fee(con: asyncpg.Connection, f: FeeFields, by: str) -> Fee | None:
     """Insert a fee line; None when the same (service, kind, match) exists already."""
     row = await con.fetchrow(
         "INSERT INTO config.fees (service_code, kind, match, label, amount, active, updated_by)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7)"
         f" ON CONFLICT (service_code, kind, match) DO NOTHING RETURNING {_FEE_COLS}",
-        f.service_code,
-        f.kind,
-        f.match,
-        f.label,
-        f.amount,
-        f.active,
-        by,
+        *_fee_values(f, by),
     )
     return from_row(Fee, row)
 
@@ -150,13 +149,7 @@ async def update_fee(con: asyncpg.Connection, fee_id: UUID, f: FeeFields, by: st
         "UPDATE config.fees SET service_code = $2, kind = $3, match = $4, label = $5, amount = $6,"
         f" active = $7, updated_at = now(), updated_by = $8 WHERE id = $1 RETURNING {_FEE_COLS}",
         fee_id,
-        f.service_code,
-        f.kind,
-        f.match,
-        f.label,
-        f.amount,
-        f.active,
-        by,
+        *_fee_values(f, by),
     )
     return from_row(Fee, row)
 

@@ -1,0 +1,53 @@
+"""Start-up shared by the benchmarks: a migrated scratch database for one run.
+
+A bench script imports it as `from common import database`; `python bench/<name>.py` puts this
+directory first on sys.path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from simveb import migrate
+from simveb.db import start_embedded
+
+
+@contextlib.contextmanager
+def database(scratch: Path) -> Iterator[str]:
+    """A migrated database for the run: a scratch database created (then dropped) on the server named
+    by SIMVEB_TEST_DATABASE_URL, otherwise the embedded PostgreSQL in `scratch`; yields its URL."""
+    server_url = os.environ.get("SIMVEB_TEST_DATABASE_URL")
+    if not server_url:
+        server = start_embedded(scratch)
+        try:
+            url = server.get_uri()
+            asyncio.run(migrate.migrate(url))
+            yield url
+        finally:
+            server.cleanup()
+        return
+    name = f"simveb_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        con = await asyncpg.connect(server_url)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    parts = urlsplit(server_url)
+    url = urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+    try:
+        asyncio.run(migrate.migrate(url))
+        yield url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
