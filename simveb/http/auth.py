@@ -55,8 +55,9 @@ from simveb.actors.auth.messages import (
     VerifyOtp,
 )
 from simveb.actors.users.messages import GetUserAuthz
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
 from simveb.errors import DomainError, Invalid, Unauthorized
+from simveb.http.inputs import Input
 from simveb.http.security import Principal, TokenVerifier, principal
 from simveb.keys import KeyRing
 
@@ -159,10 +160,6 @@ async def wire_verifier(verifier: TokenVerifier, runtime: Runtime) -> None:
 
 
 # --- bodies and replies ------------------------------------------------------------------------------
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
 
 
 class LoginIn(Input):

@@ -40,15 +40,12 @@ from simveb.actors.config.messages import (
     UpdateService,
     WorkflowStep,
 )
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
+from simveb.http.inputs import Input
 from simveb.http.security import principal, requires
 
 PUBLIC = {"public": True}
 WRITE = [requires("config:write")]
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
 
 
 class SettingIn(Input):

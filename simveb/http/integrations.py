@@ -20,7 +20,8 @@ from simveb.actors.integrations.messages import (
     TaxCheck,
     VerifyCitizen,
 )
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
+from simveb.http.inputs import Input
 from simveb.http.security import principal, requires
 
 LOOKUP = [requires("integrations:lookup")]
@@ -29,10 +30,6 @@ STATUS = [requires("integrations:status")]
 # that nobody posts a novel.
 Identifier = Annotated[str, msgspec.Meta(max_length=32)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
 
 
 class VerifyNpiIn(Input):

@@ -32,8 +32,9 @@ from simveb.actors.notifications.messages import (
     UnregisterDevice,
     UpdateTemplate,
 )
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
 from simveb.errors import BadRequest, Forbidden, Unauthorized
+from simveb.http.inputs import Input
 from simveb.http.security import principal, requires
 
 SEND = [requires("notifications:send")]
@@ -48,10 +49,6 @@ def read_templates(connection: ASGIConnection[Any, Any, Any, Any], _handler: Bas
         raise Unauthorized("this route needs a bearer token")
     if not (user.can("notifications:templates") or user.can("notifications:send")):
         raise Forbidden("needs permission notifications:templates or notifications:send", code="missing_permission")
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
 
 
 class EmailIn(Input):

@@ -69,19 +69,15 @@ from simveb.actors.users.messages import (
     ValidateKyc,
     VerifyNpi,
 )
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
 from simveb.errors import DomainError, InternalError, Unauthorized
+from simveb.http.inputs import Input
 from simveb.http.security import Principal, principal, requires
 
 log = logging.getLogger("simveb.http.users")
 T = TypeVar("T")
 
 PUBLIC = {"public": True}
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: `roles`, `status`, `kyc_status` or `id` in a body is a 400,
-    never a silent privilege change (mass assignment)."""
 
 
 class RegistrationIn(Input):

@@ -94,9 +94,10 @@ from simveb.actors.vehicles.messages import (
     VinText,
     Year,
 )
-from simveb.bus import Bus, KwOnlyMeta
+from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from simveb.http.inputs import Input
 from simveb.http.security import Principal, principal, requires
 
 PUBLIC = {"public": True}
@@ -120,10 +121,6 @@ def requires_any(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, A
 
 WRITE_OR_FILE = [requires_any("vehicles:write", "vehicles:file")]
 WRITE = [requires("vehicles:write")]
-
-
-class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
-    """HTTP bodies refuse unknown fields: a typo is an error, not a silently ignored key."""
 
 
 class BrandIn(Input):
