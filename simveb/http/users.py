@@ -87,6 +87,7 @@ class RegistrationIn(Input):
     phone: Phone
     last_name: Name
     first_name: Name
+    birth_date: date | None = None
     email: Email | None = None
     language: Language = "fr"
 

@@ -368,6 +368,8 @@ async def test_self_registration_validates_and_refuses_privileged_fields(client,
     for field, value in (("roles", ["admin"]), ("kyc_status", "kyc_verified"), ("status", "active")):
         r = await client.post("/api/users", json={**good, field: value})
         assert r.status_code == 400 and field in r.json()["detail"], field
+    r = await client.post("/api/users", json={**good, "birth_date": "2999-01-01"})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_birth_date"
 
 
 # --- deactivation and KYC ------------------------------------------------------------------------------

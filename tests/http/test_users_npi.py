@@ -156,7 +156,13 @@ async def test_citizen_registers_gets_the_code_by_sms_verifies_npi_and_sees_only
     someone_else = await make_user(runtime, "citizen")
     value, number = _known_npi(), phone()
     rec = fake_citizen(value)
-    body = {"npi": value, "phone": number, "last_name": rec["nom"], "first_name": rec["prenoms"]}
+    body = {
+        "npi": value,
+        "phone": number,
+        "last_name": rec["nom"],
+        "first_name": rec["prenoms"],
+        "birth_date": rec["date_naissance"],
+    }
     r = await client.post("/api/users", json=body)
     assert r.status_code == 202, r.text
     challenge = r.json()["challenge_id"]
@@ -171,8 +177,6 @@ async def test_citizen_registers_gets_the_code_by_sms_verifies_npi_and_sees_only
     assert r.status_code == 200, r.text
     me = {"Authorization": f"Bearer {r.json()['tokens']['access_token']}"}
     mine = (await client.get("/api/auth/me", headers=me)).json()["user_id"]
-    r = await client.put(f"/api/users/{mine}/profile", json={"birth_date": rec["date_naissance"]}, headers=me)
-    assert r.status_code == 200, r.text
     r = await client.post(f"/api/users/{mine}/verify-npi", headers=me)
     assert r.status_code == 200 and r.json()["kyc_status"] == "npi_verified", r.text
     assert r.json()["status"] == "active" and r.json()["roles"] == ["citizen"]

@@ -247,6 +247,8 @@ class UsersActor(Actor):
 
     @handler
     async def register_citizen(self, msg: RegisterCitizen) -> Registration:
+        if msg.birth_date is not None and msg.birth_date > datetime.now(UTC).date():
+            raise Invalid("birth_date is in the future", code="invalid_birth_date", fields=["birth_date"])
         ttl = timedelta(hours=self.settings.users.pending_ttl_h)
         try:
             async with self.db.transaction() as con:
@@ -284,7 +286,9 @@ class UsersActor(Actor):
                     by="self",
                 )
                 await store.upsert_profile(
-                    con, user_id, ProfileFields(last_name=msg.last_name, first_name=msg.first_name)
+                    con,
+                    user_id,
+                    ProfileFields(last_name=msg.last_name, first_name=msg.first_name, birth_date=msg.birth_date),
                 )
                 await store.put_identity(con, user_id, "npi", msg.npi)
                 await store.replace_roles(con, user_id, [], ["citizen"], "self")

@@ -256,6 +256,7 @@ class RegisterCitizen(Ask[Registration]):
     phone: Phone
     last_name: Name
     first_name: Name
+    birth_date: date | None = None  # given now, the NPI can be verified right after confirmation
     email: Email | None = None
     language: Language = "fr"
 
