@@ -671,6 +671,7 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._stopping = False
+        self._types = event_types()  # by tag; the event classes are all imported by now
         self.delivered = 0
         self.dead = 0
 
@@ -716,7 +717,7 @@ class OutboxRelay:
 
     async def drain_once(self) -> int:
         """Claim and deliver one batch; return how many rows were claimed."""
-        types = event_types()
+        types = self._types
         settings = self.bus.settings
         async with self.db.transaction() as con:
             rows = await con.fetch(
@@ -730,6 +731,9 @@ class OutboxRelay:
             done, retry, dead = [], [], []
             for row in rows:
                 cls = types.get(row["type"])
+                if cls is None:  # an event class defined after start: look again once
+                    self._types = types = event_types()
+                    cls = types.get(row["type"])
                 if cls is None:
                     log.error("dead letter: outbox row %s has unknown event type %s", row["id"], row["type"])
                     dead.append(row["id"])

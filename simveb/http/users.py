@@ -35,7 +35,6 @@ from litestar.exceptions import ValidationException
 from simveb.actors.auth.messages import CheckPasswordPolicy, OtpRequested, RequestOtp, SetPassword
 from simveb.actors.users.messages import (
     AbortCreation,
-    Address,
     Caller,
     CreateUser,
     DeactivateUser,
@@ -54,11 +53,9 @@ from simveb.actors.users.messages import (
     Profile,
     ProfileFields,
     RegisterCitizen,
-    Representative,
     RoleCode,
     RoleInfo,
     SetUserRoles,
-    Sex,
     UpdateProfile,
     UpdateUser,
     User,
@@ -116,18 +113,10 @@ class UserUpdate(Input):
     language: Language | None = None
 
 
-class ProfileIn(Input):
-    """Person fields (names, birth date, sex, address) or company fields; absent = unchanged."""
+class ProfileIn(ProfileFields, forbid_unknown_fields=True):
+    """Person fields (names, birth date, sex, address) or company fields; absent = unchanged.
 
-    last_name: Name | None = None
-    first_name: Name | None = None
-    birth_date: date | None = None
-    sex: Sex | None = None
-    address: Address | None = None
-    company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
-    ifu: Ifu | None = None
-    rccm: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
-    representatives: Annotated[list[Representative], msgspec.Meta(max_length=20)] | None = None
+    The message's own struct, refusing unknown fields like every HTTP body (see simveb.http.inputs)."""
 
 
 class RolesIn(Input):

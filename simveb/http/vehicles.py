@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -44,11 +43,9 @@ from simveb.actors.vehicles.messages import (
     CreateCharacteristic,
     CreateModel,
     CreateVehicleType,
-    CylinderCc,
     DeclareEncumbrance,
     Encumbrance,
     Energy,
-    FiscalHp,
     GetImportJob,
     GetVehicle,
     GetVehicleHistory,
@@ -64,18 +61,15 @@ from simveb.actors.vehicles.messages import (
     ListEnergies,
     ListModels,
     ListVehicleTypes,
-    MassKg,
     Name,
     OpenExport,
     PlateText,
-    PowerKw,
     PreconditionRequired,
     ReadExport,
     RegisterVehicle,
     RoadsideCheck,
     RoadsideLookup,
     SearchVehicles,
-    Seats,
     SetVehicleStatus,
     StartImport,
     SubjectKind,
@@ -92,7 +86,6 @@ from simveb.actors.vehicles.messages import (
     VehicleType,
     Viewer,
     VinText,
-    Year,
 )
 from simveb.bus import Bus
 from simveb.config import Settings
@@ -148,28 +141,12 @@ class CharacteristicIn(Input):
     label: Name
 
 
-class FieldsIn(Input):
-    """The carte grise fields (D.1 make, D.2 type, D.3 commercial name, J category, P.1-P.6, S.1, F/G masses …)."""
+class FieldsIn(VehicleFields, forbid_unknown_fields=True):
+    """The carte grise fields (D.1 make, D.2 type, D.3 commercial name, J category, P.1-P.6, S.1, F/G masses …).
 
-    make: Name
-    model: Name
-    vehicle_type: Code | None = None
-    category: Code | None = None
-    commercial_name: Text200 = ""
-    year: Year | None = None
-    colour: Annotated[str, msgspec.Meta(max_length=50)] = ""
-    energy: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
-    cylinder_cc: CylinderCc | None = None
-    power_kw: PowerKw | None = None
-    fiscal_hp: FiscalHp | None = None
-    seats: Seats | None = None
-    max_mass_kg: MassKg | None = None
-    service_mass_kg: MassKg | None = None
-    empty_mass_kg: MassKg | None = None
-    first_registration_date: date | None = None
-    customs_ref: Annotated[str, msgspec.Meta(max_length=100)] = ""
-    characteristics: list[Code] = []
-    remarks: Text1000 = ""
+    The message's own struct, refusing unknown fields like every HTTP body (see simveb.http.inputs):
+    one list of fields and constraints for the contract and the route.
+    """
 
 
 class VehicleIn(FieldsIn):

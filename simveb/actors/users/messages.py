@@ -316,7 +316,7 @@ class ProfileFields(Record):
     company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     ifu: Ifu | None = None
     rccm: Annotated[str, msgspec.Meta(min_length=1, max_length=50)] | None = None
-    representatives: list[Representative] | None = None
+    representatives: Annotated[list[Representative], msgspec.Meta(max_length=20)] | None = None
 
 
 class UpdateProfile(Ask[Profile]):

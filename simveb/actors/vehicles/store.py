@@ -29,6 +29,7 @@ from simveb.actors.vehicles.messages import (
     HistoryEntry,
     ImportJob,
     Vehicle,
+    VehicleFields,
     VehicleFilter,
     VehicleModel,
     VehicleType,
@@ -213,27 +214,7 @@ _VEHICLE_COLS = (
     " customs_ref, characteristics, remarks, owners, status, filed_by, version, created_at, created_by,"
     " updated_at, updated_by, archived_at, archived_by"
 )
-_FIELD_NAMES = (
-    "make",
-    "model",
-    "vehicle_type",
-    "category",
-    "commercial_name",
-    "year",
-    "colour",
-    "energy",
-    "cylinder_cc",
-    "power_kw",
-    "fiscal_hp",
-    "seats",
-    "max_mass_kg",
-    "service_mass_kg",
-    "empty_mass_kg",
-    "first_registration_date",
-    "customs_ref",
-    "characteristics",
-    "remarks",
-)
+_FIELD_NAMES = VehicleFields.__struct_fields__
 
 
 async def insert_vehicle(
