@@ -14,8 +14,9 @@ import asyncio
 import statistics
 import time
 
-from simveb.bus import Actor, Ask, Bus, Record, handler
+from simveb.bus import Actor, Bus, handler
 from simveb.config import Settings
+from simveb.messages import Ask, Record
 
 
 class Sum(Record):

@@ -1,10 +1,13 @@
-"""The in-process message bus: messages, actors, mailboxes, supervision and the transactional outbox.
+"""The in-process message bus: actors, mailboxes, dispatch, connections for handlers, supervision.
 
 Every domain is an `Actor` with one bounded mailbox. Callers `ask` (request/reply with a timeout),
-`tell` (fire and forget) or `publish` (fan-out of an event). Events that follow a state change are
-written to `bus.outbox` inside the actor's transaction with `emit` and delivered after commit by the
-`OutboxRelay`, at least once; each consumer records handled event ids in `bus.inbox`, so a redelivery
-changes nothing. Messages are tagged msgspec Structs, so they can cross a process boundary unchanged.
+`tell` (fire and forget) or `publish` (fan-out of an event). The message bases live in
+`simveb.messages` (what contracts import) and durable events in `simveb.outbox`.
+
+A handler that declares a connection parameter runs inside a transaction the runtime opened for it
+(for an event, the one in which its inbox row is written). A handler never holds a connection while
+it asks another actor: the asked actor may need one from the same pool. With
+`bus.strict_connections` (development and tests) such an ask is refused at once.
 
 The hot path (ask) is an `asyncio.Queue` carrying an envelope with a future, and a `call_later`
 timer for the timeout: measured about 6x cheaper than an anyio stream guarded by `fail_after`.
@@ -23,11 +26,12 @@ import typing
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-import msgspec
-
+from simveb.db import holding_connection
 from simveb.errors import DomainError, InternalError, Unavailable
+from simveb.messages import Ask, Event, Message, Tell, event_types
+from simveb.outbox import emit
 
 if typing.TYPE_CHECKING:
     import asyncpg
@@ -39,55 +43,8 @@ log = logging.getLogger("simveb.bus")
 R = TypeVar("R")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Messages
-
-
-class KwOnlyMeta(msgspec.StructMeta):
-    """msgspec's kw_only applies to one class's own fields only; this makes it the default of a family,
-    so a subclass may put a required field after an optional one without repeating the option."""
-
-    def __new__(mcls, name: str, bases: tuple[type, ...], namespace: dict[str, Any], **options: Any) -> Any:
-        options.setdefault("kw_only", True)
-        return super().__new__(mcls, name, bases, namespace, **options)
-
-
-class Record(msgspec.Struct, metaclass=KwOnlyMeta, frozen=True):
-    """Base of replies and value objects carried by messages: frozen and keyword-only."""
-
-
-class Message(msgspec.Struct, metaclass=KwOnlyMeta, frozen=True, tag=True, tag_field="msg_type"):
-    """Base of every message: frozen, keyword-only, tagged with its class name."""
-
-
-class Ask(Message, Generic[R]):
-    """A request answered with an R (or a DomainError)."""
-
-
-class Tell(Message):
-    """A command that expects no reply."""
-
-
-class Event(Message):
-    """Something that happened. Delivered to every actor with a handler for it."""
-
-
-def event_types() -> dict[str, type[Event]]:
-    """Every Event subclass by tag, to decode outbox rows; refuses two events with the same tag."""
-    found: dict[str, type[Event]] = {}
-    stack = list(Event.__subclasses__())
-    while stack:
-        cls = stack.pop()
-        stack.extend(cls.__subclasses__())
-        tag = cls.__struct_config__.tag
-        if tag in found and found[tag] is not cls:
-            raise BusError(f"two events share the tag {tag!r}: {found[tag].__module__} and {cls.__module__}")
-        found[tag] = cls
-    return found
-
-
 class BusError(RuntimeError):
-    """A wiring mistake (unknown route, forbidden ask, cyclic graph): a bug, never a user error."""
+    """A wiring mistake (unknown route, forbidden ask, cyclic graph, ask holding a connection): a bug."""
 
 
 class AskTimeout(Unavailable):
@@ -114,8 +71,11 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 def handler(fn: F) -> F:
     """Mark an actor method as the handler of the message type its first parameter is annotated with.
 
-    An event handler may take a second parameter, a connection: it then runs inside a transaction in
-    which the event id was recorded in the inbox, so its writes and the deduplication commit together.
+    A handler may take a second parameter, a connection: it then runs inside a transaction the
+    runtime opened (commit on return, rollback on any exception). For an event the event id is
+    recorded in the inbox in that transaction, so its writes and the deduplication commit together.
+    Such a handler must not ask another actor; one that needs to ask takes no connection, asks
+    first, then opens `self.db.transaction()` and re-checks.
     """
     fn.__simveb_handler__ = True  # type: ignore[attr-defined]
     return fn
@@ -131,7 +91,7 @@ class ActorContext:
 
 
 class Actor:
-    """Base class of the nine domain actors. Subclasses set `name` and mark handlers with @handler."""
+    """Base class of the domain actors. Subclasses set `name` and mark handlers with @handler."""
 
     name: ClassVar[str]
     # Actors that keep no in-memory state may take several messages at once (correctness then
@@ -173,19 +133,6 @@ class Actor:
     async def emit(self, con: asyncpg.Connection, *events: Event) -> None:
         """Write events to the outbox in the caller's transaction; they are delivered after commit."""
         await emit(con, *events, source=self.name)
-
-
-async def emit(con: asyncpg.Connection, *events: Event, source: str | None = None) -> None:
-    """Insert events into bus.outbox on `con` (inside its transaction) and wake the relays on commit."""
-    if not events:
-        return
-    src = source or current_actor.get() or "system"
-    await con.executemany(
-        "INSERT INTO bus.outbox (event_id, source, type, payload) VALUES ($1, $2, $3, $4::text::jsonb)",
-        [(uuid.uuid4(), src, ev.__struct_config__.tag, msgspec.json.encode(ev).decode()) for ev in events],
-    )
-    # NOTIFY is transactional: the relays wake only if this transaction commits.
-    await con.execute("SELECT pg_notify('simveb_outbox', '')")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,11 +352,14 @@ class Cell:
             raise BusError(f"actor {self.name} has no handler for {type(env.message).__name__}")
         attr, wants_con = entry
         method = getattr(instance, attr)
+        db = self.bus.context.db
         if env.event_id is None:
+            if wants_con and db is not None:
+                async with db.transaction() as con:
+                    return await method(env.message, con)
             return await method(env.message)
         current_event_id.set(env.event_id)
         # An event: deduplicate through the inbox so a redelivery changes nothing.
-        db = self.bus.context.db
         if db is None:
             return await method(env.message)
         if wants_con:
@@ -422,14 +372,14 @@ class Cell:
                 if fresh:
                     await method(env.message, con)
             return None
-        async with db.pool.acquire() as con:
+        async with db.connection() as con:
             seen = await con.fetchval(
                 "SELECT true FROM bus.inbox WHERE consumer = $1 AND event_id = $2", self.name, env.event_id
             )
         if seen:
             return None
         await method(env.message)
-        async with db.pool.acquire() as con:
+        async with db.connection() as con:
             await con.execute(
                 "INSERT INTO bus.inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 self.name,
@@ -443,6 +393,8 @@ class Bus:
 
     def __init__(self, settings: Settings, db: Database | None = None) -> None:
         self.settings: BusSettings = settings.bus
+        # Refusing is for development and tests, where the mistake must show at once; production logs.
+        self.strict_connections = settings.bus.strict_connections and not settings.is_production
         self.context = ActorContext(bus=self, db=db, settings=settings)
         self.cells: dict[str, Cell] = {}
         self._routes: dict[type, Cell] = {}
@@ -530,8 +482,19 @@ class Bus:
             raise ActorStopped(f"actor {cell.name} is not running")
         return cell
 
+    def _held_connection(self, message: Message) -> None:
+        text = (
+            f"{current_actor.get() or 'a caller'} sent {type(message).__name__} while holding a database"
+            " connection: read first, ask, then open the transaction"
+        )
+        if self.strict_connections:
+            raise BusError(text)
+        log.warning(text)
+
     async def ask(self, message: Ask[R], *, timeout: float | None = None) -> R:
         """Send a request and wait for its reply; a DomainError raised by the handler is raised here."""
+        if holding_connection.get():
+            self._held_connection(message)
         cell = self._target(message)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -649,118 +612,3 @@ def check_acyclic(graph: Mapping[str, Iterable[str]]) -> None:
     for node in list(graph):
         if state.get(node) is None:
             visit(node)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Outbox relay
-
-
-class OutboxRelay:
-    """Delivers committed outbox rows to subscribers: woken by NOTIFY, claims with SKIP LOCKED.
-
-    Several relays (in one process or many) can run at once: each row is claimed by one of them.
-    A row is marked published only when every subscriber handled it; a failing subscriber gets the
-    row again later (backoff), and the others skip it through their inbox.
-    """
-
-    def __init__(self, bus: Bus, db: Database, *, name: str = "relay") -> None:
-        self.bus = bus
-        self.db = db
-        self.name = name
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._listener: asyncpg.Connection | None = None
-        self._stopping = False
-        self._types = event_types()  # by tag; the event classes are all imported by now
-        self.delivered = 0
-        self.dead = 0
-
-    async def start(self) -> None:
-        self._listener = await self.db.pool.acquire()
-        await self._listener.add_listener("simveb_outbox", self._notified)
-        self._wake.set()  # catch up on whatever was committed before this start
-        self._task = asyncio.create_task(self._run(), name=f"outbox:{self.name}")
-
-    def _notified(self, *_: object) -> None:
-        self._wake.set()
-
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener("simveb_outbox", self._notified)
-            await self.db.pool.release(self._listener)
-            self._listener = None
-
-    async def _run(self) -> None:
-        poll = self.bus.settings.relay_poll_s
-        while not self._stopping:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
-            # arrives just as the inner wait completes (a NOTIFY), and the relay would never stop.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(poll):
-                    await self._wake.wait()
-            self._wake.clear()
-            try:
-                while await self.drain_once():
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("outbox relay %s failed; retrying", self.name)
-                await asyncio.sleep(1.0)
-
-    async def drain_once(self) -> int:
-        """Claim and deliver one batch; return how many rows were claimed."""
-        types = self._types
-        settings = self.bus.settings
-        async with self.db.transaction() as con:
-            rows = await con.fetch(
-                "SELECT id, event_id, type, payload::text AS payload, attempts FROM bus.outbox"
-                " WHERE published_at IS NULL AND dead_at IS NULL AND next_attempt_at <= now()"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                settings.relay_batch,
-            )
-            if not rows:
-                return 0
-            done, retry, dead = [], [], []
-            for row in rows:
-                cls = types.get(row["type"])
-                if cls is None:  # an event class defined after start: look again once
-                    self._types = types = event_types()
-                    cls = types.get(row["type"])
-                if cls is None:
-                    log.error("dead letter: outbox row %s has unknown event type %s", row["id"], row["type"])
-                    dead.append(row["id"])
-                    continue
-                event = msgspec.json.decode(row["payload"], type=cls)
-                failed = await self.bus.deliver(row["event_id"], event)
-                if not failed:
-                    done.append(row["id"])
-                elif row["attempts"] + 1 >= settings.event_max_attempts:
-                    log.error("dead letter: event %s (%s) failed at %s", row["event_id"], row["type"], failed)
-                    dead.append(row["id"])
-                else:
-                    retry.append(row["id"])
-            if done:
-                await con.execute("UPDATE bus.outbox SET published_at = now() WHERE id = ANY($1)", done)
-            if retry:
-                await con.execute(
-                    "UPDATE bus.outbox SET attempts = attempts + 1,"
-                    " next_attempt_at = now() + make_interval(secs => least(60, 2 ^ attempts)),"
-                    " last_error = 'subscriber failed' WHERE id = ANY($1)",
-                    retry,
-                )
-            if dead:
-                await con.execute(
-                    "UPDATE bus.outbox SET dead_at = now(), attempts = attempts + 1 WHERE id = ANY($1)", dead
-                )
-                self.bus.dead_letters += len(dead)
-                self.dead += len(dead)
-            self.delivered += len(done)
-            return len(rows)

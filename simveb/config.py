@@ -48,6 +48,8 @@ class DatabaseSettings(Section):
     pool_max: Positive = 10
     migrate_on_start: bool = True
     command_timeout_s: PositiveFloat = 30.0
+    # Longest wait for a pooled connection; past it the caller gets a 503, never a hang.
+    acquire_timeout_s: PositiveFloat = 5.0
 
 
 class RedisSettings(Section):
@@ -63,7 +65,18 @@ class BusSettings(Section):
     shutdown_grace_s: PositiveFloat = 10.0
     relay_batch: Positive = 200
     relay_poll_s: PositiveFloat = 5.0
-    event_max_attempts: Positive = 10
+    # A claimed batch is this relay's for this long; a relay that dies releases it by expiry.
+    relay_lease_s: PositiveFloat = 60.0
+    # A failing delivery is retried with exponential backoff (capped) until the horizon has passed
+    # since its first failure; then the event is dead until redriven (`simveb events redrive`).
+    event_backoff_max_s: PositiveFloat = 300.0
+    event_retry_horizon_s: PositiveFloat = 21600.0
+    # Delivered outbox rows and inbox rows older than this are purged (seconds; 7 days).
+    retention_s: PositiveFloat = 604800.0
+    purge_interval_s: PositiveFloat = 3600.0
+    # Refuse an ask made while the asker holds a pooled connection (development and tests): the
+    # mistake that starves the pool shows up at once. Production only logs it.
+    strict_connections: bool = True
 
 
 class SecuritySettings(Section):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ import asyncpg
 import msgspec
 
 from simveb.config import Settings
+from simveb.errors import Unavailable
 
 log = logging.getLogger("simveb.db")
 
@@ -74,25 +76,56 @@ def embedded_url(server: Any) -> str:
     return server.get_uri()
 
 
-class Database:
-    """The pool plus the per-actor transaction helper."""
+# Set while the current task holds a pooled connection (through Database.connection/transaction):
+# the bus refuses an ask made then, because the asked actor may need a connection from the same pool.
+holding_connection: contextvars.ContextVar[bool] = contextvars.ContextVar("simveb_holding", default=False)
 
-    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
+
+class DatabaseBusy(Unavailable):
+    code = "database_busy"
+    title = "Database busy"
+
+
+class Database:
+    """The pool, the transaction helper the runtime and the actors use, and dedicated listeners."""
+
+    def __init__(self, pool: asyncpg.Pool, url: str, *, acquire_timeout: float = 5.0) -> None:
         self.pool = pool
         self.url = url
+        self.acquire_timeout = acquire_timeout
 
     @classmethod
-    async def connect(cls, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 30.0) -> Database:
+    async def connect(
+        cls, url: str, *, min_size: int = 2, max_size: int = 10, timeout: float = 30.0, acquire_timeout: float = 5.0
+    ) -> Database:
         pool = await asyncpg.create_pool(
             url, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=timeout
         )
-        return cls(pool, url)
+        return cls(pool, url, acquire_timeout=acquire_timeout)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """One pooled connection, waited for at most `acquire_timeout` (then a 503, never a hang)."""
+        try:
+            con = await self.pool.acquire(timeout=self.acquire_timeout)
+        except TimeoutError:
+            raise DatabaseBusy(f"no database connection free within {self.acquire_timeout:g} s") from None
+        token = holding_connection.set(True)
+        try:
+            yield con
+        finally:
+            holding_connection.reset(token)
+            await self.pool.release(con)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """One connection in one transaction: commit on success, roll back on any exception."""
-        async with self.pool.acquire() as con, con.transaction():
+        async with self.connection() as con, con.transaction():
             yield con
+
+    def listener(self, channel: str, callback: Callable[[str], None]) -> Listener:
+        """A LISTEN on its own connection (never one of the pool's), re-established after a loss."""
+        return Listener(self.url, channel, callback)
 
     async def ping(self) -> bool:
         try:
@@ -109,6 +142,88 @@ class Database:
         except TimeoutError:
             log.error("database connections still in use after %g s at shutdown; terminating them", timeout)
             self.pool.terminate()
+
+
+class Listener:
+    """LISTEN on a dedicated connection. When the connection is lost (database restart, network),
+    it reconnects with backoff and calls the callback once with "" so the owner catches up on what
+    it may have missed while deaf (a relay drains, a cache reloads)."""
+
+    def __init__(self, url: str, channel: str, callback: Callable[[str], None]) -> None:
+        self.url = url
+        self.channel = channel
+        self.callback = callback
+        self.connected = False
+        self._con: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._closing = False
+
+    async def start(self) -> None:
+        await self._connect()  # the first connection must work: a start-up error is reported
+        self._task = asyncio.create_task(self._watch(), name=f"listen:{self.channel}")
+
+    async def _connect(self) -> None:
+        con = await asyncpg.connect(self.url, timeout=10)
+        await con.add_listener(self.channel, self._notified)
+        con.add_termination_listener(self._terminated)
+        self._con = con
+        self.connected = True
+        self._lost.clear()
+
+    def _notified(self, _con: object, _pid: int, _channel: str, payload: str) -> None:
+        self.callback(payload)
+
+    def _terminated(self, _con: object) -> None:
+        self.connected = False
+        self._lost.set()
+
+    async def _watch(self) -> None:
+        delay = 0.2
+        while not self._closing:
+            # A connection can also die without a termination callback (server killed): probe it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._lost.wait()
+            if self._closing:
+                return
+            if self.connected and self._con is not None:
+                try:
+                    async with asyncio.timeout(5.0):
+                        await self._con.execute("SELECT 1")
+                    continue
+                except Exception:
+                    self.connected = False
+            with contextlib.suppress(Exception):
+                if self._con is not None:
+                    self._con.terminate()
+            try:
+                await self._connect()
+            except Exception as exc:
+                log.warning("LISTEN %s: reconnect failed (%s); retrying in %.1f s", self.channel, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                self._lost.set()
+                continue
+            delay = 0.2
+            log.info("LISTEN %s: connection re-established", self.channel)
+            self.callback("")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._con is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await self._con.close()
+            with contextlib.suppress(Exception):
+                self._con.terminate()
+            self._con = None
+        self.connected = False
 
 
 class DatabaseProvider:

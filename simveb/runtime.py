@@ -11,10 +11,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from simveb import migrate
-from simveb.bus import Actor, Bus, OutboxRelay
+from simveb.bus import Actor, Bus
 from simveb.config import Settings
 from simveb.db import Database, DatabaseProvider
 from simveb.keys import KeyRing
+from simveb.outbox import OutboxRelay
 
 log = logging.getLogger("simveb.runtime")
 
@@ -56,6 +57,7 @@ class Runtime:
                 min_size=settings.database.pool_min,
                 max_size=settings.database.pool_max,
                 timeout=settings.database.command_timeout_s,
+                acquire_timeout=settings.database.acquire_timeout_s,
             )
             self.keys = KeyRing.for_settings(settings)
             self.bus = Bus(settings, self.db)

@@ -9,7 +9,15 @@ from simveb.actors import ACTORS, ASK_GRAPH
 from simveb.bus import check_acyclic
 
 PACKAGE = Path(__file__).resolve().parent.parent / "simveb"
-RUNTIME = {"simveb.bus", "simveb.db", "simveb.config", "simveb.errors", "simveb.keys"}
+RUNTIME = {
+    "simveb.messages",
+    "simveb.bus",
+    "simveb.outbox",
+    "simveb.db",
+    "simveb.config",
+    "simveb.errors",
+    "simveb.keys",
+}
 
 
 def is_module(dotted: str) -> bool:

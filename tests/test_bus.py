@@ -8,20 +8,10 @@ import time
 import pytest
 
 from simveb.bus import Actor as BaseActor
-from simveb.bus import (
-    ActorStopped,
-    Ask,
-    AskTimeout,
-    Bus,
-    BusError,
-    Event,
-    Record,
-    Tell,
-    check_acyclic,
-    handler,
-)
+from simveb.bus import ActorStopped, AskTimeout, Bus, BusError, check_acyclic, handler
 from simveb.config import Settings, with_overrides
 from simveb.errors import Conflict, InternalError
+from simveb.messages import Ask, Event, Record, Tell
 
 
 class Echo(Record):

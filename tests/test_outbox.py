@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from simveb.bus import Actor, Ask, Event, OutboxRelay, handler
+from simveb.bus import Actor, handler
 from simveb.config import Settings, with_overrides
+from simveb.messages import Ask, Event
+from simveb.outbox import OutboxRelay
 from simveb.runtime import Runtime
 from tests.conftest import truncate_all
 from tests.support import wait_for

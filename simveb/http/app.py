@@ -40,7 +40,15 @@ from simveb.http import notifications as notifications_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
 from simveb.http.logs import configure_logging, request_id_var
-from simveb.http.security import TokenVerifier, authenticated, bearer_middleware
+from simveb.http.security import (
+    attach_verifier,
+    authenticated,
+    bearer_middleware,
+    caller,
+    load_deny_list,
+    maybe_caller,
+    token,
+)
 from simveb.runtime import Runtime
 
 log = logging.getLogger("simveb.http")
@@ -306,12 +314,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not owns_runtime:
+            await load_deny_list(app.state.verifier)
             yield
             return
         rt = Runtime(settings)
         await rt.start()
-        attach_runtime(app, rt)
         try:
+            attach_runtime(app, rt)
+            await load_deny_list(app.state.verifier)
             yield
         finally:
             await rt.stop()
@@ -333,7 +343,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     app = Litestar(
         route_handlers=list(_controllers(settings)),
         lifespan=[lifespan],
-        dependencies={"bus": Provide(_bus, sync_to_thread=False)},
+        dependencies={
+            "bus": Provide(_bus, sync_to_thread=False),
+            "caller": Provide(caller, sync_to_thread=False),
+            "maybe_caller": Provide(maybe_caller, sync_to_thread=False),
+            "access_token": Provide(token, sync_to_thread=False),
+        },
         guards=[authenticated],
         middleware=middleware,
         cors_config=CORSConfig(
@@ -372,15 +387,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 
 def attach_runtime(app: Litestar, runtime: Runtime) -> None:
     """Make a started runtime (bus, database, key ring) available to the routes."""
-    assert runtime.keys is not None, "start the runtime first"
-    settings = runtime.settings
     app.state.runtime = runtime
-    app.state.verifier = TokenVerifier(
-        runtime.keys,
-        issuer=settings.security.issuer,
-        audience=settings.security.audience,
-        leeway=settings.security.leeway_s,
-    )
+    attach_verifier(app, runtime)
 
 
 def app_from_env() -> Litestar:

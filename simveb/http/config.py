@@ -42,7 +42,8 @@ from simveb.actors.config.messages import (
 )
 from simveb.bus import Bus
 from simveb.http.inputs import Input
-from simveb.http.security import principal, requires
+from simveb.http.security import maybe_caller as principal
+from simveb.http.security import requires
 
 PUBLIC = {"public": True}
 WRITE = [requires("config:write")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from simveb.bus import KwOnlyMeta
+from simveb.messages import KwOnlyMeta
 
 
 class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):

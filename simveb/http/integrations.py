@@ -22,7 +22,8 @@ from simveb.actors.integrations.messages import (
 )
 from simveb.bus import Bus
 from simveb.http.inputs import Input
-from simveb.http.security import principal, requires
+from simveb.http.security import maybe_caller as principal
+from simveb.http.security import requires
 
 LOOKUP = [requires("integrations:lookup")]
 STATUS = [requires("integrations:status")]

@@ -35,7 +35,8 @@ from simveb.actors.notifications.messages import (
 from simveb.bus import Bus
 from simveb.errors import BadRequest, Forbidden, Unauthorized
 from simveb.http.inputs import Input
-from simveb.http.security import principal, requires
+from simveb.http.security import maybe_caller as principal
+from simveb.http.security import requires
 
 SEND = [requires("notifications:send")]
 TEMPLATES = [requires("notifications:templates")]

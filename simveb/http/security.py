@@ -1,44 +1,56 @@
-"""Bearer token verification and permission guards for every HTTP route.
+"""Who is calling, for every HTTP route: token verification, deny list, key reload, the caller
+dependency and the permission guards.
 
 Tokens are EdDSA (Ed25519) JWTs; the algorithm is pinned, `iss`, `aud`, `exp` and `typ` are checked,
-and the key is chosen by `kid` from the key ring. Every route needs a valid token unless its handler
-is declared with `opt={"public": True}`; `requires(...)` adds permission checks on top. Decisions
-that need more than the token (object ownership) are the actors'.
+and the key is chosen by `kid` from the key ring. The verifier is wired once at start-up (`wire`):
+the auth service's deny list and a throttled reload of the key files for an unknown `kid`.
+
+A route takes `caller: Caller` (the one typed dependency: identity, roles, permissions, `can`), or
+`maybe_caller: Caller | None` on a public route that behaves differently for a signed-in user.
+Every route needs a valid token unless its handler is declared with `opt={"public": True}`;
+`requires(...)` adds permission checks on top. Decisions that need more than the token (object
+ownership) are the actors'.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import jwt
 import msgspec
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
 
+from simveb.actors.auth.messages import ListDeniedTokens
 from simveb.errors import Forbidden, Unauthorized
 from simveb.keys import ALGORITHM, KeyRing
+from simveb.messages import Caller
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from simveb.bus import Bus
+    from simveb.runtime import Runtime
+
+log = logging.getLogger("simveb.http.security")
 
 ACCESS_TYPE = "at+jwt"
 
 
-class Principal(msgspec.Struct, frozen=True, kw_only=True):
-    """Who is calling, as the access token says."""
+class Token(msgspec.Struct, frozen=True, kw_only=True):
+    """The verified access token behind a request (`request.auth`): who, and what logout needs."""
 
-    sub: str
-    roles: tuple[str, ...] = ()
-    permissions: frozenset[str] = frozenset()
+    caller: Caller
     jti: str | None = None
     exp: int | None = None
-
-    def can(self, *permissions: str) -> bool:
-        return all(p in self.permissions for p in permissions)
-
-    def has_role(self, *roles: str) -> bool:
-        return any(r in self.roles for r in roles)
 
 
 class TokenVerifier:
@@ -50,16 +62,15 @@ class TokenVerifier:
         self.audience = audience
         self.leeway = leeway
         self.is_revoked: Callable[[str], bool] = lambda _jti: False
-        # Set by the auth service's HTTP module on first use (http/auth.wire_verifier): a key that
-        # is not in the ring yet (rotation by another process) is looked up there, throttled.
+        # Set by `wire` at start-up: a key that is not in the ring yet (rotation by another process)
+        # is looked up in the key files, throttled.
         self.find_key: Callable[[str], Any] = lambda _kid: None
-        self.wired = False
         # Tokens whose signature and claims were verified, by exact token text: a client sends the
         # same token for up to 15 minutes and the Ed25519 check is most of a request's cost. Expiry
         # and revocation are still checked at every use; any other text misses and is verified.
-        self.verified: dict[str, Principal] = {}
+        self.verified: dict[str, Token] = {}
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str) -> Token:
         cached = self.verified.get(token)
         if cached is not None:
             if cached.exp is not None and cached.exp + self.leeway < time.time():
@@ -95,10 +106,12 @@ class TokenVerifier:
         jti = claims.get("jti")
         if jti and self.is_revoked(jti):
             raise Unauthorized("token revoked", code="token_revoked")
-        found = Principal(
-            sub=str(claims["sub"]),
-            roles=tuple(claims.get("roles", ())),
-            permissions=frozenset(claims.get("permissions", ())),
+        found = Token(
+            caller=Caller(
+                sub=str(claims["sub"]),
+                roles=tuple(claims.get("roles", ())),
+                permissions=frozenset(claims.get("permissions", ())),
+            ),
             jti=jti,
             exp=claims.get("exp"),
         )
@@ -109,7 +122,8 @@ class TokenVerifier:
 
 
 class BearerMiddleware(AbstractAuthenticationMiddleware):
-    """Sets `request.user` to a Principal when a valid bearer token is present, None otherwise.
+    """Sets `request.user` to the Caller and `request.auth` to the Token when a valid bearer token is
+    present, both None otherwise.
 
     A present but invalid token is always refused (401), even on a public route: a client that sends
     a forged or expired token must learn it, not be silently treated as anonymous.
@@ -122,12 +136,8 @@ class BearerMiddleware(AbstractAuthenticationMiddleware):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("expected 'Authorization: Bearer <token>'", code="invalid_token")
-        verifier: TokenVerifier = connection.app.state.verifier
-        if not verifier.wired:
-            from simveb.http.auth import wire_verifier  # deny list and key reload of the auth service
-
-            await wire_verifier(verifier, connection.app.state.runtime)
-        return AuthenticationResult(user=verifier.verify(token.strip()), auth=token)
+        verified = connection.app.state.verifier.verify(token.strip())
+        return AuthenticationResult(user=verified.caller, auth=verified)
 
 
 def bearer_middleware() -> DefineMiddleware:
@@ -138,7 +148,7 @@ def authenticated(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseR
     """App-wide guard: a token is required unless the handler says it is public."""
     if handler.opt.get("public") or connection.scope["path"].startswith("/schema"):
         return
-    if not isinstance(connection.scope.get("user"), Principal):
+    if not isinstance(connection.scope.get("user"), Caller):
         raise Unauthorized("this route needs a bearer token")
 
 
@@ -147,7 +157,7 @@ def requires(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any],
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
         user = connection.scope.get("user")
-        if not isinstance(user, Principal):
+        if not isinstance(user, Caller):
             raise Unauthorized("this route needs a bearer token")
         if not user.can(*permissions):
             raise Forbidden(f"needs permission {', '.join(permissions)}", code="missing_permission")
@@ -155,6 +165,119 @@ def requires(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any],
     return guard
 
 
-def principal(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
-    user = connection.scope.get("user")
-    return user if isinstance(user, Principal) else None
+def maybe_caller(request: Request[Any, Any, Any]) -> Caller | None:
+    """The caller if the request carries a valid token (public routes), None otherwise."""
+    user = request.scope.get("user")
+    return user if isinstance(user, Caller) else None
+
+
+def caller(request: Request[Any, Any, Any]) -> Caller:
+    """The app-wide `caller` dependency: who is calling, from the verified token."""
+    user = request.scope.get("user")
+    if not isinstance(user, Caller):  # the app-wide guard refused it already on a non-public route
+        raise Unauthorized("this route needs a bearer token")
+    return user
+
+
+def user_id_of(caller: Caller) -> UUID:
+    """The caller's user id; a token that names no user (system, CLI) is refused on a user's route."""
+    user_id = caller.user_id
+    if user_id is None:
+        raise Unauthorized("this token does not name a user", code="invalid_token")
+    return user_id
+
+
+def token(request: Request[Any, Any, Any]) -> Token:
+    """The verified token of the request (its jti and expiry, for logout)."""
+    auth = request.scope.get("auth")
+    if not isinstance(auth, Token):
+        raise Unauthorized("this route needs a bearer token")
+    return auth
+
+
+# --- wiring: what the verifier needs from the auth service, set once at start-up --------------------
+
+
+class DenyList:
+    """`is_revoked` of the verifier: denied jtis in memory, refreshed from the auth service."""
+
+    def __init__(self, bus: Bus, poll_s: float) -> None:
+        self.bus = bus
+        self.poll_s = poll_s
+        self.denied: dict[str, int] = {}
+        self.cursor = 0
+        self.synced_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, jti: str) -> bool:
+        if time.monotonic() - self.synced_at >= self.poll_s and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self.sync())
+        return jti in self.denied
+
+    def deny(self, jti: str, exp: int) -> None:
+        self.denied[jti] = exp
+
+    async def sync(self) -> None:
+        self.synced_at = time.monotonic()
+        try:
+            while True:
+                page = await self.bus.ask(ListDeniedTokens(cursor=self.cursor), timeout=5.0)
+                for item in page.items:
+                    self.denied[item.jti] = item.exp
+                self.cursor = page.cursor
+                if len(page.items) < 5000:
+                    break
+        except Exception as exc:  # keep serving with what is known; the next poll retries
+            log.warning("deny list not refreshed: %s", exc)
+        now = int(time.time())
+        if len(self.denied) > 1000:
+            self.denied = {jti: exp for jti, exp in self.denied.items() if exp > now}
+
+
+class KeyReloader:
+    """`find_key` of the verifier: on an unknown kid, re-read the key files at most every few seconds."""
+
+    def __init__(self, verifier: TokenVerifier, runtime: Runtime) -> None:
+        self.verifier = verifier
+        self.runtime = runtime
+        self.period = runtime.settings.auth.key_reload_s
+        self.loaded_at = 0.0
+
+    def __call__(self, kid: str) -> Any:
+        now = time.monotonic()
+        if not kid or now - self.loaded_at < self.period:
+            return None
+        self.loaded_at = now
+        try:
+            ring = KeyRing.for_settings(self.runtime.settings)
+        except Exception as exc:
+            log.warning("signing keys not reloaded: %s", exc)
+            return None
+        self.verifier.keys = ring
+        self.verifier.verified.clear()  # a key may have been withdrawn: verify everything again
+        return ring.public.get(kid)
+
+
+def attach_verifier(app: Litestar, runtime: Runtime) -> TokenVerifier:
+    """Create the app's verifier for a started runtime, with its key reload and deny list."""
+    assert runtime.keys is not None, "start the runtime first"
+    settings = runtime.settings
+    verifier = TokenVerifier(
+        runtime.keys,
+        issuer=settings.security.issuer,
+        audience=settings.security.audience,
+        leeway=settings.security.leeway_s,
+    )
+    verifier.find_key = KeyReloader(verifier, runtime)
+    if runtime.bus is not None and runtime.bus.handles(ListDeniedTokens):
+        verifier.is_revoked = DenyList(runtime.bus, settings.auth.deny_list_poll_s)
+    else:  # no auth service in this process (a partial runtime): nothing can be revoked here
+        log.warning("no auth service in this process: access tokens are not checked against a deny list")
+    app.state.verifier = verifier
+    return verifier
+
+
+async def load_deny_list(verifier: TokenVerifier) -> None:
+    """Load the deny list before the first request is served (start-up)."""
+    if isinstance(verifier.is_revoked, DenyList):
+        await verifier.is_revoked.sync()

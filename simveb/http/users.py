@@ -69,7 +69,8 @@ from simveb.actors.users.messages import (
 from simveb.bus import Bus
 from simveb.errors import DomainError, InternalError, Unauthorized
 from simveb.http.inputs import Input
-from simveb.http.security import Principal, principal, requires
+from simveb.http.security import maybe_caller as principal
+from simveb.http.security import requires
 
 log = logging.getLogger("simveb.http.users")
 T = TypeVar("T")
@@ -160,7 +161,7 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         ) from None
 
 
-def caller_of(user: Principal) -> Caller:
+def caller_of(user: Caller) -> Caller:
     return Caller(sub=user.sub, permissions=user.permissions)
 
 

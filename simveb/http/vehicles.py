@@ -91,7 +91,9 @@ from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
 from simveb.http.inputs import Input
-from simveb.http.security import Principal, principal, requires
+from simveb.http.security import maybe_caller as principal
+from simveb.http.security import requires
+from simveb.messages import Caller
 
 PUBLIC = {"public": True}
 CATALOGUE_WRITE = [requires("config:write")]
@@ -104,7 +106,7 @@ def requires_any(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, A
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
         user = connection.scope.get("user")
-        if not isinstance(user, Principal):
+        if not isinstance(user, Caller):
             raise Unauthorized("this route needs a bearer token")
         if not any(user.can(p) for p in permissions):
             raise Forbidden(f"needs one of the permissions {', '.join(permissions)}", code="missing_permission")
@@ -196,14 +198,14 @@ class BlacklistIn(Input):
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def _user(request: Request[Any, Any, Any]) -> Principal:
+def _user(request: Request[Any, Any, Any]) -> Caller:
     user = principal(request)
     if user is None:
         raise Unauthorized("this route needs a bearer token")
     return user
 
 
-def viewer_of(user: Principal) -> Viewer:
+def viewer_of(user: Caller) -> Viewer:
     """Staff and police see every vehicle, affiliates those they filed (and own), anyone else their own."""
     if user.can("vehicles:read"):
         return Viewer(sub=user.sub, scope="all")
@@ -212,7 +214,7 @@ def viewer_of(user: Principal) -> Viewer:
     return Viewer(sub=user.sub, scope="own")
 
 
-def _writer_viewer(user: Principal) -> Viewer | None:
+def _writer_viewer(user: Caller) -> Viewer | None:
     """Writers see all; an affiliate without vehicles:write may change only what it filed."""
     return None if user.can("vehicles:write") else Viewer(sub=user.sub, scope="filed")
 

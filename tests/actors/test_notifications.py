@@ -20,9 +20,10 @@ from simveb.actors.notifications.messages import (
     SendOtp,
 )
 from simveb.actors.users.messages import UserContactChanged
-from simveb.bus import Event, emit
 from simveb.config import with_overrides
 from simveb.errors import Invalid, NotFound
+from simveb.messages import Event
+from simveb.outbox import emit
 from simveb.runtime import Runtime
 from tests import notifications_support as fixtures
 from tests.conftest import truncate_all
@@ -250,7 +251,9 @@ async def test_event_subscription_sends_once_even_when_redelivered(runtime: Runt
     user = uuid.uuid4()
     assert runtime.db is not None and runtime.bus is not None
     async with runtime.db.transaction() as con:
-        await emit(con, UserContactChanged(user_id=user, phone=PHONE, email="awa@example.bj", language="en"))
+        await emit(
+            con, UserContactChanged(user_id=user, phone=PHONE, email="awa@example.bj", language="en"), source="users"
+        )
     for channel in ("sms", "in_app"):
         await runtime.bus.ask(
             PutSubscription(

@@ -119,7 +119,7 @@ async def test_login_me_refresh_logout(client: httpx.AsyncClient, runtime: Runti
     assert "users:read" in claims["permissions"] and claims["roles"] == ["agent"]
 
     r = await client.get("/api/auth/me", headers=bearer(tokens["access_token"]))
-    assert r.status_code == 200 and r.json()["user_id"] == user["id"]
+    assert r.status_code == 200 and r.json()["user_id"] == user["id"], r.text
     r = await client.get("/api/auth/sessions", headers=bearer(tokens["access_token"]))
     assert [s["id"] for s in r.json()] == [tokens["session_id"]]
     assert r.json()[0]["client_ip"] == "127.0.0.1"
@@ -475,7 +475,7 @@ async def test_verified_token_cache_still_checks_expiry_and_revocation(tmp_path:
     now = int(time.time())
     claims = {"iss": "simveb", "aud": "simveb-api", "sub": "u", "iat": now, "jti": "j1"}
     short = ring.sign({**claims, "exp": now + 1})
-    assert verifier.verify(short).sub == "u"
+    assert verifier.verify(short).caller.sub == "u"
     assert short in verifier.verified
     verifier.is_revoked = lambda jti: jti == "j1"
     with pytest.raises(Unauthorized, match="revoked"):

@@ -533,6 +533,13 @@ class AuthActor(Actor):
     @handler
     async def refresh(self, msg: RefreshSession) -> LoginResult:
         token_hash = sha256(msg.refresh_token)
+        # Read without a lock, ask users for the account, then lock and re-check: the row lock and
+        # the connection are never held while the users actor (which needs a connection) answers.
+        async with self.db.connection() as con:
+            peek = await store.refresh_token(con, token_hash, lock=False)
+        authz = None
+        if peek is not None and peek["rotated_at"] is None and peek["revoked_at"] is None and not peek["expired"]:
+            authz = await self.bus.ask(GetUserAuthz(user_id=peek["user_id"]))
         refused: Unauthorized | None = None
         tokens: TokenPair | None = None
         async with self.db.transaction() as con:
@@ -544,19 +551,17 @@ class AuthActor(Actor):
                 await store.revoke_sessions(con, [row["session_id"]], "refresh_token_reuse")
                 log.warning("refresh token reused: session %s revoked", row["session_id"])
                 refused = Unauthorized("refresh token already used; session revoked", code="refresh_token_reused")
-            elif row["revoked_at"] is not None or row["expired"]:
+            elif row["revoked_at"] is not None or row["expired"] or authz is None:
+                refused = Unauthorized("session ended; sign in again", code="session_revoked")
+            elif authz.status != "active":
+                await store.revoke_sessions(con, [row["session_id"]], "user_inactive")
                 refused = Unauthorized("session ended; sign in again", code="session_revoked")
             else:
-                authz = await self.bus.ask(GetUserAuthz(user_id=row["user_id"]))
-                if authz.status != "active":
-                    await store.revoke_sessions(con, [row["session_id"]], "user_inactive")
-                    refused = Unauthorized("session ended; sign in again", code="session_revoked")
-                else:
-                    limited = self._needs_2fa(authz) and not row["mfa"]
-                    await store.rotate(con, token_hash, row["session_id"], limited)
-                    tokens = await self._issue(
-                        con, authz, row["session_id"], limited=limited, mfa=row["mfa"], method=row["method"]
-                    )
+                limited = self._needs_2fa(authz) and not row["mfa"]
+                await store.rotate(con, token_hash, row["session_id"], limited)
+                tokens = await self._issue(
+                    con, authz, row["session_id"], limited=limited, mfa=row["mfa"], method=row["method"]
+                )
         if refused is not None:
             raise refused
         return LoginResult(status="authenticated", tokens=tokens)

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.bus import Ask, Record
+from simveb.messages import Ask, Record
 
 
 class CheckPasswordPolicy(Ask[None]):

@@ -94,13 +94,14 @@ async def add_tokens(
     )
 
 
-async def refresh_token(con: asyncpg.Connection, token_hash: bytes) -> asyncpg.Record | None:
-    """The refresh token with its session, both rows locked (a concurrent exchange waits, then sees it used)."""
+async def refresh_token(con: asyncpg.Connection, token_hash: bytes, *, lock: bool = True) -> asyncpg.Record | None:
+    """The refresh token with its session; with `lock` both rows are locked (a concurrent exchange
+    waits, then sees it used)."""
     return await con.fetchrow(
         "SELECT r.token_hash, r.rotated_at, s.id AS session_id, s.user_id, s.method, s.mfa, s.limited,"
         " s.revoked_at, s.expires_at <= now() AS expired"
         " FROM auth.refresh_tokens r JOIN auth.sessions s ON s.id = r.session_id"
-        " WHERE r.token_hash = $1 FOR UPDATE",
+        " WHERE r.token_hash = $1" + (" FOR UPDATE" if lock else ""),
         token_hash,
     )
 

@@ -7,7 +7,6 @@ deployment) marks every cache stale, so the next read reloads.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from typing import Any, get_args
@@ -45,6 +44,7 @@ from simveb.actors.config.messages import (
     VehicleCategory,
 )
 from simveb.bus import Actor, handler
+from simveb.db import Listener
 from simveb.errors import Conflict, Invalid, NotFound
 
 log = logging.getLogger("simveb.config")
@@ -81,14 +81,14 @@ class ConfigActor(Actor):
 
     async def on_start(self) -> None:
         self._cache: Snapshot | None = None
-        self._listener: asyncpg.Connection | None = await self.db.pool.acquire()
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._invalidate)
+        # Its own connection, re-established after a loss (then the cache is dropped: a change may
+        # have been missed while deaf).
+        self._listener: Listener | None = self.db.listener(NOTIFY_CHANNEL, self._invalidate)
+        await self._listener.start()
 
     async def on_stop(self) -> None:
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener(NOTIFY_CHANNEL, self._invalidate)
-            await self.db.pool.release(self._listener)
+            await self._listener.stop()
             self._listener = None
 
     def _invalidate(self, *_: object) -> None:

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.bus import Ask, Event, Record
+from simveb.messages import Ask, Event, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 Key = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{1,99}$")]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from simveb.bus import Ask, Event, Record
+from simveb.messages import Ask, Event, Record
 
 ServiceName = Literal["anip", "dgi"]
 BreakerState = Literal["closed", "open", "half_open"]

@@ -15,8 +15,8 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from simveb.bus import Record
 from simveb.db import from_rows
+from simveb.messages import Record
 
 
 def hash_identifier(identifier: str, key: str = "") -> str:

@@ -65,8 +65,9 @@ from simveb.actors.notifications.messages import (
 )
 from simveb.actors.notifications.rendering import Sealer, check_syntax, masked, render
 from simveb.actors.users.messages import UserContactChanged
-from simveb.bus import Actor, Event, current_event_id, handler
+from simveb.bus import Actor, current_event_id, handler
 from simveb.errors import Conflict, Invalid, NotFound
+from simveb.messages import Event
 
 log = logging.getLogger("simveb.notifications")
 NOTIFY_CHANNEL = "simveb_notifications"

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.bus import Ask, Record
+from simveb.messages import Ask, Record
 
 Channel = Literal["email", "sms", "push", "in_app"]
 Language = Literal["fr", "en"]

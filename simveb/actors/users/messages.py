@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.bus import Ask, Event, Record
+from simveb.messages import Ask, Caller, Event, Record
 
 KycStatus = Literal["unverified", "npi_verified", "kyc_verified"]
 UserStatus = Literal["pending", "active", "inactive"]
@@ -93,20 +93,6 @@ class SeedUsers(Ask[int]):
 
 
 # --- who is asking -----------------------------------------------------------------------------------
-
-
-class Caller(Record):
-    """Who is asking, as the HTTP layer (token) or the CLI knows it.
-
-    Object-level decisions (is this my account, am I a representative of that company) are the
-    actor's: it sees the data, the caller only sees the token.
-    """
-
-    sub: str
-    permissions: frozenset[str] = frozenset()
-
-    def can(self, permission: str) -> bool:
-        return permission in self.permissions
 
 
 SYSTEM = Caller(

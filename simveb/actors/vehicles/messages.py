@@ -13,8 +13,8 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.bus import Ask, Event, Record
 from simveb.errors import DomainError
+from simveb.messages import Ask, Event, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
