@@ -1,0 +1,1 @@
+"""Payments service (seed §5): mobile money (FedaPay, KKiaPay), counter payments, refunds, invoices."""

@@ -1,0 +1,43 @@
+"""Auth commands: the signing key ring (`keys rotate|list`)."""
+
+from __future__ import annotations
+
+import click
+
+from simveb.cli.app import CliError, fail_cleanly, main, settings_of
+
+
+@main.group()
+def keys() -> None:
+    """Token signing keys (Ed25519, in <data_dir>/keys in development)."""
+
+
+@keys.command("rotate")
+@click.pass_context
+@fail_cleanly
+def keys_rotate(ctx: click.Context) -> None:
+    """Add a new signing key: new tokens use it; tokens signed by older keys stay valid until they expire."""
+    from simveb.keys import KeyRing, write_new_key
+
+    settings = settings_of(ctx)
+    if settings.security.signing_key:
+        raise CliError(
+            "the signing key comes from SIMVEB_SECURITY__SIGNING_KEY: put the new key there and keep the old"
+            f" one as a file in {settings.data_dir / 'keys'} until its last tokens expired"
+        )
+    directory = settings.data_dir / "keys"
+    KeyRing.for_settings(settings)  # the first key exists before the new one, so the new one is newest
+    path = write_new_key(directory)
+    click.echo(f"new signing key {path.stem} ({path}); running servers sign with it within seconds")
+
+
+@keys.command("list")
+@click.pass_context
+@fail_cleanly
+def keys_list(ctx: click.Context) -> None:
+    """The keys that verify tokens, by kid; the signing one is marked."""
+    from simveb.keys import KeyRing
+
+    ring = KeyRing.for_settings(settings_of(ctx))
+    for kid in ring.public:
+        click.echo(f"{'signing  ' if kid == ring.kid else 'verifying'} {kid}")
