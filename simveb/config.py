@@ -238,6 +238,28 @@ class VehiclesSettings(Section):
     import_work_mem: str = "256MB"
 
 
+class RegistrationsSettings(Section):
+    """Registrations (issue 9): due time per status, assignment, pages."""
+
+    # Hours a request may stay in a status before supervisors see it overdue; statuses absent
+    # here have no due time.
+    due_hours: dict[str, PositiveFloat] = msgspec.field(
+        default_factory=lambda: {
+            "pending": 168.0,
+            "waiting_for_payment": 72.0,
+            "paid": 4.0,
+            "assigned_to_staff": 48.0,
+            "verified": 24.0,
+            "pre_validated": 48.0,
+            "validated": 24.0,
+            "print_order_emitted": 48.0,
+            "printed": 72.0,
+        }
+    )
+    # The list of staff who verify (for assignment) is asked of users at most this often.
+    staff_cache_s: PositiveFloat = 30.0
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -250,6 +272,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     users: UsersSettings = msgspec.field(default_factory=UsersSettings)
     vehicles: VehiclesSettings = msgspec.field(default_factory=VehiclesSettings)
+    registrations: RegistrationsSettings = msgspec.field(default_factory=RegistrationsSettings)
 
     @property
     def data_dir(self) -> Path:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from simveb.actors.config.messages import SeedConfig
 from simveb.actors.notifications.messages import SeedNotifications
+from simveb.actors.registrations.messages import SeedRegistrations
 from simveb.actors.users.messages import SeedUsers
 from simveb.actors.vehicles.messages import SeedVehicles
 
@@ -23,6 +24,7 @@ SEEDS: list[tuple[str, Any]] = [
     ("users", SeedUsers),
     ("notifications", SeedNotifications),
     ("vehicles", SeedVehicles),
+    ("registrations", SeedRegistrations),
 ]
 
 

@@ -10,6 +10,7 @@ from simveb.actors.auth.actor import AuthActor
 from simveb.actors.config.actor import ConfigActor
 from simveb.actors.integrations.actor import IntegrationsActor
 from simveb.actors.notifications.actor import NotificationsActor
+from simveb.actors.registrations.actor import RegistrationsActor
 from simveb.actors.users.actor import UsersActor
 from simveb.actors.vehicles.actor import VehiclesActor
 from simveb.bus import Actor
@@ -21,6 +22,7 @@ ACTORS: list[type[Actor]] = [
     UsersActor,
     AuthActor,
     VehiclesActor,
+    RegistrationsActor,
 ]
 
 ASK_GRAPH: dict[str, set[str]] = {
@@ -30,4 +32,5 @@ ASK_GRAPH: dict[str, set[str]] = {
     "users": {"integrations", "notifications"},
     "auth": {"users", "notifications"},
     "vehicles": {"config"},
+    "registrations": {"config", "vehicles", "users"},
 }

@@ -37,6 +37,7 @@ from simveb.http import auth as auth_http
 from simveb.http import config as config_http
 from simveb.http import integrations as integrations_http
 from simveb.http import notifications as notifications_http
+from simveb.http import registrations as registrations_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
 from simveb.http.logs import configure_logging, request_id_var
@@ -297,6 +298,7 @@ def _controllers(settings: Settings) -> Sequence[Any]:
         *auth_http.CONTROLLERS,
         *users_http.CONTROLLERS,
         *vehicles_http.CONTROLLERS,
+        *registrations_http.CONTROLLERS,
     ]
     if settings.server.sandbox:
         from simveb.sandbox import sandbox_router
@@ -353,7 +355,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         middleware=middleware,
         cors_config=CORSConfig(
             allow_origins=settings.server.cors_origins,
-            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID", "Idempotency-Key"],
             expose_headers=["X-Request-ID", "ETag", "Retry-After"],
             allow_credentials=False,
         ),

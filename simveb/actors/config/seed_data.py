@@ -41,6 +41,7 @@ SERVICES = [
     ("first_registration", "Immatriculation (première)", "First registration",
      ["customs_clearance", "purchase_invoice", "owner_identity", "technical_inspection"]),
     ("re_registration", "Ré-immatriculation", "Re-registration", ["carte_grise", "owner_identity"]),
+    ("renewal", "Renouvellement de carte grise", "Carte grise renewal", ["carte_grise", "owner_identity"]),
     ("transfer", "Mutation (changement de propriétaire)", "Ownership transfer",
      ["carte_grise", "sale_certificate", "owner_identity", "buyer_identity"]),
     ("duplicate", "Duplicata de carte grise", "Carte grise duplicate", ["loss_declaration", "owner_identity"]),
@@ -54,6 +55,7 @@ SERVICES = [
 BASE = {
     "first_registration": 25_000,
     "re_registration": 15_000,
+    "renewal": 12_000,
     "transfer": 20_000,
     "duplicate": 10_000,
     "plate_duplicate": 7_500,

@@ -306,6 +306,8 @@ class NotificationsActor(Actor):
         if not subs:
             return
         fields = msgspec.to_builtins(event)
+        if fields.get("visible_to_applicant") is False:
+            return  # a step the applicant is not shown (RegistrationStatusChanged): nobody is told
         params = {**fields, "event_type": tag}
         digest = _event_identity(event)
         for sub in subs:

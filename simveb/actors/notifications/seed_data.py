@@ -56,13 +56,17 @@ def _otp_templates() -> list[TemplateRow]:
 
 _WELCOME_FR = "Bienvenue sur SIMVEB{% if name is defined %}, {{ name }}{% endif %} ! Votre compte est actif."
 _WELCOME_EN = "Welcome to SIMVEB{% if name is defined %}, {{ name }}{% endif %}! Your account is active."
+# RegistrationStatusChanged carries number / from_status / to_status; other publishers may use
+# reference / old_status / new_status.
 _STATUS_FR = (
-    "{{ reference | default('Votre demande') }} : statut {{ new_status }}"
-    "{% if old_status is defined %} (auparavant {{ old_status }}){% endif %}."
+    "{{ reference | default(number | default('Votre demande')) }} : statut {{ new_status | default(to_status) }}"
+    "{% if old_status is defined %} (auparavant {{ old_status }})"
+    "{% elif from_status is defined %} (auparavant {{ from_status }}){% endif %}."
 )
 _STATUS_EN = (
-    "{{ reference | default('Your request') }}: status {{ new_status }}"
-    "{% if old_status is defined %} (was {{ old_status }}){% endif %}."
+    "{{ reference | default(number | default('Your request')) }}: status {{ new_status | default(to_status) }}"
+    "{% if old_status is defined %} (was {{ old_status }})"
+    "{% elif from_status is defined %} (was {{ from_status }}){% endif %}."
 )
 
 TEMPLATES: list[TemplateRow] = [

@@ -1,11 +1,317 @@
-"""The registrations (immatriculation) service's contract: requests, workflow, plates, and its events."""
+"""The registrations (immatriculation) service's contract: requests, workflow, plates, and its events.
+
+Requests follow the workflow of their procedure (config's catalogue), pinned on the request when it is
+filed. Every command that changes a request carries the `Caller` (object-level rules are this actor's)
+and an optional `Idempotency` (the HTTP `Idempotency-Key` and a fingerprint of the body): a retry with
+the same key answers the first reply, the same key with another body is refused.
+"""
 
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from simveb.messages import Event
+import msgspec
+
+from simveb.actors.vehicles.messages import VehicleFields
+from simveb.messages import Ask, Caller, Event, Record
+
+Status = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
+DocCode = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
+Note = Annotated[str, msgspec.Meta(max_length=1000)]
+Reason = Annotated[str, msgspec.Meta(min_length=3, max_length=1000)]
+PrestigeText = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9][A-Z0-9 ]{1,14}[A-Z0-9]$")]
+OwnerType = Literal["person", "company", "government", "diplomatic"]
+DuplicateReason = Literal["lost", "stolen", "damaged"]
+DuplicateOf = Literal["carte_grise", "plate"]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+
+class Idempotency(Record):
+    """An HTTP Idempotency-Key and the fingerprint of the request it came with."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    fingerprint: str
+
+
+class FeeLineOut(Record):
+    code: str
+    label: str
+    amount_xof: int
+
+
+class Step(Record):
+    """One transition taken: who, when, from -> to, with a note."""
+
+    id: int
+    from_status: str
+    to_status: str
+    by: str
+    at: datetime
+    note: str = ""
+    visible_to_applicant: bool = True
+
+
+class Transition(Record):
+    """A transition of the pinned workflow: from -> to, the permission it needs, applicant visibility."""
+
+    from_status: str
+    to_status: str
+    permission: str
+    visible_to_applicant: bool = True
+
+
+class Request(Record):
+    id: UUID
+    number: str
+    procedure: str
+    status: str
+    applicant_id: UUID
+    filed_by: UUID | None = None
+    vehicle_id: UUID | None = None
+    owner_type: str
+    vehicle_category: str
+    fee_total_xof: int
+    fee_lines: list[FeeLineOut] = []
+    amount_paid_xof: int = 0
+    payment_id: UUID | None = None
+    assignee_id: UUID | None = None
+    required_documents: list[str] = []
+    declared_documents: list[str] = []
+    details: dict[str, Any] = {}
+    plate: str | None = None
+    status_since: datetime
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+class RequestPage(Record):
+    items: list[Request]
+    next_cursor: str | None = None
+
+
+class Workflow(Record):
+    """The story of a request (the steps the caller may see) and what the caller may do next."""
+
+    request_id: UUID
+    number: str
+    procedure: str
+    status: str
+    steps: list[Step]
+    next: list[Transition]
+
+
+class RequestFilter(Record):
+    status: str | None = None
+    procedure: str | None = None
+    assignee: UUID | None = None
+    applicant: UUID | None = None
+    vehicle: UUID | None = None
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+    overdue: bool = False
+
+
+class CountRow(Record):
+    key: str
+    count: int
+
+
+class StepTime(Record):
+    to_status: str
+    median_s: float
+    count: int
+
+
+class Stats(Record):
+    by_status: list[CountRow]
+    by_procedure: list[CountRow]
+    by_day: list[CountRow]
+    by_assignee: list[CountRow]
+    amount_due_xof: int
+    amount_paid_xof: int
+    median_step_s: list[StepTime]
+
+
+class SeriesPosition(Record):
+    """Where the sequence of one plate format stands, and how much of it is reserved or issued."""
+
+    format_code: str
+    category: str
+    registration_type: str
+    template: str
+    series: str
+    next_number: int
+    issued: int
+    reserved_rules: int
+    exhausted: bool = False
+
+
+class Reservation(Record):
+    id: UUID
+    format_code: str
+    series: str | None = None
+    number_from: int | None = None
+    number_to: int | None = None
+    plate: str | None = None  # a prestige plate held by a request
+    request_id: UUID | None = None
+    reason: str = ""
+    by: str
+    at: datetime
+    released_at: datetime | None = None
+
+
+class IssuedPlate(Record):
+    plate: str
+    format_code: str
+    series: str | None = None
+    number: int | None = None
+    request_id: UUID | None = None
+    vehicle_id: UUID | None = None
+    issued_at: datetime
+
+
+# --- filing ------------------------------------------------------------------------------------------
+
+
+class NewVehicle(Record):
+    """A vehicle not yet known: its VIN and carte grise fields (first registration)."""
+
+    vin: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+    fields: VehicleFields
+
+
+class FileRequest(Ask[Request]):
+    """File a request of any procedure of the catalogue (first registration by default).
+
+    `vehicle_id` names an existing vehicle, `vehicle` describes a new one. An affiliate files on behalf
+    of `applicant_id`; anyone else files for themselves. `declared_documents` are the document types
+    the applicant says are uploaded (counted only while no documents service answers).
+    """
+
+    caller: Caller
+    procedure: str = "first_registration"
+    vehicle_id: UUID | None = None
+    vehicle: NewVehicle | None = None
+    applicant_id: UUID | None = None
+    owner_type: OwnerType = "person"
+    registration_type: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")] = "ordinary"
+    declared_documents: list[DocCode] = []
+    new_owners: list[UUID] = []  # transfer
+    seller_consent: bool = False  # transfer: the current owner agrees (recorded)
+    duplicate_reason: DuplicateReason | None = None  # duplicate
+    prestige_plate: PrestigeText | None = None  # prestige number
+    note: Note = ""
+    idempotency: Idempotency | None = None
+
+
+class GetRequest(Ask[Request]):
+    request_id: UUID
+    caller: Caller
+
+
+class ListRequests(Ask[RequestPage]):
+    caller: Caller
+    filter: RequestFilter = msgspec.field(default_factory=RequestFilter)
+    cursor: str | None = None
+    limit: Limit = 50
+
+
+class GetWorkflow(Ask[Workflow]):
+    request_id: UUID
+    caller: Caller
+
+
+class ChangeStatus(Ask[Request]):
+    """Take one transition of the pinned workflow (409 naming the allowed ones when it is not one)."""
+
+    request_id: UUID
+    to_status: Status
+    caller: Caller
+    note: Note = ""
+    declared_documents: list[DocCode] | None = None  # adds to what was declared, before leaving the first status
+    idempotency: Idempotency | None = None
+
+
+class ValidateRequest(Ask[Request]):
+    request_id: UUID
+    caller: Caller
+    note: Note = ""
+    idempotency: Idempotency | None = None
+
+
+class RejectRequest(Ask[Request]):
+    request_id: UUID
+    caller: Caller
+    reason: Reason
+    idempotency: Idempotency | None = None
+
+
+class AssignRequest(Ask[Request]):
+    """A supervisor (re)assigns a request to a staff member."""
+
+    request_id: UUID
+    assignee_id: UUID
+    caller: Caller
+    note: Note = ""
+    idempotency: Idempotency | None = None
+
+
+class GetStats(Ask[Stats]):
+    caller: Caller
+    created_from: datetime | None = None
+    created_to: datetime | None = None
+
+
+# --- plates ------------------------------------------------------------------------------------------
+
+
+class ListSeries(Ask[list[SeriesPosition]]):
+    pass
+
+
+class ReservePlates(Ask[Reservation]):
+    """Keep numbers out of the sequence: one number, a range, or (no numbers) a whole series."""
+
+    format_code: str
+    series: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,3}$")] | None = None
+    number_from: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
+    number_to: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
+    reason: Note = ""
+    by: str
+    idempotency: Idempotency | None = None
+
+
+class ReleaseReservation(Ask[Reservation]):
+    reservation_id: UUID
+    by: str
+
+
+class ListReservations(Ask[list[Reservation]]):
+    format_code: str | None = None
+    include_released: bool = False
+
+
+class AllocatePlate(Ask[IssuedPlate]):
+    """Issue the next plate of a format (used by validation; exposed for tests, benches and the CLI)."""
+
+    format_code: str
+    request_id: UUID | None = None
+    vehicle_id: UUID | None = None
+
+
+class SeedRegistrations(Ask[int]):
+    """Load procedure effects and plate formats (idempotent); returns rows added."""
+
+    only_if_empty: bool = False
+
+
+# --- events ------------------------------------------------------------------------------------------
 
 
 class RegistrationSubmitted(Event):
@@ -36,6 +342,18 @@ class PlateAssigned(Event):
     request_id: UUID
     vehicle_id: UUID
     plate: str
+
+
+class OwnershipTransferred(Event):
+    """A transfer was validated: vehicles replaces the owners (recorded with the request id)."""
+
+    request_id: UUID
+    number: str
+    vehicle_id: UUID
+    old_owners: tuple[UUID, ...]
+    new_owners: tuple[UUID, ...]
+    seller_consent_by: UUID | None = None
+    by: str
 
 
 class RegistrationValidated(Event):

@@ -38,6 +38,11 @@ PERMISSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "registrations:verify": ("verify documents, pre-validate", ("agent", "supervisor")),
     "registrations:validate": ("validate or reject", ("validator", "supervisor")),
     "registrations:assign": ("assign work", ("supervisor",)),
+    "registrations:read": ("read every registration request, overdue list, statistics", ("supervisor", "admin")),
+    "registrations:print": ("order and record the printing of cartes grises", ("agent", "supervisor")),
+    "registrations:deliver": ("hand over the carte grise and plate, close requests", ("agent", "supervisor")),
+    "registrations:plates": ("reserve and release plate numbers, see series", ("admin",)),
+    "payments:confirm": ("confirm a payment made at the counter", ("agent", "supervisor")),
 }
 
 

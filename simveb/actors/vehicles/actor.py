@@ -27,6 +27,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import msgspec
 
+from simveb.actors.registrations.messages import OwnershipTransferred, PlateAssigned
 from simveb.actors.vehicles import seed_data, store
 from simveb.actors.vehicles.messages import (
     CSV_COLUMNS,
@@ -470,6 +471,43 @@ class VehiclesActor(Actor):
             await store.record(con, old.id, msg.by, [("owners", _plain(old.owners), _plain(owners))], msg.reason)
             await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=msg.by))
         return new
+
+    # --- effects of registrations (events: the plate and the owners a validated request gives) -------
+
+    @handler
+    async def on_plate_assigned(self, event: PlateAssigned, con: asyncpg.Connection) -> None:
+        """Record the plate a registration issued; the history names the request."""
+        plate = normalize_plate(event.plate)
+        old = await self._locked(con, event.vehicle_id, None)
+        if old.plate == plate:
+            return
+        holder = await store.plate_holder(con, store.plate_key(plate))
+        if holder is not None and holder != old.id:
+            # Registrations never issues a plate twice; a plate typed in by hand on another vehicle
+            # is a data error for staff to fix. Failing keeps the event for redelivery, visibly.
+            raise Conflict(f"plate {plate} is assigned to another vehicle", code="plate_taken")
+        by = f"registrations:{event.request_id}"
+        new = await store.set_column(con, old.id, "plate", plate, by)
+        await store.record(con, old.id, by, [("plate", old.plate, plate)], f"registration request {event.request_id}")
+        await self.emit(con, VehicleUpdated(vehicle_id=old.id, version=new.version, fields=["plate"], by=by))
+
+    @handler
+    async def on_ownership_transferred(self, event: OwnershipTransferred, con: asyncpg.Connection) -> None:
+        """Replace the owners after a validated transfer (its standing was checked at validation)."""
+        owners = list(dict.fromkeys(event.new_owners))
+        old = await self._locked(con, event.vehicle_id, None)
+        if owners == old.owners or not owners:
+            return
+        by = f"registrations:{event.request_id}"
+        await store.set_column(con, old.id, "owners", owners, by)
+        await store.record(
+            con,
+            old.id,
+            by,
+            [("owners", _plain(old.owners), _plain(owners))],
+            f"registration request {event.request_id} ({event.number})",
+        )
+        await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=by))
 
     @handler
     async def set_status(self, msg: SetVehicleStatus) -> Vehicle:

@@ -1,0 +1,457 @@
+"""The /api/immatriculations routes driven as the real roles would: the whole life of each procedure,
+and every refusal (standing, illegal transition, wrong role, another applicant's request, stale retry)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from simveb.runtime import Runtime
+from tests.registrations_support import FIRST_DOCS, Person, new_vehicle, person
+from tests.support import wait_for
+from tests.users_support import events
+
+PLATE = re.compile(r"^[A-HJ-NP-Z]{2} \d{4} RB$")
+
+
+@pytest.fixture
+async def world(seeded: Runtime, client: Any) -> dict[str, Any]:
+    return {
+        "citizen": await person(seeded, "citizen"),
+        "agent": await person(seeded, "agent"),
+        "validator": await person(seeded, "validator"),
+        "admin": await person(seeded, "admin"),
+        "client": client,
+        "runtime": seeded,
+    }
+
+
+async def file_first(api: Any, who: Person, **over: Any) -> dict[str, Any]:
+    body = {"vehicle": new_vehicle(model="406"), "declared_documents": FIRST_DOCS, **over}
+    r = await api.post("/api/immatriculations", json=body, headers=who.headers)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def move(api: Any, who: Person, rid: str, status: str, note: str = "") -> dict[str, Any]:
+    r = await api.put(f"/api/immatriculations/{rid}/status", json={"status": status, "note": note}, headers=who.headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def drive_to_validated(w: dict[str, Any], req: dict[str, Any]) -> dict[str, Any]:
+    api, agent, validator = w["client"], w["agent"], w["validator"]
+    rid = req["id"]
+    paid = await move(api, agent, rid, "paid", "paid at the counter")
+    assert paid["status"] == "assigned_to_staff" and paid["assignee_id"] == str(agent.id)
+    await move(api, agent, rid, "verified")
+    await move(api, agent, rid, "pre_validated")
+    r = await api.post(f"/api/immatriculations/{rid}/validate", json={"note": "ok"}, headers=validator.headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_first_registration_whole_life(world: dict[str, Any]) -> None:
+    api, citizen, agent, validator = world["client"], world["citizen"], world["agent"], world["validator"]
+    rt: Runtime = world["runtime"]
+    req = await file_first(api, citizen)
+    # Documents declared complete: filing submits it and asks for the payment of the frozen fee.
+    assert req["status"] == "waiting_for_payment"
+    assert req["fee_total_xof"] == 25_000 + 35_000 and req["applicant_id"] == str(citizen.id)
+    assert {line["amount_xof"] for line in req["fee_lines"]} >= {25_000, 35_000}
+    asked = await events(rt, "PaymentRequested")
+    assert asked[-1]["payable_id"] == req["id"] and asked[-1]["amount_xof"] == 60_000
+    assert sum(line["amount_xof"] for line in asked[-1]["lines"]) == 60_000
+
+    done = await drive_to_validated(world, req)
+    assert done["status"] == "validated" and PLATE.match(done["plate"]), done["plate"]
+    assert done["plate"] == "AA 0001 RB"
+
+    # The plate reaches the vehicle by event; its history names the request.
+    async def vehicle_plate() -> Any:
+        r = await api.get(f"/api/vehicles/{req['vehicle_id']}", headers=citizen.headers)
+        return r.json().get("plate")
+
+    assert await wait_for(vehicle_plate) == done["plate"]
+    hist = (await api.get(f"/api/vehicles/{req['vehicle_id']}/history", headers=agent.headers)).json()
+    assert any(h["field"] == "plate" and req["id"] in h["reason"] for h in hist), hist
+    validated = await events(rt, "RegistrationValidated")
+    assert validated[-1]["plate"] == done["plate"] and validated[-1]["holder_ids"] == [str(citizen.id)]
+
+    for status in ("print_order_emitted", "printed", "given_to_applicant", "closed"):
+        await move(api, agent, req["id"], status)
+
+    # The citizen's story: only the visible steps; the agent sees every step.
+    mine = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=citizen.headers)).json()
+    seen = [s["to_status"] for s in mine["steps"]]
+    assert seen == ["pending", "submitted", "waiting_for_payment", "paid", "validated", "given_to_applicant", "closed"]
+    assert mine["next"] == [] and mine["status"] == "closed"
+    full = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=agent.headers)).json()
+    assert [s["to_status"] for s in full["steps"]][3:7] == ["paid", "assigned_to_staff", "verified", "pre_validated"]
+    assert full["steps"][3]["by"] == str(agent.id) and full["steps"][3]["note"] == "paid at the counter"
+
+    # Notifications: one in-app message per visible change, none for the hidden ones.
+    async def in_app() -> list[Any]:
+        assert rt.db is not None
+        async with rt.db.connection() as con:
+            return await con.fetch(
+                "SELECT body FROM notifications.messages WHERE user_id = $1 AND channel = 'in_app'"
+                " AND template_event = 'status_changed'",
+                citizen.id,
+            )
+
+    await wait_for(lambda: _len_is(in_app, 6), timeout=10)
+    bodies = [r["body"] for r in await in_app()]
+    assert any("closed" in b and req["number"] in b for b in bodies)
+    assert not any("statut verified" in b or "status verified" in b for b in bodies)
+    assert validator.id  # the validator took the validating step
+    assert full["steps"][7]["by"] == str(validator.id)
+
+
+async def _len_is(fetch: Any, n: int) -> bool:
+    return len(await fetch()) == n
+
+
+async def test_workflow_tells_each_caller_what_they_may_do_next(world: dict[str, Any]) -> None:
+    api, citizen, agent, validator = world["client"], world["citizen"], world["agent"], world["validator"]
+    req = await file_first(api, citizen)
+    wf = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=agent.headers)).json()
+    assert [t["to_status"] for t in wf["next"]] == ["paid"]
+    assert (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=citizen.headers)).json()["next"] == []
+    await move(api, agent, req["id"], "paid")
+    wf = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=agent.headers)).json()
+    assert {t["to_status"] for t in wf["next"]} == {"verified", "rejected"}
+    # The validator cannot see a request that waits for an agent's verification.
+    r = await api.get(f"/api/immatriculations/{req['id']}", headers=validator.headers)
+    assert r.status_code == 404
+
+
+async def test_illegal_transition_is_409_naming_current_and_allowed(world: dict[str, Any]) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    req = await file_first(api, citizen)
+    r = await api.put(f"/api/immatriculations/{req['id']}/status", json={"status": "validated"}, headers=agent.headers)
+    assert r.status_code == 409
+    body = r.json()
+    assert body["code"] == "illegal_transition" and body["current"] == "waiting_for_payment"
+    assert body["allowed"] == ["paid"]
+
+
+async def test_wrong_role_is_refused(world: dict[str, Any]) -> None:
+    api, citizen, agent, validator = world["client"], world["citizen"], world["agent"], world["validator"]
+    req = await file_first(api, citizen)
+    # The applicant tries to mark their own request paid.
+    r = await api.put(f"/api/immatriculations/{req['id']}/status", json={"status": "paid"}, headers=citizen.headers)
+    assert r.status_code == 403
+    await move(api, agent, req["id"], "paid")
+    await move(api, agent, req["id"], "verified")
+    await move(api, agent, req["id"], "pre_validated")
+    # An agent (verify) tries to validate.
+    r = await api.post(f"/api/immatriculations/{req['id']}/validate", headers=agent.headers)
+    assert r.status_code == 403
+    # A citizen cannot file as an affiliate for someone else.
+    other = await person(world["runtime"], "citizen")
+    r = await api.post(
+        "/api/immatriculations",
+        json={"vehicle": new_vehicle(), "applicant_id": str(other.id)},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 403 and r.json()["code"] == "not_affiliate"
+    # Staff cannot file.
+    r = await api.post("/api/immatriculations", json={"vehicle": new_vehicle()}, headers=validator.headers)
+    assert r.status_code == 403
+
+
+async def test_another_applicants_request_is_404(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    req = await file_first(api, citizen)
+    intruder = await person(world["runtime"], "citizen")
+    for path in ("", "/workflow"):
+        r = await api.get(f"/api/immatriculations/{req['id']}{path}", headers=intruder.headers)
+        assert r.status_code == 404
+    r = await api.put(
+        f"/api/immatriculations/{req['id']}/status", json={"status": "canceled"}, headers=intruder.headers
+    )
+    assert r.status_code == 404
+    page = (await api.get("/api/immatriculations", headers=intruder.headers)).json()
+    assert page["items"] == []
+    mine = (await api.get("/api/immatriculations", headers=citizen.headers)).json()
+    assert [i["id"] for i in mine["items"]] == [req["id"]]
+
+
+async def test_documents_missing_keep_the_request_pending(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    req = await file_first(api, citizen, declared_documents=["owner_identity"])
+    assert req["status"] == "pending"
+    r = await api.put(
+        f"/api/immatriculations/{req['id']}/status", json={"status": "submitted"}, headers=citizen.headers
+    )
+    assert r.status_code == 409 and r.json()["code"] == "documents_missing"
+    assert "customs_clearance" in r.json()["missing"]
+    r = await api.put(
+        f"/api/immatriculations/{req['id']}/status",
+        json={"status": "submitted", "declared_documents": FIRST_DOCS},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "waiting_for_payment"
+
+
+async def test_idempotency_key_replays_the_first_answer(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    body = {"vehicle": new_vehicle(), "declared_documents": FIRST_DOCS}
+    headers = {**citizen.headers, "Idempotency-Key": "file-1"}
+    first = await api.post("/api/immatriculations", json=body, headers=headers)
+    again = await api.post("/api/immatriculations", json=body, headers=headers)
+    assert first.status_code == 201 and again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    page = (await api.get("/api/immatriculations", headers=citizen.headers)).json()
+    assert len(page["items"]) == 1
+    # The same key with another body is refused.
+    other = {"vehicle": new_vehicle(), "declared_documents": FIRST_DOCS}
+    r = await api.post("/api/immatriculations", json=other, headers=headers)
+    assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused"
+    # Another user's same key is theirs alone.
+    someone = await person(world["runtime"], "citizen")
+    r = await api.post("/api/immatriculations", json=other, headers={**someone.headers, "Idempotency-Key": "file-1"})
+    assert r.status_code == 201 and r.json()["id"] != first.json()["id"]
+
+
+async def test_stale_retry_of_a_step_is_409(world: dict[str, Any]) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    req = await file_first(api, citizen)
+    await move(api, agent, req["id"], "paid")
+    # A second click on "paid" (no key): the request moved on, so it is an illegal transition now.
+    r = await api.put(f"/api/immatriculations/{req['id']}/status", json={"status": "paid"}, headers=agent.headers)
+    assert r.status_code == 409 and r.json()["current"] == "assigned_to_staff"
+
+
+async def test_reject_needs_a_reason_and_resubmission_goes_back_to_the_agent(world: dict[str, Any]) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    req = await file_first(api, citizen)
+    await move(api, agent, req["id"], "paid")
+    r = await api.post(f"/api/immatriculations/{req['id']}/reject", json={}, headers=agent.headers)
+    assert r.status_code == 400
+    r = await api.post(
+        f"/api/immatriculations/{req['id']}/reject", json={"reason": "invoice unreadable"}, headers=agent.headers
+    )
+    assert r.status_code == 200 and r.json()["status"] == "rejected"
+    again = await move(api, citizen, req["id"], "resubmitted")
+    assert again["status"] == "assigned_to_staff" and again["assignee_id"] == str(agent.id)
+    steps = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=citizen.headers)).json()["steps"]
+    assert any(s["to_status"] == "rejected" and s["note"] == "invoice unreadable" for s in steps)
+
+
+async def test_standing_blocks_filing(world: dict[str, Any]) -> None:
+    api, citizen, agent, validator = world["client"], world["citizen"], world["agent"], world["validator"]
+    req = await file_first(api, citizen)
+    await drive_to_validated(world, req)
+    vid = req["vehicle_id"]
+    buyer = await person(world["runtime"], "citizen")
+    # A pledge blocks a transfer but not a renewal.
+    r = await api.post(f"/api/vehicles/{vid}/pledges", json={"holder": "BOA"}, headers=agent.headers)
+    assert r.status_code == 201, r.text
+    r = await api.post(
+        "/api/immatriculations/transfer",
+        json={"vehicle_id": vid, "new_owners": [str(buyer.id)], "seller_consent": True},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 409 and r.json()["code"] == "transfer_blocked"
+    assert any(x["code"] == "pledge" for x in r.json()["reasons"])
+    r = await api.post("/api/immatriculations/renewal", json={"vehicle_id": vid}, headers=citizen.headers)
+    assert r.status_code == 201
+    # Theft blocks everything.
+    vehicle = (await api.get(f"/api/vehicles/{vid}", headers=agent.headers)).json()
+    r = await api.post(
+        f"/api/vehicles/{vid}/status",
+        json={"status": "stolen", "version": vehicle["version"]},
+        headers=agent.headers,
+    )
+    assert r.status_code == 200, r.text
+    r = await api.post(
+        "/api/immatriculations/duplicate", json={"vehicle_id": vid, "reason": "stolen"}, headers=citizen.headers
+    )
+    assert r.status_code == 409 and r.json()["code"] == "registration_blocked"
+    assert validator.id
+
+
+async def test_transfer_whole_life(world: dict[str, Any]) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    first = await drive_to_validated(world, await file_first(api, citizen))
+    vid = first["vehicle_id"]
+    buyer = await person(world["runtime"], "citizen")
+    body = {"vehicle_id": vid, "new_owners": [str(buyer.id)], "seller_consent": False}
+    r = await api.post("/api/immatriculations/transfer", json=body, headers=citizen.headers)
+    assert r.status_code == 422 and r.json()["code"] == "consent_required"
+    r = await api.post(
+        "/api/immatriculations/transfer",
+        json={**body, "new_owners": [str(uuid.uuid4())], "seller_consent": True},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 422 and r.json()["code"] == "unknown_user"
+    docs = ["carte_grise", "sale_certificate", "owner_identity", "buyer_identity"]
+    r = await api.post(
+        "/api/immatriculations/transfer",
+        json={**body, "seller_consent": True, "declared_documents": docs},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 201, r.text
+    req = r.json()
+    assert req["procedure"] == "transfer" and req["fee_total_xof"] == 20_000 + 35_000
+    assert req["details"]["seller_consent_by"] == str(citizen.id)
+    done = await drive_to_validated(world, req)
+    assert done["plate"] == first["plate"]  # a transfer keeps the plate
+
+    async def owners() -> Any:
+        v = (await api.get(f"/api/vehicles/{vid}", headers=agent.headers)).json()
+        return v["owners"] == [str(buyer.id)]
+
+    await wait_for(owners)
+    hist = (await api.get(f"/api/vehicles/{vid}/history", headers=agent.headers)).json()
+    assert any(h["field"] == "owners" and req["id"] in h["reason"] for h in hist)
+    rt: Runtime = world["runtime"]
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        row = await con.fetchrow(
+            "SELECT * FROM registrations.transfer_history WHERE request_id = $1", uuid.UUID(req["id"])
+        )
+    assert row["new_owners"] == [buyer.id] and row["old_owners"] == [citizen.id] and row["consent_by"] == citizen.id
+
+
+async def test_renewal_and_duplicates_keep_their_history(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    rt: Runtime = world["runtime"]
+    first = await drive_to_validated(world, await file_first(api, citizen))
+    vid = first["vehicle_id"]
+    r = await api.post(
+        "/api/immatriculations/renewal",
+        json={"vehicle_id": vid, "declared_documents": ["carte_grise", "owner_identity"]},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 201, r.text
+    renewal = await drive_to_validated(world, r.json())
+    r = await api.post(
+        "/api/immatriculations/duplicate",
+        json={"vehicle_id": vid, "reason": "lost", "declared_documents": ["loss_declaration", "owner_identity"]},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 201, r.text
+    dup = await drive_to_validated(world, r.json())
+    r = await api.post(
+        "/api/immatriculations/duplicate",
+        json={
+            "vehicle_id": vid,
+            "reason": "damaged",
+            "of": "plate",
+            "declared_documents": ["loss_declaration", "carte_grise"],
+        },
+        headers=citizen.headers,
+    )
+    assert r.status_code == 201, r.text
+    plate_dup = await drive_to_validated(world, r.json())
+    assert renewal["plate"] == dup["plate"] == plate_dup["plate"] == first["plate"]
+    validated = {e["request_id"]: e for e in await events(rt, "RegistrationValidated")}
+    assert validated[dup["id"]]["duplicate"] is True and validated[dup["id"]]["replaces_previous"] is True
+    assert validated[renewal["id"]]["replaces_previous"] is True and validated[renewal["id"]]["duplicate"] is False
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        assert (
+            await con.fetchval(
+                "SELECT count(*) FROM registrations.renewal_history WHERE vehicle_id = $1", uuid.UUID(vid)
+            )
+            == 1
+        )
+        rows = await con.fetch(
+            "SELECT of_what, reason FROM registrations.duplicate_history WHERE vehicle_id = $1 ORDER BY id",
+            uuid.UUID(vid),
+        )
+    assert [(r["of_what"], r["reason"]) for r in rows] == [("carte_grise", "lost"), ("plate", "damaged")]
+
+
+async def test_prestige_number_is_held_then_issued(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    first = await drive_to_validated(world, await file_first(api, citizen))
+    body = {
+        "procedure": "prestige_number",
+        "vehicle_id": first["vehicle_id"],
+        "prestige_plate": "AA 0007 RB",
+        "declared_documents": ["owner_identity", "carte_grise"],
+    }
+    r = await api.post("/api/immatriculations", json=body, headers=citizen.headers)
+    assert r.status_code == 201, r.text
+    assert r.json()["fee_total_xof"] == 150_000 + 35_000
+    prestige = r.json()
+    # Someone else wants the same number: held.
+    other = await person(world["runtime"], "citizen")
+    theirs = await drive_to_validated(world, await file_first(api, other))
+    r = await api.post(
+        "/api/immatriculations", json={**body, "vehicle_id": theirs["vehicle_id"]}, headers=other.headers
+    )
+    assert r.status_code == 409 and r.json()["code"] == "plate_held"
+    # The sequence skips the held number.
+    plates = []
+    for _ in range(6):
+        plates.append((await drive_to_validated(world, await file_first(api, other)))["plate"])
+    assert "AA 0007 RB" not in plates and "AA 0008 RB" in plates
+    done = await drive_to_validated(world, prestige)
+    assert done["plate"] == "AA 0007 RB"
+
+
+async def test_supervisor_reassigns_sees_overdue_and_stats(world: dict[str, Any], settings: Any) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    second = await person(world["runtime"], "agent")
+    # A supervisor verifies too (the grid gives it registrations:verify): three verifiers.
+    supervisor = await person(world["runtime"], "supervisor")
+    a = await file_first(api, citizen)
+    b = await file_first(api, citizen)
+    c = await file_first(api, citizen)
+    ra = await move(api, agent, a["id"], "paid")
+    rb = await move(api, agent, b["id"], "paid")
+    rc = await move(api, agent, c["id"], "paid")
+    # Fewest open requests: each verifier gets one.
+    assert {ra["assignee_id"], rb["assignee_id"], rc["assignee_id"]} == {
+        str(agent.id),
+        str(second.id),
+        str(supervisor.id),
+    }
+
+    queue = (await api.get("/api/immatriculations?assignee=me", headers=second.headers)).json()["items"]
+    assert len(queue) == 1
+    theirs = queue[0]["id"]
+    # An agent cannot verify another agent's request; a supervisor moves it.
+    mine_not = next(x["id"] for x in (ra, rb, rc) if x["assignee_id"] == str(agent.id))
+    assert mine_not != theirs
+    r = await api.put(f"/api/immatriculations/{mine_not}/status", json={"status": "verified"}, headers=second.headers)
+    assert r.status_code == 404
+    r = await api.put(
+        f"/api/immatriculations/{mine_not}/assignee", json={"assignee_id": str(second.id)}, headers=supervisor.headers
+    )
+    assert r.status_code == 200 and r.json()["assignee_id"] == str(second.id)
+    r = await api.put(
+        f"/api/immatriculations/{mine_not}/assignee", json={"assignee_id": str(second.id)}, headers=agent.headers
+    )
+    assert r.status_code == 403
+    assert len((await api.get("/api/immatriculations?assignee=me", headers=second.headers)).json()["items"]) == 2
+    # Overdue: make the due time of assigned_to_staff tiny by back-dating the status clock.
+    rt: Runtime = world["runtime"]
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        await con.execute(
+            "UPDATE registrations.requests SET status_since = now() - interval '3 days' WHERE id = $1",
+            uuid.UUID(a["id"]),
+        )
+    over = (await api.get("/api/immatriculations/overdue", headers=supervisor.headers)).json()["items"]
+    assert [i["id"] for i in over] == [a["id"]]
+    assert (await api.get("/api/immatriculations/overdue", headers=agent.headers)).status_code == 403
+    stats = (await api.get("/api/immatriculations/stats", headers=supervisor.headers)).json()
+    assert {"key": "assigned_to_staff", "count": 3} in stats["by_status"]
+    assert stats["amount_paid_xof"] == 180_000 and stats["amount_due_xof"] == 0
+    assert any(s["to_status"] == "paid" for s in stats["median_step_s"])
+    r = await api.get("/api/immatriculations/stats?format=csv", headers=supervisor.headers)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert ["by_status", "assigned_to_staff", "3"] in rows and ["amount", "paid_xof", "180000"] in rows
+    assert (await api.get("/api/immatriculations/stats", headers=citizen.headers)).status_code == 403
