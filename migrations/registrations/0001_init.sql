@@ -218,13 +218,13 @@ DECLARE
 BEGIN
     SELECT * INTO f FROM registrations.plate_formats WHERE code = p_format;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown plate format %', p_format USING ERRCODE = 'P0002';
+        RAISE EXCEPTION 'unknown plate format %', p_format USING ERRCODE = 'RG001';
     END IF;
     SELECT ps.series, ps.next_number INTO s, n FROM registrations.plate_series ps
         WHERE ps.format_code = p_format FOR UPDATE;
     LOOP
         IF s IS NULL THEN
-            RAISE EXCEPTION 'plate format % has no series left', p_format USING ERRCODE = 'P0003';
+            RAISE EXCEPTION 'plate format % has no series left', p_format USING ERRCODE = 'RG002';
         END IF;
         IF n > f.max_number THEN
             s := registrations.next_series(s, f.alphabet);

@@ -665,10 +665,11 @@ class RegistrationsActor(Actor):
         try:
             async with con.transaction():
                 return await store.allocate_plate(con, format_code, request_id, vehicle_id)
-        except asyncpg.RaiseError as exc:
-            if exc.sqlstate == "P0002":
+        except asyncpg.PostgresError as exc:
+            # Our own SQLSTATEs (class RG) raised by registrations.allocate_plate().
+            if exc.sqlstate == "RG001":
                 raise NotFound(f"no plate format {format_code!r}", code="unknown_plate_format") from None
-            if exc.sqlstate == "P0003":
+            if exc.sqlstate == "RG002":
                 raise Conflict(f"plate format {format_code} has no series left", code="plates_exhausted") from None
             raise
 
