@@ -23,9 +23,6 @@ from simveb.config import Settings, with_overrides
 @fail_cleanly
 def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
     """Run the API (granian) on the configured database; migrates and seeds first when configured."""
-    from granian import Granian
-    from granian.constants import Interfaces, Loops
-
     from simveb.db import DatabaseProvider
 
     settings = settings_of(ctx)
@@ -46,16 +43,26 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
         for key, value in overrides.items():
             os.environ[f"SIMVEB_SERVER__{key.upper()}"] = str(value)
         click.echo(f"simveb: serving on http://{settings.server.host}:{settings.server.port}", err=True)
-        Granian(
-            "simveb.http.app:app_from_env",
-            address=settings.server.host,
-            port=settings.server.port,
-            interface=Interfaces.ASGI,
-            workers=settings.server.workers,
-            factory=True,
-            loop=Loops.auto,
-            log_access=False,
-        ).serve()
+        granian_server("simveb.http.app:app_from_env", settings).serve()
+
+
+def granian_server(target: str, settings: Settings, **extra: Any) -> Any:
+    """The granian server of `simveb serve` for an ASGI factory `target`; bench/http.py runs its bare
+    baseline app through it too, so both sides of that comparison get the same server settings."""
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    return Granian(
+        target,
+        address=settings.server.host,
+        port=settings.server.port,
+        interface=Interfaces.ASGI,
+        workers=settings.server.workers,
+        factory=True,
+        loop=Loops.auto,
+        log_access=False,
+        **extra,
+    )
 
 
 async def _prepare(settings: Settings) -> None:
