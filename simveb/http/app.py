@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from litestar import Controller, Litestar, MediaType, Request, Response, get
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.stores.memory import MemoryStore
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 import simveb
@@ -40,20 +35,12 @@ from simveb.http import notifications as notifications_http
 from simveb.http import registrations as registrations_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
-from simveb.http.logs import configure_logging, request_id_var
-from simveb.http.security import (
-    attach_verifier,
-    authenticated,
-    bearer_middleware,
-    caller,
-    load_deny_list,
-    maybe_caller,
-    token,
-)
+from simveb.http.logs import configure_logging, flush_logs, request_id_var
+from simveb.http.security import attach_verifier, caller, load_deny_list, maybe_caller, token
+from simveb.http.shell import HttpMetrics, Shell
 from simveb.runtime import Runtime
 
 log = logging.getLogger("simveb.http")
-access_log = logging.getLogger("simveb.access")
 
 PROBLEM = "application/problem+json"
 _TITLES = {
@@ -133,74 +120,6 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         "code": "internal_error",
     }
     return problem(request, 500, body)
-
-
-# --- request id, access log, HTTP metrics -----------------------------------------------------------
-
-
-class HttpMetrics:
-    """HTTP metrics in the app's own registry (several apps in one test process never collide)."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "simveb_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-        )
-        self.duration = Histogram(
-            "simveb_http_request_duration_seconds",
-            "HTTP request duration",
-            ["method", "route"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-        )
-
-
-def request_context_middleware(app: ASGIApp) -> ASGIApp:
-    """X-Request-ID in and out, one JSON access line, and HTTP metrics per route template."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        incoming = None
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                incoming = value.decode("latin-1")[:128]
-                break
-        rid = incoming or uuid.uuid4().hex
-        token = request_id_var.set(rid)
-        started = time.perf_counter()
-        status_holder = [500]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_holder[0] = message["status"]
-                headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", rid.encode("latin-1")))
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - started
-            handler = scope.get("route_handler")
-            route = scope.get("path_template") or (sorted(handler.paths)[0] if handler else "unmatched")
-            metrics: HttpMetrics | None = getattr(scope["app"].state, "http_metrics", None)
-            if metrics is not None:
-                metrics.requests.labels(scope["method"], route, str(status_holder[0])).inc()
-                metrics.duration.labels(scope["method"], route).observe(elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "%s %s %s",
-                    scope["method"],
-                    scope["path"],
-                    status_holder[0],
-                    extra={"status": status_holder[0], "duration_ms": round(elapsed * 1000, 2), "route": route},
-                )
-            request_id_var.reset(token)
-
-    return middleware
 
 
 class BusCollector:
@@ -327,20 +246,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             yield
         finally:
             await rt.stop()
+            flush_logs()
 
-    stores: dict[str, Any] = {"rate_limit": MemoryStore()}
-    if settings.redis.url:
-        from litestar.stores.redis import RedisStore
-
-        stores["rate_limit"] = RedisStore.with_client(url=settings.redis.url, namespace="simveb:ratelimit")
-    middleware: list[Any] = [request_context_middleware, bearer_middleware()]
-    if settings.ratelimit.enabled:
-        middleware.append(
-            RateLimitConfig(
-                rate_limit=("minute", settings.ratelimit.per_minute),
-                exclude=["^/health", "^/metrics", "^/schema", "^/sandbox"],
-            ).middleware
-        )
+    http_metrics = HttpMetrics()
+    shell = Shell(settings, http_metrics)
 
     app = Litestar(
         route_handlers=list(_controllers(settings)),
@@ -351,14 +260,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             "maybe_caller": Provide(maybe_caller, sync_to_thread=False),
             "access_token": Provide(token, sync_to_thread=False),
         },
-        guards=[authenticated],
-        middleware=middleware,
-        cors_config=CORSConfig(
-            allow_origins=settings.server.cors_origins,
-            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID", "Idempotency-Key"],
-            expose_headers=["X-Request-ID", "ETag", "Retry-After"],
-            allow_credentials=False,
-        ),
+        # Request id, CORS, rate limit, bearer token (required unless a route is public), metrics
+        # and the access log: one pure ASGI middleware (simveb/http/shell.py).
+        middleware=[shell.middleware],
         request_max_body_size=settings.server.max_body_bytes,
         exception_handlers={
             DomainError: _domain_error,
@@ -376,11 +280,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             ),
             security=[{"bearer": []}],
         ),
-        stores=stores,
-        state=State({"settings": settings, "metrics_registry": registry}),
+        state=State({"settings": settings, "metrics_registry": registry, "shell": shell}),
         debug=False,
     )
-    app.state.http_metrics = HttpMetrics(registry)
+    registry.register(http_metrics)  # type: ignore[arg-type]
     registry.register(BusCollector(app))  # type: ignore[arg-type]
     if runtime is not None:
         attach_runtime(app, runtime)
@@ -390,7 +293,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
 def attach_runtime(app: Litestar, runtime: Runtime) -> None:
     """Make a started runtime (bus, database, key ring) available to the routes."""
     app.state.runtime = runtime
-    attach_verifier(app, runtime)
+    app.state.shell.verifier = attach_verifier(app, runtime)
 
 
 def app_from_env() -> Litestar:

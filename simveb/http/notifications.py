@@ -43,7 +43,7 @@ TEMPLATES = [requires("notifications:templates")]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
 
 
-def read_templates(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+async def read_templates(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
     """Guard: template editors and staff who send messages may read the templates."""
     user = principal(connection)
     if user is None:

@@ -246,7 +246,7 @@ class UsersController(Controller):
         user = principal(request)
         if user is None:
             return await self._register(bus, request, decode_body(body, RegistrationIn))
-        requires("users:write")(request, request.route_handler)
+        await requires("users:write")(request, request.route_handler)
         data = decode_body(body, UserIn)
         fields = msgspec.structs.asdict(data)
         password = fields.pop("password")

@@ -104,7 +104,7 @@ IMPORT = [requires("vehicles:import")]
 def requires_any(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
     """Guard: the caller's token must carry at least one of these permissions."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
         user = connection.scope.get("user")
         if not isinstance(user, Caller):
             raise Unauthorized("this route needs a bearer token")
