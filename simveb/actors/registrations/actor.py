@@ -663,8 +663,7 @@ class RegistrationsActor(Actor):
         self, con: asyncpg.Connection, format_code: str, request_id: UUID | None, vehicle_id: UUID | None
     ) -> IssuedPlate:
         try:
-            async with con.transaction():
-                return await store.allocate_plate(con, format_code, request_id, vehicle_id)
+            return await store.allocate_plate(con, format_code, request_id, vehicle_id)
         except asyncpg.PostgresError as exc:
             # Our own SQLSTATEs (class RG) raised by registrations.allocate_plate().
             if exc.sqlstate == "RG001":
@@ -877,8 +876,11 @@ class RegistrationsActor(Actor):
     # --- plates -------------------------------------------------------------------------------------
 
     @handler
-    async def allocate(self, msg: AllocatePlate, con: asyncpg.Connection) -> IssuedPlate:
-        return await self._allocate(con, msg.format_code, msg.request_id, msg.vehicle_id)
+    async def allocate(self, msg: AllocatePlate) -> IssuedPlate:
+        # One statement in autocommit: the series row lock is held only while the function runs
+        # (validation calls the same function inside its own transaction).
+        async with self.db.connection() as con:
+            return await self._allocate(con, msg.format_code, msg.request_id, msg.vehicle_id)
 
     @handler
     async def list_series(self, msg: ListSeries, con: asyncpg.Connection) -> list[SeriesPosition]:
