@@ -41,11 +41,11 @@ def token(runtime: Runtime, sub: str, permissions: list[str], roles: list[str]) 
     )
 
 
-async def person(runtime: Runtime, *roles: str, kind: str | None = None) -> Person:
+async def person(runtime: Runtime, *roles: str, kind: str | None = None, **fields: Any) -> Person:
     """A user with these roles (seeded grid), and a bearer token with the permissions the grid gives."""
     assert runtime.bus is not None
     staff = not set(roles) & {"citizen", "company", "affiliate"}
-    user = await make_user(runtime, *roles, kind=kind or ("staff" if staff else "person"))
+    user = await make_user(runtime, *roles, kind=kind or ("staff" if staff else "person"), **fields)
     authz = await runtime.bus.ask(GetUserAuthz(user_id=user.id))
     tok = token(runtime, str(user.id), list(authz.permissions), list(authz.roles))
     return Person(id=user.id, headers={"Authorization": f"Bearer {tok}"}, permissions=list(authz.permissions))

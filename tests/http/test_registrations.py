@@ -455,3 +455,105 @@ async def test_supervisor_reassigns_sees_overdue_and_stats(world: dict[str, Any]
     rows = list(csv.reader(io.StringIO(r.text)))
     assert ["by_status", "assigned_to_staff", "3"] in rows and ["amount", "paid_xof", "180000"] in rows
     assert (await api.get("/api/immatriculations/stats", headers=citizen.headers)).status_code == 403
+
+
+async def test_affiliate_files_for_a_company_customer(world: dict[str, Any]) -> None:
+    api, agent = world["client"], world["agent"]
+    rt: Runtime = world["runtime"]
+    dealer = await person(rt, "affiliate")
+    customer = await person(rt, "company", kind="company", company_name="Sodeco SARL", ifu="3201910000001")
+    body = {
+        "vehicle": new_vehicle(),
+        "applicant_id": str(customer.id),
+        "owner_type": "company",
+        "declared_documents": FIRST_DOCS,
+    }
+    r = await api.post("/api/immatriculations", json=body, headers=dealer.headers)
+    assert r.status_code == 201, r.text
+    req = r.json()
+    assert req["applicant_id"] == str(customer.id) and req["filed_by"] == str(dealer.id)
+    assert req["fee_total_xof"] == 25_000 + 35_000 + 5_000  # a company pays the owner-type adjustment
+    for who in (dealer, customer):
+        page = (await api.get("/api/immatriculations", headers=who.headers)).json()
+        assert [i["id"] for i in page["items"]] == [req["id"]]
+    done = await drive_to_validated(world, req)
+    vehicle = (await api.get(f"/api/vehicles/{done['vehicle_id']}", headers=agent.headers)).json()
+    assert vehicle["owners"] == [str(customer.id)]
+
+
+async def test_cursor_pagination_and_filters(world: dict[str, Any]) -> None:
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    admin = await person(world["runtime"], "admin")
+    made = [await file_first(api, citizen) for _ in range(5)]
+    await move(api, agent, made[0]["id"], "paid")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        q = "/api/immatriculations?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.get(q, headers=admin.headers)).json()
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [m["id"] for m in reversed(made)]
+    by_status = (await api.get("/api/immatriculations?status=assigned_to_staff", headers=admin.headers)).json()
+    assert [i["id"] for i in by_status["items"]] == [made[0]["id"]]
+    by_vehicle = (await api.get(f"/api/immatriculations?vehicle={made[3]['vehicle_id']}", headers=admin.headers)).json()
+    assert [i["id"] for i in by_vehicle["items"]] == [made[3]["id"]]
+    by_procedure = (await api.get("/api/immatriculations?procedure=transfer", headers=admin.headers)).json()
+    assert by_procedure["items"] == []
+    r = await api.get("/api/immatriculations?cursor=garbage", headers=admin.headers)
+    assert r.status_code == 422
+
+
+async def test_the_workflow_is_pinned_when_the_request_is_filed(world: dict[str, Any]) -> None:
+    from simveb.actors.config.messages import GetService, ServiceFields, UpdateService, WorkflowStep
+
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    rt: Runtime = world["runtime"]
+    assert rt.bus is not None
+    old = await file_first(api, citizen)
+    service = await rt.bus.ask(GetService(code="first_registration"))
+    # The catalogue drops pre-validation: verified goes straight to validated.
+    steps = [s for s in service.workflow if "pre_validated" not in (s.from_status, s.to_status)]
+    steps.append(WorkflowStep(from_status="verified", to_status="validated", permission="registrations:validate"))
+    fields = ServiceFields(
+        label_fr=service.label_fr,
+        label_en=service.label_en,
+        required_documents=service.required_documents,
+        workflow=steps,
+    )
+    await rt.bus.ask(UpdateService(code="first_registration", fields=fields, by="admin"))
+    new = await file_first(api, citizen)
+    for req in (old, new):
+        await move(api, agent, req["id"], "paid")
+        await move(api, agent, req["id"], "verified")
+    # The open request keeps its pinned line; the new one follows the edited catalogue.
+    assert (await move(api, agent, old["id"], "pre_validated"))["status"] == "pre_validated"
+    r = await api.put(
+        f"/api/immatriculations/{new['id']}/status", json={"status": "pre_validated"}, headers=agent.headers
+    )
+    assert r.status_code == 409 and "validated" in r.json()["allowed"]
+
+
+async def test_plate_administration_over_http(world: dict[str, Any]) -> None:
+    api, agent = world["client"], world["agent"]
+    admin = await person(world["runtime"], "admin")
+    r = await api.post(
+        "/api/immatriculations/plates/reservations",
+        json={"format_code": "car", "number_from": 1, "number_to": 3, "reason": "state"},
+        headers=admin.headers,
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+    assert (await api.get("/api/immatriculations/plates/series", headers=agent.headers)).status_code == 403
+    r = await api.post("/api/immatriculations/plates/reservations", json={"format_code": "car"}, headers=admin.headers)
+    assert r.status_code == 422 and r.json()["code"] == "nothing_reserved"
+    first = await drive_to_validated(world, await file_first(api, world["citizen"]))
+    assert first["plate"] == "AA 0004 RB"
+    series = (await api.get("/api/immatriculations/plates/series", headers=admin.headers)).json()
+    car = next(s for s in series if s["format_code"] == "car")
+    assert car["series"] == "AA" and car["next_number"] == 5 and car["issued"] == 1 and car["reserved_rules"] == 1
+    r = await api.delete(f"/api/immatriculations/plates/reservations/{rid}", headers=admin.headers)
+    assert r.status_code == 200 and r.json()["released_at"] is not None
+    assert (await api.get("/api/immatriculations/plates/reservations", headers=admin.headers)).json() == []
