@@ -258,6 +258,9 @@ class RegistrationsSettings(Section):
     )
     # The list of staff who verify (for assignment) is asked of users at most this often.
     staff_cache_s: PositiveFloat = 30.0
+    # Plates of the sequence found on other vehicles of the registry (typed in by hand, imported)
+    # that one validation skips before it gives up with a 409.
+    plate_collision_retries: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

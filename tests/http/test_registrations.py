@@ -369,6 +369,16 @@ async def test_renewal_and_duplicates_keep_their_history(world: dict[str, Any]) 
             uuid.UUID(vid),
         )
     assert [(r["of_what"], r["reason"]) for r in rows] == [("carte_grise", "lost"), ("plate", "damaged")]
+    # The vehicle's history names each request, even those that change no field of the vehicle.
+
+    async def registrations_in_history() -> list[Any]:
+        hist = (await api.get(f"/api/vehicles/{vid}/history", headers=world["agent"].headers)).json()
+        return [h for h in hist if h["field"] == "registration"]
+
+    await wait_for(lambda: _len_is(registrations_in_history, 4))
+    entries = await registrations_in_history()
+    for req in (first, renewal, dup, plate_dup):
+        assert any(req["id"] in h["reason"] and h["new_value"]["number"] == req["number"] for h in entries)
 
 
 async def test_prestige_number_is_held_then_issued(world: dict[str, Any]) -> None:
@@ -377,7 +387,7 @@ async def test_prestige_number_is_held_then_issued(world: dict[str, Any]) -> Non
     body = {
         "procedure": "prestige_number",
         "vehicle_id": first["vehicle_id"],
-        "prestige_plate": "AA 0007 RB",
+        "prestige_plate": "AA0007RB",  # spaced as the format writes it once held
         "declared_documents": ["owner_identity", "carte_grise"],
     }
     r = await api.post("/api/immatriculations", json=body, headers=citizen.headers)
@@ -557,3 +567,22 @@ async def test_plate_administration_over_http(world: dict[str, Any]) -> None:
     r = await api.delete(f"/api/immatriculations/plates/reservations/{rid}", headers=admin.headers)
     assert r.status_code == 200 and r.json()["released_at"] is not None
     assert (await api.get("/api/immatriculations/plates/reservations", headers=admin.headers)).json() == []
+
+
+async def test_a_plate_already_on_another_vehicle_is_skipped(world: dict[str, Any]) -> None:
+    """A collision with a plate the registry already holds (typed in by hand) is retried, not issued."""
+    api, agent = world["client"], world["agent"]
+    legacy = {"vin": "VF1LEGACY00000001", "make": "Peugeot", "model": "406", "energy": "Gazole", "plate": "aa0001rb"}
+    r = await api.post("/api/vehicles", json=legacy, headers=agent.headers)
+    assert r.status_code == 201, r.text
+    done = await drive_to_validated(world, await file_first(api, world["citizen"]))
+    assert done["plate"] == "AA 0002 RB"
+    rt: Runtime = world["runtime"]
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        row = await con.fetchrow(
+            "SELECT taken_elsewhere, request_id FROM registrations.issued_plates WHERE plate = 'AA 0001 RB'"
+        )
+    assert row["taken_elsewhere"] is True and row["request_id"] is None
+    # The next request does not get it either.
+    assert (await drive_to_validated(world, await file_first(api, world["citizen"])))["plate"] == "AA 0003 RB"

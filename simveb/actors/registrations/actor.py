@@ -133,6 +133,7 @@ class Prefetched(msgspec.Struct, kw_only=True):
     vehicle: Vehicle | None = None
     standing: VehicleStanding | None = None
     documents_missing: tuple[str, ...] | None = None
+    plate: str | None = None  # the sequential plate issued to the request before validation
 
 
 class RegistrationsActor(Actor):
@@ -352,7 +353,11 @@ class RegistrationsActor(Actor):
         if effects.plate == "prestige":
             if msg.prestige_plate is None:
                 raise Invalid("a prestige number request names the plate wanted", code="prestige_plate_required")
-            prestige = " ".join(msg.prestige_plate.split())
+            async with self.db.connection() as con:
+                fmt = await store.plate_format(con, vehicle.category, msg.registration_type)
+            if fmt is None:
+                raise Invalid("no plate format for this vehicle category and registration type", code="no_plate_format")
+            _, _, prestige = _parse_plate(fmt, " ".join(msg.prestige_plate.split()))
             details["prestige_plate"] = prestige
 
         standing = await self.bus.ask(
@@ -457,9 +462,9 @@ class RegistrationsActor(Actor):
         fmt = await store.plate_format(con, req.vehicle_category, await store.get_registration_type(con, req.id))
         if fmt is None:
             raise Invalid("no plate format for this vehicle category and registration type", code="no_plate_format")
+        series, number, plate = _parse_plate(fmt, plate)
         if await store.plate_issued(con, plate):
             raise Conflict(f"plate {plate} is already issued", code="plate_taken")
-        series, number = _parse_plate(fmt, plate)
         try:
             async with con.transaction():
                 await store.add_reservation(
@@ -589,12 +594,9 @@ class RegistrationsActor(Actor):
         plate = vehicle.plate
         details = dict(req.details)
         if effects.plate == "new":
-            fmt = await store.plate_format(con, req.vehicle_category, await store.get_registration_type(con, req.id))
-            if fmt is None:
-                raise Conflict(
-                    "no plate format for this vehicle category and registration type", code="no_plate_format"
-                )
-            plate = (await self._allocate(con, fmt.code, req.id, vehicle.id)).plate
+            plate = pre.plate
+            if plate is None or await store.plate_of_request(con, req.id) != plate:
+                raise Conflict("the plate issued for this request changed meanwhile: retry", code="plate_changed")
         elif effects.plate == "prestige":
             wanted = details.get("prestige_plate")
             fmt = await store.plate_format(con, req.vehicle_category, await store.get_registration_type(con, req.id))
@@ -659,6 +661,34 @@ class RegistrationsActor(Actor):
         )
         return {"plate": plate}
 
+    async def _plate_for(self, req: Request, vehicle: Vehicle) -> str:
+        """The next plate of the sequence for a request, issued (committed) before its validation.
+
+        The allocation commits on its own, so the series lock is held one statement, not for the
+        whole validating transaction. A plate the registry already shows on another vehicle (typed in
+        by hand, imported) is a collision: it is kept out of the sequence and the next one is tried.
+        A validation retried after a failure reuses the plate issued to the request.
+        """
+        async with self.db.connection() as con:
+            fmt = await store.plate_format(con, req.vehicle_category, await store.get_registration_type(con, req.id))
+        if fmt is None:
+            raise Conflict("no plate format for this vehicle category and registration type", code="no_plate_format")
+        for _ in range(self.settings.registrations.plate_collision_retries + 1):
+            async with self.db.connection() as con:
+                plate = await store.plate_of_request(con, req.id)
+                if plate is None:
+                    plate = (await self._allocate(con, fmt.code, req.id, vehicle.id)).plate
+            try:
+                holder = (await self.bus.ask(GetVehicleStanding(plate=plate))).vehicle_id
+            except NotFound:
+                return plate
+            if holder == vehicle.id:
+                return plate
+            log.warning("plate %s is already on vehicle %s in the registry: skipped", plate, holder)
+            async with self.db.connection() as con:
+                await store.mark_taken_elsewhere(con, plate)
+        raise Conflict("too many plates of the sequence are already on other vehicles", code="plate_collisions")
+
     async def _allocate(
         self, con: asyncpg.Connection, format_code: str, request_id: UUID | None, vehicle_id: UUID | None
     ) -> IssuedPlate:
@@ -677,6 +707,10 @@ class RegistrationsActor(Actor):
         if to_status == VALIDATED and req.vehicle_id is not None:
             pre.vehicle = await self.bus.ask(GetVehicle(vehicle_id=req.vehicle_id))
             pre.standing = await self.bus.ask(GetVehicleStanding(vehicle_id=req.vehicle_id))
+            async with self.db.connection() as con:
+                effects = await store.effects(con, req.procedure)
+            if effects.plate == "new":
+                pre.plate = await self._plate_for(req, pre.vehicle)
         if to_status in (PAID, "resubmitted") or (to_status == "submitted" and req.fee_total_xof == 0):
             pre.verifiers = await self._staff()
         return pre
@@ -934,12 +968,15 @@ class RegistrationsActor(Actor):
         return await store.list_reservations(con, msg.format_code, msg.include_released)
 
 
-def _parse_plate(fmt: store.PlateFormat, plate: str) -> tuple[str | None, int | None]:
-    """(series, number) when a plate text fits the format's template, so the sequence skips it."""
-    pattern = re.escape(fmt.template)
+def _parse_plate(fmt: store.PlateFormat, plate: str) -> tuple[str | None, int | None, str]:
+    """(series, number, plate as the format writes it) when a plate fits the format's template
+    (spaces ignored), so the sequence skips it; (None, None, plate) for a free text."""
+    pattern = re.escape(fmt.template.replace(" ", ""))
     pattern = pattern.replace(re.escape("{series}"), f"(?P<s>[{fmt.alphabet}]{{{fmt.series_length}}})")
     pattern = pattern.replace(re.escape("{number}"), f"(?P<n>[0-9]{{{fmt.number_digits}}})")
-    m = re.fullmatch(pattern, plate)
+    m = re.fullmatch(pattern, plate.replace(" ", ""))
     if m is None:
-        return None, None
-    return m["s"], int(m["n"])
+        return None, None, plate
+    number = int(m["n"])
+    canonical = fmt.template.replace("{series}", m["s"]).replace("{number}", f"{number:0{fmt.number_digits}d}")
+    return m["s"], number, canonical

@@ -369,7 +369,7 @@ async def issue_plate(
     """Issue a given plate (prestige); None when it was issued already."""
     row = await con.fetchrow(
         "INSERT INTO registrations.issued_plates (plate, format_code, request_id, vehicle_id)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (plate) DO NOTHING"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
         " RETURNING plate, format_code, series, number, request_id, vehicle_id, issued_at",
         plate,
         format_code,
@@ -380,7 +380,29 @@ async def issue_plate(
 
 
 async def plate_issued(con: asyncpg.Connection, plate: str) -> bool:
-    return bool(await con.fetchval("SELECT EXISTS (SELECT 1 FROM registrations.issued_plates WHERE plate = $1)", plate))
+    return bool(
+        await con.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM registrations.issued_plates WHERE plate_key = replace($1, ' ', ''))", plate
+        )
+    )
+
+
+async def plate_of_request(con: asyncpg.Connection, request_id: UUID) -> str | None:
+    """The sequential plate already issued to a request (a validation retried after a failure reuses it)."""
+    return await con.fetchval(
+        "SELECT plate FROM registrations.issued_plates WHERE request_id = $1 AND NOT taken_elsewhere"
+        " AND series IS NOT NULL ORDER BY issued_at DESC LIMIT 1",
+        request_id,
+    )
+
+
+async def mark_taken_elsewhere(con: asyncpg.Connection, plate: str) -> None:
+    """The plate is on another vehicle of the registry: it stays issued (never offered again), to nobody."""
+    await con.execute(
+        "UPDATE registrations.issued_plates SET taken_elsewhere = true, request_id = NULL, vehicle_id = NULL"
+        " WHERE plate = $1",
+        plate,
+    )
 
 
 async def set_series(con: asyncpg.Connection, format_code: str, series: str | None, next_number: int) -> None:

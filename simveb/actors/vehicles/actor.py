@@ -27,7 +27,7 @@ from uuid import UUID, uuid4
 import asyncpg
 import msgspec
 
-from simveb.actors.registrations.messages import OwnershipTransferred, PlateAssigned
+from simveb.actors.registrations.messages import OwnershipTransferred, PlateAssigned, RegistrationValidated
 from simveb.actors.vehicles import seed_data, store
 from simveb.actors.vehicles.messages import (
     CSV_COLUMNS,
@@ -508,6 +508,21 @@ class VehiclesActor(Actor):
             f"registration request {event.request_id} ({event.number})",
         )
         await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=by))
+
+    @handler
+    async def on_registration_validated(self, event: RegistrationValidated, con: asyncpg.Connection) -> None:
+        """Every validated request leaves a line in the history (a renewal or a duplicate changes no field)."""
+        if await store.get_vehicle(con, event.vehicle_id) is None:
+            log.error("registration %s validated for unknown vehicle %s", event.number, event.vehicle_id)
+            return
+        entry = {"procedure": event.procedure, "number": event.number, "plate": event.plate}
+        await store.record(
+            con,
+            event.vehicle_id,
+            f"registrations:{event.request_id}",
+            [("registration", None, entry)],
+            f"registration request {event.request_id} ({event.number})",
+        )
 
     @handler
     async def set_status(self, msg: SetVehicleStatus) -> Vehicle:
