@@ -586,3 +586,25 @@ async def test_a_plate_already_on_another_vehicle_is_skipped(world: dict[str, An
     assert row["taken_elsewhere"] is True and row["request_id"] is None
     # The next request does not get it either.
     assert (await drive_to_validated(world, await file_first(api, world["citizen"])))["plate"] == "AA 0003 RB"
+
+
+async def test_a_retried_validation_returns_the_first_answer(world: dict[str, Any]) -> None:
+    api, agent, validator = world["client"], world["agent"], world["validator"]
+    req = await file_first(api, world["citizen"])
+    for status in ("paid", "verified", "pre_validated"):
+        await move(api, agent, req["id"], status)
+    headers = {**validator.headers, "Idempotency-Key": f"validate-{req['id']}"}
+    first = await api.post(f"/api/immatriculations/{req['id']}/validate", json={"note": "ok"}, headers=headers)
+    again = await api.post(f"/api/immatriculations/{req['id']}/validate", json={"note": "ok"}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert again.json() == first.json() and first.json()["plate"] == "AA 0001 RB"
+    # Without the key the same click is a stale retry: the request moved on.
+    r = await api.post(f"/api/immatriculations/{req['id']}/validate", json={"note": "ok"}, headers=validator.headers)
+    assert r.status_code == 409 and r.json()["current"] == "validated"
+    # Same key, another body: refused.
+    r = await api.post(f"/api/immatriculations/{req['id']}/validate", json={"note": "other"}, headers=headers)
+    assert r.status_code == 422
+    rt: Runtime = world["runtime"]
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        assert await con.fetchval("SELECT count(*) FROM registrations.issued_plates") == 1
