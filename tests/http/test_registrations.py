@@ -608,3 +608,35 @@ async def test_a_retried_validation_returns_the_first_answer(world: dict[str, An
     assert rt.db is not None
     async with rt.db.connection() as con:
         assert await con.fetchval("SELECT count(*) FROM registrations.issued_plates") == 1
+
+
+async def test_filing_again_after_a_cancel_takes_up_the_applicants_new_vehicle(world: dict[str, Any]) -> None:
+    api, citizen = world["client"], world["citizen"]
+    vehicle = new_vehicle()
+    first = await file_first(api, citizen, vehicle=vehicle, declared_documents=[])
+    assert first["status"] == "pending"
+    r = await api.post("/api/immatriculations", json={"vehicle": vehicle}, headers=citizen.headers)
+    assert r.status_code == 409 and r.json()["code"] == "request_already_open"
+    await move(api, citizen, first["id"], "canceled")
+    again = await file_first(api, citizen, vehicle=vehicle)
+    assert again["vehicle_id"] == first["vehicle_id"] and again["id"] != first["id"]
+    # Someone else's VIN is not taken up.
+    other = await person(world["runtime"], "citizen")
+    r = await api.post("/api/immatriculations", json={"vehicle": vehicle}, headers=other.headers)
+    assert r.status_code == 409 and r.json()["code"] == "vin_exists"
+    # A registered vehicle is not registered a first time again.
+    done = await drive_to_validated(world, again)
+
+    async def plated() -> bool:
+        v = (await api.get(f"/api/vehicles/{done['vehicle_id']}", headers=citizen.headers)).json()
+        return v["plate"] == done["plate"]
+
+    await wait_for(plated)
+    for status in ("print_order_emitted", "printed", "given_to_applicant", "closed"):
+        await move(api, world["agent"], done["id"], status)
+    r = await api.post(
+        "/api/immatriculations",
+        json={"vehicle_id": done["vehicle_id"], "declared_documents": FIRST_DOCS},
+        headers=citizen.headers,
+    )
+    assert r.status_code == 409 and r.json()["code"] == "already_registered"

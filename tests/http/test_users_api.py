@@ -309,6 +309,9 @@ async def test_admin_creates_staff(runtime, client, world):
     assert found.permissions == [
         "integrations:lookup",
         "notifications:send",
+        "payments:confirm",
+        "registrations:deliver",
+        "registrations:print",
         "registrations:verify",
         "users:kyc",
         "users:read",

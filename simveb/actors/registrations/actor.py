@@ -307,21 +307,30 @@ class RegistrationsActor(Actor):
         if msg.vehicle is not None:
             if effects.plate != "new":
                 raise Invalid(f"a {service.code} request is for a registered vehicle", code="vehicle_id_required")
-            vehicle = await self.bus.ask(
-                RegisterVehicle(
-                    vin=msg.vehicle.vin,
-                    fields=msg.vehicle.fields,
-                    owners=[applicant],
-                    filed_by=str(filed_by) if filed_by else None,
-                    by=caller.sub,
+            try:
+                vehicle = await self.bus.ask(
+                    RegisterVehicle(
+                        vin=msg.vehicle.vin,
+                        fields=msg.vehicle.fields,
+                        owners=[applicant],
+                        filed_by=str(filed_by) if filed_by else None,
+                        by=caller.sub,
+                    )
                 )
-            )
+            except Conflict as exc:
+                if exc.code not in ("vin_exists", "vehicle_exists"):
+                    raise
+                # A filing that failed after the vehicle was created (a refusal, a crash) is filed
+                # again: the applicant's own unplated vehicle is taken up, anyone else's is a 409.
+                vehicle = await self._unplated_vehicle_of(msg.vehicle.vin, applicant, exc)
         else:
             assert msg.vehicle_id is not None
             try:
                 vehicle = await self.bus.ask(GetVehicle(vehicle_id=msg.vehicle_id))
             except NotFound:
                 raise NotFound(f"no vehicle {msg.vehicle_id}", code="vehicle_not_found") from None
+        if effects.plate == "new" and not effects.replaces and vehicle.plate is not None:
+            raise Conflict(f"the vehicle is registered already (plate {vehicle.plate})", code="already_registered")
         details["vehicle_plate"] = vehicle.plate
         details["old_owners"] = [str(o) for o in vehicle.owners]
 
@@ -437,6 +446,16 @@ class RegistrationsActor(Actor):
                     req = await self._move(con, req, submit[0], caller.sub, "", Prefetched(verifiers=verifiers))
             await self._remember(con, caller, msg.idempotency, req)
         return req
+
+    async def _unplated_vehicle_of(self, vin: str, applicant: UUID, refusal: Conflict) -> Vehicle:
+        try:
+            found = await self.bus.ask(GetVehicleStanding(vin=vin))
+        except NotFound:
+            raise refusal from None
+        vehicle = await self.bus.ask(GetVehicle(vehicle_id=found.vehicle_id))
+        if vehicle.plate is not None or applicant not in vehicle.owners:
+            raise refusal
+        return vehicle
 
     def _check_standing(self, standing: VehicleStanding, *, transfer: bool) -> None:
         reasons = [{"code": r.code, "detail": r.detail} for r in standing.reasons]
