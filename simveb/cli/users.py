@@ -40,9 +40,8 @@ def users_create(
     password_stdin: bool,
 ) -> None:
     """Create an active account (e.g. the first admin); the password is checked and set by auth."""
-    from simveb.actors.auth.messages import SetPassword
+    from simveb.actors.auth.messages import CreateAccount
     from simveb.actors.users.messages import CreateUser, SeedUsers
-    from simveb.http.users import create_account
 
     settings = settings_of(ctx)
     password = None
@@ -68,8 +67,10 @@ def users_create(
 
     async def work(runtime: Any) -> tuple[Any, bool, bool]:
         await runtime.bus.ask(SeedUsers(only_if_empty=True))  # the roles exist on a fresh database
-        user, password_set = await create_account(runtime.bus, message, password)
-        return user, password_set, runtime.bus.handles(SetPassword)
+        if not runtime.bus.handles(CreateAccount):  # no auth service here: the account without a password
+            return await runtime.bus.ask(message), False, False
+        created = await runtime.bus.ask(CreateAccount(user=message, password=password))
+        return created.user, created.password_set, True
 
     user, password_set, auth_running = run(with_runtime(settings, work))
     click.echo(f"created {user.kind} {user.id} ({', '.join(user.roles)}) {user.email or user.phone or ''}".rstrip())

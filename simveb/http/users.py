@@ -14,9 +14,9 @@ asks users, and the ask graph must stay acyclic):
   What remains observable is unavoidable: the owner of a phone receives the code only when the
   registration holds that phone. Auth decides whom it sends a code to and returns the same shape
   either way; when auth is not running in this process, the 202 carries no challenge.
-- Staff creation (`POST /api/users` with a token holding users:write): a saga. Auth checks the
-  password against the policy, users creates the account, auth sets the password; if that last step
-  fails, the account is deactivated and released (`AbortCreation`) and the error is returned.
+- Staff creation (`POST /api/users` with a token holding users:write): one `CreateAccount` to auth,
+  which runs the saga (policy, users' CreateUser, password, and `AbortCreation` if the password
+  cannot be set).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 
-from simveb.actors.auth.messages import CheckPasswordPolicy, OtpRequested, RequestOtp, SetPassword
+from simveb.actors.auth.messages import CreateAccount, OtpRequested, RequestOtp
 from simveb.actors.users.messages import (
-    AbortCreation,
     Caller,
     CreateUser,
     DeactivateUser,
@@ -67,7 +66,7 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Bus
-from simveb.errors import DomainError, InternalError, Unauthorized
+from simveb.errors import Unauthorized
 from simveb.http.inputs import Input
 from simveb.http.security import maybe_caller as principal
 from simveb.http.security import requires
@@ -176,32 +175,6 @@ def _client_ip(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
 
-async def create_account(bus: Bus, message: CreateUser, password: str | None) -> tuple[User, bool]:
-    """The staff-creation saga: policy check, create, set password, compensate if the last step fails.
-
-    Returns the user and whether a password was set. Without an auth actor in this process the
-    password steps are skipped (the account can get a password later through a reset by OTP).
-    """
-    with_password = password is not None and bus.handles(SetPassword)
-    if with_password and bus.handles(CheckPasswordPolicy):
-        await bus.ask(CheckPasswordPolicy(password=password))  # type: ignore[arg-type]
-    user = await bus.ask(message)
-    if not with_password:
-        return user, False
-    try:
-        await bus.ask(SetPassword(user_id=user.id, password=password, by=message.caller.sub))  # type: ignore[arg-type]
-    except Exception as exc:
-        log.warning("password of new user %s could not be set (%s): releasing the account", user.id, exc)
-        try:
-            await bus.ask(AbortCreation(user_id=user.id, by=message.caller.sub, reason="password not set"))
-        except Exception:
-            log.exception("could not release user %s after a failed creation", user.id)
-        if isinstance(exc, DomainError):
-            raise
-        raise InternalError("the account could not be completed", code="creation_failed") from exc
-    return user, True
-
-
 # --- routes -------------------------------------------------------------------------------------------
 
 
@@ -250,8 +223,8 @@ class UsersController(Controller):
         data = decode_body(body, UserIn)
         fields = msgspec.structs.asdict(data)
         password = fields.pop("password")
-        created, _ = await create_account(bus, CreateUser(caller=caller_of(user), **fields), password)
-        return Response(created, status_code=201)
+        created = await bus.ask(CreateAccount(user=CreateUser(caller=caller_of(user), **fields), password=password))
+        return Response(created.user, status_code=201)
 
     async def _register(self, bus: Bus, request: Request[Any, Any, Any], data: RegistrationIn) -> Response[Any]:
         await bus.ask(RegisterCitizen(**msgspec.structs.asdict(data)))

@@ -1,19 +1,16 @@
 """The users actor through the bus: seed, login resolution, registration life cycle, histories,
-and the staff-creation saga's compensation."""
+and the account-creation saga's compensation (run by auth, which asks users)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import asyncpg
 import pytest
 
-from simveb.actors.auth.messages import CheckPasswordPolicy, SetPassword
-from simveb.actors.integrations.actor import IntegrationsActor
-from simveb.actors.notifications.actor import NotificationsActor
-from simveb.actors.users.actor import UsersActor, normalise_name
+from simveb.actors.auth.messages import CreateAccount, Login
+from simveb.actors.users.actor import normalise_name
 from simveb.actors.users.messages import (
     SYSTEM,
     Caller,
@@ -26,12 +23,8 @@ from simveb.actors.users.messages import (
     ResolveLogin,
     SeedUsers,
 )
-from simveb.bus import Actor, handler
-from simveb.config import Settings
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound
-from simveb.http.users import create_account
 from simveb.runtime import Runtime
-from tests.conftest import fresh_runtime
 from tests.users_support import make_user, npi, phone, seed_roles
 
 
@@ -140,42 +133,57 @@ def test_name_comparison_ignores_case_accents_and_separators():
     assert normalise_name("Koffi") != normalise_name("Kofi")
 
 
-# --- the staff-creation saga, with an auth that cannot store passwords ------------------------------
+# --- the account-creation saga (auth's CreateAccount) and its compensation ---------------------------
 
 
-class BrokenPasswordStore(Actor):
-    """Stands in for auth: accepts every password, then fails to store it (a database outage)."""
-
-    name = "auth"
-
-    @handler
-    async def check(self, msg: CheckPasswordPolicy) -> None:
-        return None
-
-    @handler
-    async def set_password(self, msg: SetPassword) -> None:
-        raise Conflict("password store unavailable", code="password_store_down")
+async def _account_rows(rt: Runtime, email: str) -> list[asyncpg.Record]:
+    async with rt.db.connection() as con:
+        return await con.fetch(
+            "SELECT u.id, u.status, u.released, array_agg(h.action ORDER BY h.id) AS actions,"
+            " EXISTS (SELECT 1 FROM auth.credentials c WHERE c.user_id = u.id) AS has_password"
+            " FROM users.users u JOIN users.user_history h ON h.user_id = u.id WHERE u.email = $1"
+            " GROUP BY u.id ORDER BY u.created_at",
+            email,
+        )
 
 
-@pytest.fixture
-async def broken_auth_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    actors = [UsersActor, IntegrationsActor, NotificationsActor, BrokenPasswordStore]
-    async with fresh_runtime(settings, actors=actors) as rt:
-        yield rt
-
-
-async def test_failed_password_step_releases_the_new_account(broken_auth_runtime):
-    rt = broken_auth_runtime
+async def test_password_refused_once_the_account_exists_releases_it(runtime):
+    rt = runtime
     await seed_roles(rt)
-    message = CreateUser(caller=SYSTEM, roles=["agent"], email="late@simveb.test")
-    with pytest.raises(Conflict, match="password store"):
-        await create_account(rt.bus, message, "a long enough passphrase")
+    email = "awa.dossou@simveb.test"
+    message = CreateUser(caller=SYSTEM, roles=["agent"], email=email)
+    # Long enough for the check made before creating anything, but it contains the account's own
+    # email: refused once users created the account, so auth releases the account again.
+    with pytest.raises(Invalid) as refused:
+        await rt.bus.ask(CreateAccount(user=message, password="Awa.Dossou is my passphrase"))
+    assert refused.value.code == "password_policy"
+    assert refused.value.extra["rules"] == ["not containing the account's email, phone or NPI"]
     with pytest.raises(NotFound):  # the email is free again ...
-        await rt.bus.ask(ResolveLogin(identifier="late@simveb.test"))
-    async with rt.db.pool.acquire() as con:
-        row = await con.fetchrow("SELECT id, status, released FROM users.users WHERE email = 'late@simveb.test'")
-        actions = await con.fetch("SELECT action FROM users.user_history WHERE user_id = $1 ORDER BY id", row["id"])
-    assert (row["status"], row["released"]) == ("inactive", True)  # ... and nothing was erased
-    assert [a["action"] for a in actions] == ["created", "creation_aborted"]
-    user, password_set = await create_account(rt.bus, message, None)  # without a password: no saga step
-    assert user.status == "active" and password_set is False
+        await rt.bus.ask(ResolveLogin(identifier=email))
+    (row,) = await _account_rows(rt, email)  # ... and nothing was erased
+    assert (row["status"], row["released"], row["has_password"]) == ("inactive", True, False)
+    assert row["actions"] == ["created", "creation_aborted"]
+
+    # A plainly bad password creates nothing at all.
+    with pytest.raises(Invalid):
+        await rt.bus.ask(
+            CreateAccount(user=CreateUser(caller=SYSTEM, roles=["agent"], email="x@simveb.test"), password="short")
+        )
+    assert await _account_rows(rt, "x@simveb.test") == []
+
+    # The same email with an acceptable password: created, active, password set, signs in.
+    created = await rt.bus.ask(CreateAccount(user=message, password="a long enough passphrase"))
+    assert created.password_set and created.user.status == "active"
+    result = await rt.bus.ask(Login(identifier=email, password="a long enough passphrase"))
+    assert result.status == "authenticated"
+    rows = await _account_rows(rt, email)
+    assert [(r["status"], r["has_password"]) for r in rows] == [("inactive", False), ("active", True)]
+
+
+async def test_account_without_a_password(runtime):
+    await seed_roles(runtime)
+    message = CreateUser(caller=SYSTEM, roles=["agent"], email="later@simveb.test")
+    created = await runtime.bus.ask(CreateAccount(user=message))
+    assert created.user.status == "active" and created.password_set is False
+    (row,) = await _account_rows(runtime, "later@simveb.test")
+    assert row["has_password"] is False

@@ -12,6 +12,10 @@ Rules that hold everywhere below:
 - Secrets are stored hashed: passwords with argon2id (off the event loop), one-time codes with a
   peppered HMAC-SHA256, refresh tokens and recovery codes (high entropy) with SHA-256.
 - Revoking a session denies every access token it still has alive; verifiers poll the deny list.
+- Handlers that only touch the auth schema take the runtime's connection (one transaction per
+  message). Those that ask the users actor, or hash with argon2 (tens of milliseconds in a thread),
+  take none: they use short `self.db.connection()` / `transaction()` blocks around, never across,
+  the ask or the hash, so a pooled connection is never held while waiting on something else.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from simveb.actors.auth import store
 from simveb.actors.auth.messages import (
+    AccountCreated,
     CheckPasswordPolicy,
+    CreateAccount,
     DeniedTokens,
     EnableTotp,
     GetJwks,
@@ -65,6 +71,7 @@ from simveb.actors.auth.messages import (
 )
 from simveb.actors.notifications.messages import SendOtp
 from simveb.actors.users.messages import (
+    AbortCreation,
     ConfirmRegistration,
     GetUserAuthz,
     ResolveLogin,
@@ -73,7 +80,7 @@ from simveb.actors.users.messages import (
     UserRolesChanged,
 )
 from simveb.bus import Actor, handler
-from simveb.errors import Conflict, Invalid, NotFound, TooManyRequests, Unauthorized
+from simveb.errors import Conflict, DomainError, InternalError, Invalid, NotFound, TooManyRequests, Unauthorized
 from simveb.keys import KeyRing, load_private
 
 log = logging.getLogger("simveb.auth")
@@ -176,7 +183,7 @@ class AuthActor(Actor):
         while True:
             await asyncio.sleep(3600)
             try:
-                async with self.db.pool.acquire() as con:
+                async with self.db.connection() as con:
                     await store.purge(con)
             except Exception:
                 log.warning("auth purge failed; retrying in an hour", exc_info=True)
@@ -200,7 +207,18 @@ class AuthActor(Actor):
 
     # --- passwords ---------------------------------------------------------------------------------
 
-    async def _policy(self, password: str, user_id: UUID | None) -> None:
+    async def _account(self, user_id: UUID | None) -> UserAuthz | None:
+        """The account's identifiers for the policy (None when unknown or no users service here)."""
+        if user_id is None or not self.bus.handles(GetUserAuthz):
+            return None
+        try:
+            return await self.bus.ask(GetUserAuthz(user_id=user_id))
+        except NotFound:
+            return None
+
+    async def _policy(self, password: str, user_id: UUID | None, account: UserAuthz | None = None) -> None:
+        """Invalid naming every rule the password breaks. With `account`, the password must not contain
+        its email (the part before @), phone or NPI: the first things an attacker tries."""
         broken = []
         if len(password) < self.conf.password_min_length:
             broken.append(f"at least {self.conf.password_min_length} characters")
@@ -208,8 +226,10 @@ class AuthActor(Actor):
             broken.append(f"at most {MAX_PASSWORD_LENGTH} characters")
         if password.strip() != password or not password.strip():
             broken.append("no leading or trailing spaces")
+        if account is not None and contains_identifier(password, account):
+            broken.append("not containing the account's email, phone or NPI")
         if not broken and user_id is not None and self.conf.password_history:
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 previous = await store.recent_password_hashes(con, user_id, self.conf.password_history)
             for hashed in previous:
                 if await asyncio.to_thread(_verify, hashed, password):
@@ -218,21 +238,60 @@ class AuthActor(Actor):
         if broken:
             raise Invalid("password refused: " + "; ".join(broken), code="password_policy", rules=broken)
 
+    # The password handlers take no connection: they ask users for the account and hash with argon2
+    # (in a thread), and hold a pooled connection only for the reads and the final write.
+
     @handler
     async def check_password_policy(self, msg: CheckPasswordPolicy) -> None:
-        await self._policy(msg.password, msg.user_id)
+        await self._policy(msg.password, msg.user_id, await self._account(msg.user_id))
+
+    async def _set_password(self, user_id: UUID, password: str, by: str, account: UserAuthz | None) -> None:
+        await self._policy(password, user_id, account)
+        hashed = await asyncio.to_thread(HASHER.hash, password)
+        async with self.db.transaction() as con:
+            await store.set_password(con, user_id, hashed, by)
 
     @handler
     async def set_password(self, msg: SetPassword) -> None:
-        await self._policy(msg.password, msg.user_id)
-        hashed = await asyncio.to_thread(HASHER.hash, msg.password)
-        async with self.db.transaction() as con:
-            await store.set_password(con, msg.user_id, hashed, msg.by)
+        await self._set_password(msg.user_id, msg.password, msg.by, await self._account(msg.user_id))
+
+    @handler
+    async def create_account(self, msg: CreateAccount) -> AccountCreated:
+        """The account-creation saga: check, create (users), set the password, release on failure."""
+        if msg.password is not None:
+            await self._policy(msg.password, None)  # a plainly bad password creates nothing
+        user = await self.bus.ask(msg.user)
+        if msg.password is None:
+            return AccountCreated(user=user, password_set=False)
+        by = msg.user.caller.sub
+        try:
+            account = UserAuthz(
+                user_id=user.id,
+                status=user.status,
+                kind=user.kind,
+                roles=user.roles,
+                permissions=[],
+                email=user.email,
+                phone=user.phone,
+                npi=user.npi,
+            )
+            await self._set_password(user.id, msg.password, by, account)
+        except Exception as exc:
+            # Compensation: the account must not stay active without the password it was created with.
+            log.warning("password of new user %s could not be set (%s): releasing the account", user.id, exc)
+            try:
+                await self.bus.ask(AbortCreation(user_id=user.id, by=by, reason="password not set"))
+            except Exception:
+                log.exception("could not release user %s after a failed creation", user.id)
+            if isinstance(exc, DomainError):
+                raise
+            raise InternalError("the account could not be completed", code="creation_failed") from exc
+        return AccountCreated(user=user, password_set=True)
 
     # --- lockouts ----------------------------------------------------------------------------------
 
     async def _check_locks(self, key: str, client_ip: str | None) -> None:
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             left = await store.active_lockout(con, "account", key)
             if left is None and client_ip:
                 left = await store.active_lockout(con, "address", client_ip)
@@ -281,7 +340,7 @@ class AuthActor(Actor):
             )
 
     async def _succeeded(self, key: str, user_id: UUID, client_ip: str | None, kind: str) -> None:
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             await store.record_attempt(con, key, user_id, client_ip, kind, True)
 
     # --- tokens ------------------------------------------------------------------------------------
@@ -347,7 +406,7 @@ class AuthActor(Actor):
         self, authz: UserAuthz, *, method: str, account: str, client_ip: str | None, user_agent: str | None
     ) -> LoginResult:
         """First factor proved: ask for the second when the account has one, else open a session."""
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             has_totp = await store.totp_enabled(con, authz.user_id)
             if has_totp:
                 challenge_id = uuid.uuid4()
@@ -378,7 +437,7 @@ class AuthActor(Actor):
         await self._check_locks(key, msg.client_ip)
         hashed = None
         if authz is not None and authz.status == "active":
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 hashed = await store.password_hash(con, authz.user_id)
         password = msg.password[:MAX_PASSWORD_LENGTH]
         ok = await asyncio.to_thread(_verify, hashed or self._dummy_hash, password) and hashed is not None
@@ -388,7 +447,7 @@ class AuthActor(Actor):
         await self._succeeded(key, authz.user_id, msg.client_ip, "password")
         if HASHER.check_needs_rehash(hashed):  # type: ignore[arg-type]
             new = await asyncio.to_thread(HASHER.hash, password)
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 await store.rehash_password(con, authz.user_id, hashed, new)  # type: ignore[arg-type]
         return await self._signed_in(
             authz, method="password", account=key, client_ip=msg.client_ip, user_agent=msg.user_agent
@@ -398,21 +457,21 @@ class AuthActor(Actor):
     async def request_otp(self, msg: RequestOtp) -> OtpRequested:
         account = account_key(msg.identifier)
         cooldown = self.conf.otp_resend_cooldown_s
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             recent = await store.recent_challenge(con, account, msg.purpose, cooldown)
         if recent is not None:
             # Within the cooldown the same challenge is answered again and nothing is sent.
             return OtpRequested(
-                challenge_id=recent["id"],
-                expires_at=recent["expires_at"],
-                resend_after_s=max(1, math.ceil(recent["wait"])),
+                challenge_id=recent.id,
+                expires_at=recent.expires_at,
+                resend_after_s=max(1, math.ceil(recent.wait)),
             )
         authz = await self._resolve(msg.identifier)
         wanted_status = "pending" if msg.purpose == "register" else "active"
         eligible = authz is not None and authz.status == wanted_status and bool(authz.phone or authz.email)
         challenge_id = uuid.uuid4()
         code = f"{secrets.randbelow(1_000_000):06d}"
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             expires_at = await store.create_challenge(
                 con,
                 challenge_id=challenge_id,
@@ -449,23 +508,23 @@ class AuthActor(Actor):
 
     async def _open_challenge(
         self, challenge_id: UUID, code: str, purposes: tuple[str, ...], client_ip: str | None
-    ) -> tuple[dict[str, Any], bool]:
+    ) -> tuple[store.Challenge, bool]:
         """Lock a challenge and check the code; return (row, ok). Refusals that are not a wrong code raise."""
         async with self.db.transaction() as con:
             row = await store.challenge(con, challenge_id)
-            if row is None or row["consumed_at"] is not None or row["purpose"] not in purposes:
+            if row is None or row.consumed_at is not None or row.purpose not in purposes:
                 raise Unauthorized(INVALID_CODE, code="invalid_code")
-            if row["expired"]:
+            if row.expired:
                 raise Unauthorized("the code expired; ask for a new one", code="code_expired")
-            if row["attempts"] >= self.conf.otp_max_attempts:
-                left = (row["expires_at"] - datetime.now(UTC)).total_seconds()
+            if row.attempts >= self.conf.otp_max_attempts:
+                left = (row.expires_at - datetime.now(UTC)).total_seconds()
                 raise TooManyRequests(
                     "too many wrong codes; ask for a new one",
                     retry_after=max(1, min(math.ceil(left), self.conf.otp_resend_cooldown_s or 1)),
                     code="too_many_attempts",
                 )
             # Wrong codes count as failed sign-ins of the account: a lockout stops guessing across codes.
-            key = f"user:{row['user_id']}" if row["user_id"] else f"id:{row['account']}"
+            key = f"user:{row.user_id}" if row.user_id else f"id:{row.account}"
             left = await store.active_lockout(con, "account", key)
             if left is None and client_ip:
                 left = await store.active_lockout(con, "address", client_ip)
@@ -478,31 +537,29 @@ class AuthActor(Actor):
                 await store.consume_challenge(con, challenge_id)
             else:
                 await store.challenge_failed(con, challenge_id)
-        return dict(row), ok
+        return row, ok
 
-    async def _code_matches(self, con: asyncpg.Connection, row: asyncpg.Record, code: str) -> bool:
-        user_id = row["user_id"]
+    async def _code_matches(self, con: asyncpg.Connection, row: store.Challenge, code: str) -> bool:
+        user_id = row.user_id
         if user_id is None:
             return False
-        if row["purpose"] != "two_factor":
-            return row["code_hash"] is not None and hmac.compare_digest(
-                row["code_hash"], self._code_hash(row["id"], code)
-            )
+        if row.purpose != "two_factor":
+            return row.code_hash is not None and hmac.compare_digest(row.code_hash, self._code_hash(row.id, code))
         if TOTP_DIGITS.match(code):
             totp = await store.totp(con, user_id, lock=True)
-            if totp is None or totp["enabled_at"] is None:
+            if totp is None or totp.enabled_at is None:
                 return False
-            step = totp_step(totp["secret"], code, after=totp["last_used_step"])
+            step = totp_step(totp.secret, code, after=totp.last_used_step)
             if step is None:
                 return False
             await store.use_totp_step(con, user_id, step)
             return True
         return await store.use_recovery_code(con, user_id, sha256(normalise_recovery(code)))
 
-    async def _code_failed(self, row: dict[str, Any], client_ip: str | None) -> None:
-        key = f"user:{row['user_id']}" if row["user_id"] else f"id:{row['account']}"
-        kind = "two_factor" if row["purpose"] == "two_factor" else "otp"
-        await self._failed(key, row["user_id"], client_ip, kind)
+    async def _code_failed(self, row: store.Challenge, client_ip: str | None) -> None:
+        key = f"user:{row.user_id}" if row.user_id else f"id:{row.account}"
+        kind = "two_factor" if row.purpose == "two_factor" else "otp"
+        await self._failed(key, row.user_id, client_ip, kind)
         raise Unauthorized(INVALID_CODE, code="invalid_code")
 
     @handler
@@ -512,20 +569,21 @@ class AuthActor(Actor):
         )
         if not ok:
             await self._code_failed(row, msg.client_ip)
-        user_id: UUID = row["user_id"]
-        kind = "two_factor" if row["purpose"] == "two_factor" else "otp"
-        if row["purpose"] == "register":
+        user_id = row.user_id
+        assert user_id is not None  # a code of nobody never matches
+        kind = "two_factor" if row.purpose == "two_factor" else "otp"
+        if row.purpose == "register":
             authz = await self.bus.ask(ConfirmRegistration(user_id=user_id))
         else:
             authz = await self.bus.ask(GetUserAuthz(user_id=user_id))
         if authz.status != "active":
             raise Unauthorized(INVALID_CODE, code="invalid_code")
         await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, kind)
-        if row["purpose"] == "two_factor":
+        if row.purpose == "two_factor":
             return await self._new_session(
-                authz, method=row["method"] or "password", mfa=True, client_ip=msg.client_ip, user_agent=msg.user_agent
+                authz, method=row.method or "password", mfa=True, client_ip=msg.client_ip, user_agent=msg.user_agent
             )
-        method = "register" if row["purpose"] == "register" else "otp"
+        method = "register" if row.purpose == "register" else "otp"
         return await self._signed_in(
             authz, method=method, account=f"user:{user_id}", client_ip=msg.client_ip, user_agent=msg.user_agent
         )
@@ -538,30 +596,28 @@ class AuthActor(Actor):
         async with self.db.connection() as con:
             peek = await store.refresh_token(con, token_hash, lock=False)
         authz = None
-        if peek is not None and peek["rotated_at"] is None and peek["revoked_at"] is None and not peek["expired"]:
-            authz = await self.bus.ask(GetUserAuthz(user_id=peek["user_id"]))
+        if peek is not None and peek.rotated_at is None and peek.revoked_at is None and not peek.expired:
+            authz = await self.bus.ask(GetUserAuthz(user_id=peek.user_id))
         refused: Unauthorized | None = None
         tokens: TokenPair | None = None
         async with self.db.transaction() as con:
             row = await store.refresh_token(con, token_hash)
             if row is None:
                 refused = Unauthorized("unknown refresh token", code="invalid_refresh_token")
-            elif row["rotated_at"] is not None:
+            elif row.rotated_at is not None:
                 # Reuse of an exchanged token: it was stolen or replayed. Revoke the whole family.
-                await store.revoke_sessions(con, [row["session_id"]], "refresh_token_reuse")
-                log.warning("refresh token reused: session %s revoked", row["session_id"])
+                await store.revoke_sessions(con, [row.session_id], "refresh_token_reuse")
+                log.warning("refresh token reused: session %s revoked", row.session_id)
                 refused = Unauthorized("refresh token already used; session revoked", code="refresh_token_reused")
-            elif row["revoked_at"] is not None or row["expired"] or authz is None:
+            elif row.revoked_at is not None or row.expired or authz is None:
                 refused = Unauthorized("session ended; sign in again", code="session_revoked")
             elif authz.status != "active":
-                await store.revoke_sessions(con, [row["session_id"]], "user_inactive")
+                await store.revoke_sessions(con, [row.session_id], "user_inactive")
                 refused = Unauthorized("session ended; sign in again", code="session_revoked")
             else:
-                limited = self._needs_2fa(authz) and not row["mfa"]
-                await store.rotate(con, token_hash, row["session_id"], limited)
-                tokens = await self._issue(
-                    con, authz, row["session_id"], limited=limited, mfa=row["mfa"], method=row["method"]
-                )
+                limited = self._needs_2fa(authz) and not row.mfa
+                await store.rotate(con, token_hash, row.session_id, limited)
+                tokens = await self._issue(con, authz, row.session_id, limited=limited, mfa=row.mfa, method=row.method)
         if refused is not None:
             raise refused
         return LoginResult(status="authenticated", tokens=tokens)
@@ -569,31 +625,27 @@ class AuthActor(Actor):
     # --- sessions ----------------------------------------------------------------------------------
 
     @handler
-    async def logout(self, msg: Logout) -> None:
+    async def logout(self, msg: Logout, con: asyncpg.Connection) -> None:
         expires_at = datetime.fromtimestamp(msg.exp, UTC)
-        async with self.db.transaction() as con:
-            session_id = msg.session_id or await store.session_of_token(con, msg.jti)
-            if session_id is not None and await store.session_owner(con, session_id) == msg.user_id:
-                await store.revoke_sessions(con, [session_id], "logout")
-            await store.deny_token(con, msg.jti, expires_at, "logout")
+        session_id = msg.session_id or await store.session_of_token(con, msg.jti)
+        if session_id is not None and await store.session_owner(con, session_id) == msg.user_id:
+            await store.revoke_sessions(con, [session_id], "logout")
+        await store.deny_token(con, msg.jti, expires_at, "logout")
 
     @handler
-    async def list_sessions(self, msg: ListSessions) -> list[Session]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_sessions(con, msg.user_id)
+    async def list_sessions(self, msg: ListSessions, con: asyncpg.Connection) -> list[Session]:
+        return await store.list_sessions(con, msg.user_id)
 
     @handler
-    async def revoke_session(self, msg: RevokeSession) -> None:
-        async with self.db.transaction() as con:
-            # Someone else's session and no session at all look the same: 404, nothing learnt.
-            if await store.session_owner(con, msg.session_id) != msg.user_id:
-                raise NotFound("no such session", code="session_not_found")
-            await store.revoke_sessions(con, [msg.session_id], "revoked_by_user")
+    async def revoke_session(self, msg: RevokeSession, con: asyncpg.Connection) -> None:
+        # Someone else's session and no session at all look the same: 404, nothing learnt.
+        if await store.session_owner(con, msg.session_id) != msg.user_id:
+            raise NotFound("no such session", code="session_not_found")
+        await store.revoke_sessions(con, [msg.session_id], "revoked_by_user")
 
     @handler
-    async def revoke_user_sessions(self, msg: RevokeUserSessions) -> int:
-        async with self.db.transaction() as con:
-            return await store.revoke_sessions(con, [], msg.reason, user_id=msg.user_id)
+    async def revoke_user_sessions(self, msg: RevokeUserSessions, con: asyncpg.Connection) -> int:
+        return await store.revoke_sessions(con, [], msg.reason, user_id=msg.user_id)
 
     @handler
     async def on_user_deactivated(self, event: UserDeactivated, con: asyncpg.Connection) -> None:
@@ -607,31 +659,29 @@ class AuthActor(Actor):
     # --- second factor -----------------------------------------------------------------------------
 
     @handler
-    async def setup_totp(self, msg: SetupTotp) -> TotpSetup:
+    async def setup_totp(self, msg: SetupTotp, con: asyncpg.Connection) -> TotpSetup:
         secret = pyotp.random_base32()
-        async with self.db.transaction() as con:
-            current = await store.totp(con, msg.user_id, lock=True)
-            if current is not None and current["enabled_at"] is not None:
-                raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
-            await store.start_totp(con, msg.user_id, secret)
+        current = await store.totp(con, msg.user_id, lock=True)
+        if current is not None and current.enabled_at is not None:
+            raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
+        await store.start_totp(con, msg.user_id, secret)
         uri = pyotp.TOTP(secret).provisioning_uri(name=msg.account_name, issuer_name=self.conf.totp_issuer)
         svg = segno.make(uri, error="m").svg_inline(scale=4)
         return TotpSetup(secret=secret, otpauth_uri=uri, qr_svg=svg)
 
     @handler
-    async def enable_totp(self, msg: EnableTotp) -> RecoveryCodes:
+    async def enable_totp(self, msg: EnableTotp, con: asyncpg.Connection) -> RecoveryCodes:
         codes = [new_recovery_code() for _ in range(self.conf.recovery_codes)]
-        async with self.db.transaction() as con:
-            current = await store.totp(con, msg.user_id, lock=True)
-            if current is None:
-                raise Conflict("start with POST /api/auth/2fa/setup", code="two_factor_not_started")
-            if current["enabled_at"] is not None:
-                raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
-            step = totp_step(current["secret"], msg.code.strip(), after=current["last_used_step"])
-            if step is None:
-                raise Invalid("wrong code: check the authenticator app's clock", code="invalid_code")
-            await store.use_totp_step(con, msg.user_id, step, enable=True)
-            await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
+        current = await store.totp(con, msg.user_id, lock=True)
+        if current is None:
+            raise Conflict("start with POST /api/auth/2fa/setup", code="two_factor_not_started")
+        if current.enabled_at is not None:
+            raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
+        step = totp_step(current.secret, msg.code.strip(), after=current.last_used_step)
+        if step is None:
+            raise Invalid("wrong code: check the authenticator app's clock", code="invalid_code")
+        await store.use_totp_step(con, msg.user_id, step, enable=True)
+        await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
         return RecoveryCodes(codes=codes)
 
     # --- password reset ----------------------------------------------------------------------------
@@ -642,13 +692,14 @@ class AuthActor(Actor):
         row, ok = await self._open_challenge(msg.challenge_id, msg.code, ("password_reset",), msg.client_ip)
         if not ok:
             await self._code_failed(row, msg.client_ip)
-        user_id: UUID = row["user_id"]
+        user_id = row.user_id
+        assert user_id is not None  # a code of nobody never matches
         try:
-            await self._policy(msg.new_password, user_id)
+            await self._policy(msg.new_password, user_id, await self._account(user_id))
         except Invalid:
             # The code was right but the password is refused: give the code back for another try.
-            async with self.db.pool.acquire() as con:
-                await con.execute("UPDATE auth.otp_verifications SET consumed_at = NULL WHERE id = $1", row["id"])
+            async with self.db.connection() as con:
+                await store.release_challenge(con, row.id)
             raise
         hashed = await asyncio.to_thread(HASHER.hash, msg.new_password)
         async with self.db.transaction() as con:
@@ -663,9 +714,21 @@ class AuthActor(Actor):
         return Jwks(keys=self._ring().jwks()["keys"])
 
     @handler
-    async def list_denied(self, msg: ListDeniedTokens) -> DeniedTokens:
-        async with self.db.pool.acquire() as con:
-            return await store.denied_since(con, msg.cursor)
+    async def list_denied(self, msg: ListDeniedTokens, con: asyncpg.Connection) -> DeniedTokens:
+        return await store.denied_since(con, msg.cursor)
+
+
+def contains_identifier(password: str, account: UserAuthz) -> bool:
+    """Does the password contain the account's email local part, phone (national digits) or NPI?"""
+    folded = re.sub(r"\s+", "", password).casefold()
+    needles = []
+    if account.email:
+        needles.append(account.email.split("@", 1)[0].casefold())
+    if account.phone:
+        needles.append(account.phone[-10:])  # +229 then 10 digits: the part people type
+    if account.npi:
+        needles.append(account.npi)
+    return any(len(n) >= 4 and n in folded for n in needles)
 
 
 def totp_step(secret: str, code: str, *, after: int, at: float | None = None) -> int | None:

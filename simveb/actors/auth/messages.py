@@ -1,8 +1,9 @@
 """The auth service's public contract.
 
-The interface agreed with users (#4): the HTTP layer and the CLI check a password against the policy
-before asking users to create a staff account, then set it; a self-registration asks for an OTP.
-Extended by the auth work with login, tokens, sessions and second factor messages.
+Accounts created by staff (HTTP and CLI) go through one message, `CreateAccount`: auth checks the
+password, asks users to create the account, sets the password, and releases the account again when
+that last step fails (a saga with its compensation). A self-registration asks for an OTP. Then login,
+tokens, sessions and second factor messages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from uuid import UUID
 
 import msgspec
 
+from simveb.actors.users.messages import CreateUser, User
 from simveb.messages import Ask, Record
 
 
@@ -20,7 +22,8 @@ class CheckPasswordPolicy(Ask[None]):
     """Invalid (422, naming each rule broken) unless the password is acceptable for this user."""
 
     password: str
-    user_id: UUID | None = None  # given: the last 5 passwords of this user are refused too
+    # Given: the last passwords of this user, and its email, phone and NPI, are refused too.
+    user_id: UUID | None = None
 
 
 class SetPassword(Ask[None]):
@@ -29,6 +32,26 @@ class SetPassword(Ask[None]):
     user_id: UUID
     password: str
     by: str
+
+
+class AccountCreated(Record):
+    """The account as users created it, and whether a password was set (none was asked for)."""
+
+    user: User
+    password_set: bool
+
+
+class CreateAccount(Ask[AccountCreated]):
+    """Create an active account (users' `CreateUser`, with its caller) and set its password.
+
+    The password is checked first (nothing is created for a plainly bad one); if it cannot be set once
+    the account exists (refused for this account, or any failure), the account is released again
+    (users' `AbortCreation`: inactive, identifiers free, history kept) and the error is the reply.
+    Without a password the account signs in after a reset by one-time code.
+    """
+
+    user: CreateUser
+    password: str | None = None
 
 
 class OtpRequested(Record):

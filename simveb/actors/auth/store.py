@@ -1,7 +1,7 @@
 """SQL of the auth service: every query on the `auth` schema, and nothing else.
 
-Functions take a connection (the caller owns the transaction) and return plain values or the
-messages' Structs. Secrets arrive here already hashed.
+Functions take a connection (the caller owns the transaction) and return plain values, the
+messages' Structs, or the row Structs below (internal to this actor). Secrets arrive here already hashed.
 """
 
 from __future__ import annotations
@@ -10,9 +10,57 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from simveb.actors.auth.messages import DeniedToken, DeniedTokens, Session
-from simveb.db import from_rows
+from simveb.db import from_row, from_rows
+
+
+class RefreshRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A refresh token with the session it belongs to."""
+
+    token_hash: bytes
+    rotated_at: datetime | None
+    session_id: UUID
+    user_id: UUID
+    method: str
+    mfa: bool
+    limited: bool
+    revoked_at: datetime | None
+    expired: bool
+
+
+class RecentChallenge(msgspec.Struct, frozen=True, kw_only=True):
+    """A code sent within the resend cooldown, and the seconds left of that cooldown."""
+
+    id: UUID
+    expires_at: datetime
+    wait: float
+
+
+class Challenge(msgspec.Struct, frozen=True, kw_only=True):
+    """A one-time code or second-factor challenge (`expired` computed by the database clock)."""
+
+    id: UUID
+    account: str
+    user_id: UUID | None
+    purpose: str
+    code_hash: bytes | None
+    attempts: int
+    method: str | None
+    created_at: datetime
+    expires_at: datetime
+    consumed_at: datetime | None
+    expired: bool
+
+
+class Totp(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's TOTP secret (enabled once a first code proved it) and the last step used."""
+
+    secret: str
+    enabled_at: datetime | None
+    last_used_step: int
+
 
 # --- passwords ---------------------------------------------------------------------------------------
 
@@ -94,16 +142,17 @@ async def add_tokens(
     )
 
 
-async def refresh_token(con: asyncpg.Connection, token_hash: bytes, *, lock: bool = True) -> asyncpg.Record | None:
+async def refresh_token(con: asyncpg.Connection, token_hash: bytes, *, lock: bool = True) -> RefreshRow | None:
     """The refresh token with its session; with `lock` both rows are locked (a concurrent exchange
     waits, then sees it used)."""
-    return await con.fetchrow(
+    row = await con.fetchrow(
         "SELECT r.token_hash, r.rotated_at, s.id AS session_id, s.user_id, s.method, s.mfa, s.limited,"
         " s.revoked_at, s.expires_at <= now() AS expired"
         " FROM auth.refresh_tokens r JOIN auth.sessions s ON s.id = r.session_id"
         " WHERE r.token_hash = $1" + (" FOR UPDATE" if lock else ""),
         token_hash,
     )
+    return from_row(RefreshRow, row)
 
 
 async def rotate(con: asyncpg.Connection, token_hash: bytes, session_id: UUID, limited: bool) -> None:
@@ -263,9 +312,9 @@ _OTP_COLS = (
 
 async def recent_challenge(
     con: asyncpg.Connection, account: str, purpose: str, cooldown_s: int
-) -> asyncpg.Record | None:
+) -> RecentChallenge | None:
     """The newest unconsumed code sent to this account for this purpose within the cooldown."""
-    return await con.fetchrow(
+    row = await con.fetchrow(
         "SELECT id, expires_at, extract(epoch FROM created_at + make_interval(secs => $3) - now())::float8 AS wait"
         " FROM auth.otp_verifications WHERE account = $1 AND purpose = $2 AND consumed_at IS NULL"
         " AND created_at > now() - make_interval(secs => $3) ORDER BY created_at DESC LIMIT 1",
@@ -273,6 +322,7 @@ async def recent_challenge(
         purpose,
         float(cooldown_s),
     )
+    return from_row(RecentChallenge, row)
 
 
 async def create_challenge(
@@ -301,8 +351,10 @@ async def create_challenge(
     )
 
 
-async def challenge(con: asyncpg.Connection, challenge_id: UUID) -> asyncpg.Record | None:
-    return await con.fetchrow(f"SELECT {_OTP_COLS} FROM auth.otp_verifications WHERE id = $1 FOR UPDATE", challenge_id)
+async def challenge(con: asyncpg.Connection, challenge_id: UUID) -> Challenge | None:
+    """The challenge, locked (the caller decides on it and consumes or counts it)."""
+    row = await con.fetchrow(f"SELECT {_OTP_COLS} FROM auth.otp_verifications WHERE id = $1 FOR UPDATE", challenge_id)
+    return from_row(Challenge, row)
 
 
 async def challenge_failed(con: asyncpg.Connection, challenge_id: UUID) -> None:
@@ -313,14 +365,20 @@ async def consume_challenge(con: asyncpg.Connection, challenge_id: UUID) -> None
     await con.execute("UPDATE auth.otp_verifications SET consumed_at = now() WHERE id = $1", challenge_id)
 
 
+async def release_challenge(con: asyncpg.Connection, challenge_id: UUID) -> None:
+    """Give a consumed code back (it was right, but what it was for was refused)."""
+    await con.execute("UPDATE auth.otp_verifications SET consumed_at = NULL WHERE id = $1", challenge_id)
+
+
 # --- TOTP and recovery codes -------------------------------------------------------------------------
 
 
-async def totp(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    return await con.fetchrow(
+async def totp(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> Totp | None:
+    row = await con.fetchrow(
         "SELECT secret, enabled_at, last_used_step FROM auth.totp WHERE user_id = $1" + (" FOR UPDATE" if lock else ""),
         user_id,
     )
+    return from_row(Totp, row)
 
 
 async def totp_enabled(con: asyncpg.Connection, user_id: UUID) -> bool:

@@ -1,7 +1,9 @@
 """The users actor: accounts, profiles, roles and permissions as data, KYC, and their histories.
 
 Every change commits its row, an append-only history entry and its events (UserContactChanged,
-UserDeactivated, UserRolesChanged) through the outbox in one transaction. Object-level
+UserRegistered, UserDeactivated, UserRolesChanged) through the outbox in one transaction: handlers
+take the runtime's connection, except `VerifyNpi`, which asks the registry (through integrations)
+between a read and a re-checked write and so holds no connection while it waits. Object-level
 authorisation is decided here, where the data is: the HTTP layer and the CLI pass the `Caller` the
 token describes, and a caller who may not see a user gets NotFound (never a hint that it exists).
 """
@@ -47,6 +49,7 @@ from simveb.actors.users.messages import (
     UserContactChanged,
     UserDeactivated,
     UserPage,
+    UserRegistered,
     UserRoles,
     UserRolesChanged,
     ValidateKyc,
@@ -89,14 +92,19 @@ def _not_found(user_id: UUID) -> NotFound:
     return NotFound(f"no user {user_id}", code="unknown_user")
 
 
-def _contact_event(row: Any) -> UserContactChanged:
+def _contact_event(row: store.UserRow | None) -> UserContactChanged:
+    assert row is not None  # read back in the transaction that wrote it
     return UserContactChanged(
-        user_id=row["id"],
-        email=row["email"],
-        phone=row["phone"],
-        language=row["language"],
-        active=row["status"] == "active",
+        user_id=row.id,
+        email=row.email,
+        phone=row.phone,
+        language=row.language,
+        active=row.status == "active",
     )
+
+
+def _display_name(*parts: str | None) -> str | None:
+    return " ".join(p for p in parts if p) or None
 
 
 def _unique_field(exc: asyncpg.UniqueViolationError) -> str:
@@ -115,7 +123,7 @@ class UsersActor(Actor):
 
     # --- access ------------------------------------------------------------------------------------
 
-    async def _visible(self, con: asyncpg.Connection, user_id: UUID, caller: Caller) -> asyncpg.Record:
+    async def _visible(self, con: asyncpg.Connection, user_id: UUID, caller: Caller) -> store.UserRow:
         """The user's row if the caller may read it; NotFound otherwise (as if it did not exist)."""
         row = await store.get_row(con, user_id)
         if row is None:
@@ -135,7 +143,7 @@ class UsersActor(Actor):
 
     async def _writable(
         self, con: asyncpg.Connection, user_id: UUID, caller: Caller, *, representatives: bool = False
-    ) -> asyncpg.Record:
+    ) -> store.UserRow:
         """The locked row if the caller may change it: themselves or users:write (or a representative)."""
         row = await store.get_row(con, user_id, lock=True)
         if row is None:
@@ -152,40 +160,36 @@ class UsersActor(Actor):
     # --- queries -----------------------------------------------------------------------------------
 
     @handler
-    async def get_user(self, msg: GetUser) -> User:
-        async with self.db.pool.acquire() as con:
-            await self._visible(con, msg.user_id, msg.caller)
-            return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
+    async def get_user(self, msg: GetUser, con: asyncpg.Connection) -> User:
+        await self._visible(con, msg.user_id, msg.caller)
+        return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     @handler
-    async def list_users(self, msg: ListUsers) -> UserPage:
+    async def list_users(self, msg: ListUsers, con: asyncpg.Connection) -> UserPage:
         if not msg.caller.can("users:read"):
             raise Forbidden("needs permission users:read", code="missing_permission")
-        async with self.db.pool.acquire() as con:
-            items, total = await store.list_users(
-                con,
-                limit=msg.limit,
-                offset=msg.offset,
-                role=msg.role,
-                status=msg.status,
-                kind=msg.kind,
-                kyc_status=msg.kyc_status,
-                q=msg.q,
-            )
+        items, total = await store.list_users(
+            con,
+            limit=msg.limit,
+            offset=msg.offset,
+            role=msg.role,
+            status=msg.status,
+            kind=msg.kind,
+            kyc_status=msg.kyc_status,
+            q=msg.q,
+        )
         return UserPage(items=items, total=total, limit=msg.limit, offset=msg.offset)
 
     @handler
-    async def get_profile(self, msg: GetProfile) -> Profile:
-        async with self.db.pool.acquire() as con:
-            await self._visible(con, msg.user_id, msg.caller)
-            return await store.get_profile(con, msg.user_id)  # type: ignore[return-value]
+    async def get_profile(self, msg: GetProfile, con: asyncpg.Connection) -> Profile:
+        await self._visible(con, msg.user_id, msg.caller)
+        return await store.get_profile(con, msg.user_id)  # type: ignore[return-value]
 
     @handler
-    async def get_user_roles(self, msg: GetUserRoles) -> UserRoles:
-        async with self.db.pool.acquire() as con:
-            await self._visible(con, msg.user_id, msg.caller)
-            # The history names the staff who made each change: shown to staff only.
-            return await self._roles_reply(con, msg.user_id, history=msg.caller.can("users:read"))
+    async def get_user_roles(self, msg: GetUserRoles, con: asyncpg.Connection) -> UserRoles:
+        await self._visible(con, msg.user_id, msg.caller)
+        # The history names the staff who made each change: shown to staff only.
+        return await self._roles_reply(con, msg.user_id, history=msg.caller.can("users:read"))
 
     async def _roles_reply(self, con: asyncpg.Connection, user_id: UUID, *, history: bool = True) -> UserRoles:
         return UserRoles(
@@ -196,14 +200,13 @@ class UsersActor(Actor):
         )
 
     @handler
-    async def list_roles(self, msg: ListRoles) -> list[RoleInfo]:
-        async with self.db.pool.acquire() as con:
-            return await store.all_roles(con)
+    async def list_roles(self, msg: ListRoles, con: asyncpg.Connection) -> list[RoleInfo]:
+        return await store.all_roles(con)
 
     # --- what auth asks ----------------------------------------------------------------------------
 
     @handler
-    async def resolve_login(self, msg: ResolveLogin) -> UserAuthz:
+    async def resolve_login(self, msg: ResolveLogin, con: asyncpg.Connection) -> UserAuthz:
         ident = "".join(msg.identifier.split())
         if "@" in ident:
             column, value = "email", ident.lower()
@@ -213,62 +216,62 @@ class UsersActor(Actor):
             column, value = "npi", ident
         else:
             raise NotFound("no account for this identifier", code="unknown_user")
-        async with self.db.pool.acquire() as con:
-            user_id = await store.find_login(con, column, value)
-            found = None if user_id is None else await store.authz(con, user_id)
+        user_id = await store.find_login(con, column, value)
+        found = None if user_id is None else await store.authz(con, user_id)
         if found is None:
             raise NotFound("no account for this identifier", code="unknown_user")
         return found
 
     @handler
-    async def get_user_authz(self, msg: GetUserAuthz) -> UserAuthz:
-        async with self.db.pool.acquire() as con:
-            found = await store.authz(con, msg.user_id)
+    async def get_user_authz(self, msg: GetUserAuthz, con: asyncpg.Connection) -> UserAuthz:
+        found = await store.authz(con, msg.user_id)
         if found is None:
             raise _not_found(msg.user_id)
         return found
 
     @handler
-    async def confirm_registration(self, msg: ConfirmRegistration) -> UserAuthz:
-        async with self.db.transaction() as con:
-            row = await store.get_row(con, msg.user_id, lock=True)
-            if row is None or row["released"]:
-                raise _not_found(msg.user_id)
-            if row["status"] == "inactive":
-                raise Conflict("this account is deactivated", code="account_inactive")
-            if row["status"] == "pending":
-                await store.set_status(con, msg.user_id, "active", "auth")
-                await store.record(con, msg.user_id, "auth", "registration_confirmed", "pending", "active")
-                row = await store.get_row(con, msg.user_id)
-                await self.emit(con, _contact_event(row))
-            return await store.authz(con, msg.user_id)  # type: ignore[return-value]
+    async def confirm_registration(self, msg: ConfirmRegistration, con: asyncpg.Connection) -> UserAuthz:
+        row = await store.get_row(con, msg.user_id, lock=True)
+        if row is None or row.released:
+            raise _not_found(msg.user_id)
+        if row.status == "inactive":
+            raise Conflict("this account is deactivated", code="account_inactive")
+        if row.status == "pending":
+            await store.set_status(con, msg.user_id, "active", "auth")
+            await store.record(con, msg.user_id, "auth", "registration_confirmed", "pending", "active")
+            profile = await store.get_profile(con, msg.user_id)
+            assert profile is not None
+            await self.emit(
+                con,
+                _contact_event(await store.get_row(con, msg.user_id)),
+                UserRegistered(
+                    user_id=msg.user_id, kind=row.kind, name=_display_name(profile.first_name, profile.last_name)
+                ),
+            )
+        return await store.authz(con, msg.user_id)  # type: ignore[return-value]
 
     # --- creation ----------------------------------------------------------------------------------
 
     @handler
-    async def register_citizen(self, msg: RegisterCitizen) -> Registration:
+    async def register_citizen(self, msg: RegisterCitizen, con: asyncpg.Connection) -> Registration:
         if msg.birth_date is not None and msg.birth_date > datetime.now(UTC).date():
             raise Invalid("birth_date is in the future", code="invalid_birth_date", fields=["birth_date"])
         ttl = timedelta(hours=self.settings.users.pending_ttl_h)
+        # A savepoint: a lost race (unique violation) is answered and the transaction stays usable.
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():
                 live = await store.live_matches(con, msg.npi, msg.phone)
                 now = datetime.now(UTC)
                 for row in live:
-                    if row["status"] == "pending" and now - row["created_at"] > ttl:
+                    if row.status == "pending" and now - row.created_at > ttl:
                         # An abandoned registration must not hold an NPI or a phone forever.
-                        await store.set_status(con, row["id"], "inactive", "system", release=True)
-                        await store.record(con, row["id"], "system", "registration_expired", "pending", "inactive")
-                live = [r for r in live if not (r["status"] == "pending" and now - r["created_at"] > ttl)]
+                        await store.set_status(con, row.id, "inactive", "system", release=True)
+                        await store.record(con, row.id, "system", "registration_expired", "pending", "inactive")
+                live = [r for r in live if not (r.status == "pending" and now - r.created_at > ttl)]
                 if live:
                     same = live[0]
-                    if (
-                        len(live) == 1
-                        and same["status"] == "pending"
-                        and same["npi"] == msg.npi
-                        and same["phone"] == msg.phone
-                    ):
-                        return Registration(user_id=same["id"], created=False)  # a retry: send a new code
+                    if len(live) == 1 and same.status == "pending" and same.npi == msg.npi and same.phone == msg.phone:
+                        return Registration(user_id=same.id, created=False)  # a retry: send a new code
                     return Registration()
                 email = msg.email.lower() if msg.email else None
                 if email and await store.email_taken(con, email):
@@ -300,7 +303,7 @@ class UsersActor(Actor):
         return Registration(user_id=user_id, created=True)
 
     @handler
-    async def create_user(self, msg: CreateUser) -> User:
+    async def create_user(self, msg: CreateUser, con: asyncpg.Connection) -> User:
         if not msg.caller.can("users:write"):
             raise Forbidden("needs permission users:write", code="missing_permission")
         roles = sorted(set(msg.roles))
@@ -313,8 +316,9 @@ class UsersActor(Actor):
         if "admin" in roles and not msg.caller.can("users:roles"):
             raise Forbidden("creating an admin needs permission users:roles", code="missing_permission")
         by = msg.caller.sub
+        # A savepoint: a unique violation becomes a Conflict.
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():
                 unknown = set(roles) - await store.known_roles(con, roles)
                 if unknown:
                     raise Invalid(f"unknown role(s): {', '.join(sorted(unknown))}", code="unknown_role")
@@ -341,47 +345,55 @@ class UsersActor(Actor):
                     await store.put_identity(con, user_id, "ifu", msg.ifu)
                 await store.replace_roles(con, user_id, [], roles, by)
                 await store.record(con, user_id, by, "created", None, _public(msg))
-                await self.emit(con, _contact_event(await store.get_row(con, user_id)))
+                await self.emit(
+                    con,
+                    _contact_event(await store.get_row(con, user_id)),
+                    UserRegistered(
+                        user_id=user_id,
+                        kind=msg.kind,
+                        name=msg.company_name or _display_name(msg.first_name, msg.last_name),
+                    ),
+                )
                 return await store.get_user(con, user_id)  # type: ignore[return-value]
         except asyncpg.UniqueViolationError as exc:
             field = _unique_field(exc)
             raise Conflict(f"this {field} belongs to another account", code=f"{field}_taken", field=field) from None
 
     @handler
-    async def abort_creation(self, msg: AbortCreation) -> None:
-        async with self.db.transaction() as con:
-            row = await store.get_row(con, msg.user_id, lock=True)
-            if row is None:
-                raise _not_found(msg.user_id)
-            await store.set_status(con, msg.user_id, "inactive", msg.by, release=True)
-            await store.record(con, msg.user_id, msg.by, "creation_aborted", row["status"], {"reason": msg.reason})
-            await self.emit(
-                con,
-                UserDeactivated(user_id=msg.user_id, by=msg.by),
-                _contact_event(await store.get_row(con, msg.user_id)),
-            )
+    async def abort_creation(self, msg: AbortCreation, con: asyncpg.Connection) -> None:
+        row = await store.get_row(con, msg.user_id, lock=True)
+        if row is None:
+            raise _not_found(msg.user_id)
+        await store.set_status(con, msg.user_id, "inactive", msg.by, release=True)
+        await store.record(con, msg.user_id, msg.by, "creation_aborted", row.status, {"reason": msg.reason})
+        await self.emit(
+            con,
+            UserDeactivated(user_id=msg.user_id, by=msg.by),
+            _contact_event(await store.get_row(con, msg.user_id)),
+        )
 
     # --- changes -----------------------------------------------------------------------------------
 
     @handler
-    async def update_user(self, msg: UpdateUser) -> User:
+    async def update_user(self, msg: UpdateUser, con: asyncpg.Connection) -> User:
+        # A savepoint: a unique violation becomes a Conflict.
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():
                 row = await self._writable(con, msg.user_id, msg.caller)
-                if row["status"] == "inactive":
+                if row.status == "inactive":
                     raise Conflict("this account is deactivated", code="account_inactive")
-                if msg.phone is not None and msg.phone != row["phone"] and not msg.caller.can("users:write"):
+                if msg.phone is not None and msg.phone != row.phone and not msg.caller.can("users:write"):
                     # The phone receives the sign-in codes: changing it with nothing but an access token
                     # (perhaps a stolen one) would hand the account over for good. Until the new number is
                     # proved by a code, an agent with users:write changes it.
                     raise Forbidden(
                         "changing the phone number is done by an agent for now", code="phone_change_not_self_service"
                     )
-                old = {"email": row["email"], "phone": row["phone"], "language": row["language"]}
+                old = {"email": row.email, "phone": row.phone, "language": row.language}
                 new = {
-                    "email": msg.email.lower() if msg.email is not None else row["email"],
-                    "phone": msg.phone if msg.phone is not None else row["phone"],
-                    "language": msg.language or row["language"],
+                    "email": msg.email.lower() if msg.email is not None else row.email,
+                    "phone": msg.phone if msg.phone is not None else row.phone,
+                    "language": msg.language or row.language,
                 }
                 if new != old:
                     await store.update_contact(
@@ -395,42 +407,40 @@ class UsersActor(Actor):
             raise Conflict(f"this {field} belongs to another account", code=f"{field}_taken", field=field) from None
 
     @handler
-    async def deactivate_user(self, msg: DeactivateUser) -> User:
-        async with self.db.transaction() as con:
-            row = await self._writable(con, msg.user_id, msg.caller)
-            if row["status"] != "inactive":
-                roles = await store.roles_of(con, msg.user_id)
-                if "admin" in roles and row["status"] == "active" and await store.active_admins(con) <= 1:
-                    raise Conflict("the last active admin cannot be deactivated", code="last_admin")
-                await store.set_status(con, msg.user_id, "inactive", msg.caller.sub)
-                await store.record(
-                    con, msg.user_id, msg.caller.sub, "deactivated", row["status"], {"reason": msg.reason}
-                )
-                await self.emit(
-                    con,
-                    UserDeactivated(user_id=msg.user_id, by=msg.caller.sub),
-                    _contact_event(await store.get_row(con, msg.user_id)),
-                )
-            return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
+    async def deactivate_user(self, msg: DeactivateUser, con: asyncpg.Connection) -> User:
+        row = await self._writable(con, msg.user_id, msg.caller)
+        if row.status != "inactive":
+            roles = await store.roles_of(con, msg.user_id)
+            if "admin" in roles and row.status == "active" and await store.active_admins(con) <= 1:
+                raise Conflict("the last active admin cannot be deactivated", code="last_admin")
+            await store.set_status(con, msg.user_id, "inactive", msg.caller.sub)
+            await store.record(con, msg.user_id, msg.caller.sub, "deactivated", row.status, {"reason": msg.reason})
+            await self.emit(
+                con,
+                UserDeactivated(user_id=msg.user_id, by=msg.caller.sub),
+                _contact_event(await store.get_row(con, msg.user_id)),
+            )
+        return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     @handler
-    async def update_profile(self, msg: UpdateProfile) -> Profile:
+    async def update_profile(self, msg: UpdateProfile, con: asyncpg.Connection) -> Profile:
         f = msg.fields
         caller = msg.caller
+        # A savepoint: a unique violation becomes a Conflict.
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():
                 row = await self._writable(con, msg.user_id, caller, representatives=True)
-                if row["status"] == "inactive":
+                if row.status == "inactive":
                     raise Conflict("this account is deactivated", code="account_inactive")
                 old = await store.get_profile(con, msg.user_id)
                 assert old is not None
                 person = ("last_name", "first_name", "birth_date", "sex")
                 company = ("company_name", "ifu", "rccm", "representatives")
                 given = [name for name in (*person, "address", *company) if getattr(f, name) is not None]
-                wrong = [n for n in given if n in (company if row["kind"] != "company" else person)]
+                wrong = [n for n in given if n in (company if row.kind != "company" else person)]
                 if wrong:
                     raise Invalid(
-                        f"not a field of a {row['kind']} profile: {', '.join(wrong)}",
+                        f"not a field of a {row.kind} profile: {', '.join(wrong)}",
                         code="wrong_profile_fields",
                         fields=wrong,
                     )
@@ -442,7 +452,7 @@ class UsersActor(Actor):
                 changed_identity = [
                     n for n in IDENTITY_FIELDS if getattr(f, n) is not None and getattr(f, n) != getattr(old, n)
                 ]
-                if changed_identity and row["kyc_status"] != "unverified":
+                if changed_identity and row.kyc_status != "unverified":
                     if not caller.can("users:write"):
                         raise Conflict(
                             "these fields were verified against the registry and cannot be changed: "
@@ -452,8 +462,8 @@ class UsersActor(Actor):
                         )
                     # An admin correction voids the verification: it has to be done again.
                     await store.set_kyc(con, msg.user_id, "unverified", caller.sub)
-                    await store.record(con, msg.user_id, caller.sub, "kyc_reset", row["kyc_status"], "unverified")
-                if f.ifu is not None and f.ifu != old.ifu and row["kyc_status"] != "unverified":
+                    await store.record(con, msg.user_id, caller.sub, "kyc_reset", row.kyc_status, "unverified")
+                if f.ifu is not None and f.ifu != old.ifu and row.kyc_status != "unverified":
                     if not caller.can("users:write"):
                         raise Conflict(
                             "the IFU was verified and cannot be changed", code="identity_locked", fields=["ifu"]
@@ -482,7 +492,7 @@ class UsersActor(Actor):
             raise Conflict(f"this {field} belongs to another account", code=f"{field}_taken", field=field) from None
 
     @handler
-    async def set_user_roles(self, msg: SetUserRoles) -> UserRoles:
+    async def set_user_roles(self, msg: SetUserRoles, con: asyncpg.Connection) -> UserRoles:
         caller = msg.caller
         if not caller.can("users:roles"):
             raise Forbidden("needs permission users:roles", code="missing_permission")
@@ -492,44 +502,43 @@ class UsersActor(Actor):
         roles = sorted(set(msg.roles))
         if not roles:
             raise Invalid("give at least one role", code="roles_required")
-        async with self.db.transaction() as con:
-            row = await store.get_row(con, msg.user_id, lock=True)
-            if row is None:
-                raise _not_found(msg.user_id)
-            unknown = set(roles) - await store.known_roles(con, roles)
-            if unknown:
-                raise Invalid(f"unknown role(s): {', '.join(sorted(unknown))}", code="unknown_role")
-            old = await store.roles_of(con, msg.user_id)
-            if old != roles:
-                if "admin" in old and "admin" not in roles and row["status"] == "active":
-                    if await store.active_admins(con) <= 1:
-                        raise Conflict("the last active admin keeps the admin role", code="last_admin")
-                await store.replace_roles(con, msg.user_id, old, roles, caller.sub)
-                await self.emit(con, UserRolesChanged(user_id=msg.user_id, roles=roles, by=caller.sub))
-            return await self._roles_reply(con, msg.user_id)
+        row = await store.get_row(con, msg.user_id, lock=True)
+        if row is None:
+            raise _not_found(msg.user_id)
+        unknown = set(roles) - await store.known_roles(con, roles)
+        if unknown:
+            raise Invalid(f"unknown role(s): {', '.join(sorted(unknown))}", code="unknown_role")
+        old = await store.roles_of(con, msg.user_id)
+        if old != roles:
+            if "admin" in old and "admin" not in roles and row.status == "active":
+                if await store.active_admins(con) <= 1:
+                    raise Conflict("the last active admin keeps the admin role", code="last_admin")
+            await store.replace_roles(con, msg.user_id, old, roles, caller.sub)
+            await self.emit(con, UserRolesChanged(user_id=msg.user_id, roles=roles, by=caller.sub))
+        return await self._roles_reply(con, msg.user_id)
 
     # --- KYC ---------------------------------------------------------------------------------------
 
     @handler
     async def verify_npi(self, msg: VerifyNpi) -> User:
         caller = msg.caller
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             row = await self._visible(con, msg.user_id, caller)
             if caller.sub != str(msg.user_id) and not caller.can("users:kyc"):
                 raise Forbidden("needs permission users:kyc", code="missing_permission")
             profile = await store.get_profile(con, msg.user_id)
         assert profile is not None
-        if row["status"] == "inactive":
+        if row.status == "inactive":
             raise Conflict("this account is deactivated", code="account_inactive")
-        if row["kind"] != "person" or not row["npi"]:
+        if row.kind != "person" or not row.npi:
             raise Conflict("only a person account with an NPI can be verified", code="no_npi")
-        if row["kyc_status"] != "unverified":
-            async with self.db.pool.acquire() as con:
+        if row.kyc_status != "unverified":
+            async with self.db.connection() as con:
                 return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
         # The lookup happens outside any transaction: a slow registry must not hold a row lock.
         try:
             citizen = await self.bus.ask(
-                LookupCitizen(npi=row["npi"], requested_by=str(msg.user_id)),
+                LookupCitizen(npi=row.npi, requested_by=str(msg.user_id)),
                 timeout=self.settings.users.registry_timeout_s,
             )
         except NotFound:
@@ -546,9 +555,9 @@ class UsersActor(Actor):
             row = await store.get_row(con, msg.user_id, lock=True)
             current = await store.get_profile(con, msg.user_id)
             assert row is not None and current is not None
-            if row["npi"] != citizen.npi or registry_mismatches(current, citizen):
+            if row.npi != citizen.npi or registry_mismatches(current, citizen):
                 raise Conflict("the profile changed during the verification; try again", code="profile_changed")
-            if row["kyc_status"] == "unverified":
+            if row.kyc_status == "unverified":
                 await store.set_kyc(con, msg.user_id, "npi_verified", caller.sub)
                 await store.put_identity(con, msg.user_id, "npi", citizen.npi, source="anip", verified_by=caller.sub)
                 if current.sex is None and citizen.sex in ("M", "F"):
@@ -557,33 +566,31 @@ class UsersActor(Actor):
             return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     @handler
-    async def validate_kyc(self, msg: ValidateKyc) -> User:
+    async def validate_kyc(self, msg: ValidateKyc, con: asyncpg.Connection) -> User:
         caller = msg.caller
         if not caller.can("users:kyc"):
             raise Forbidden("needs permission users:kyc", code="missing_permission")
         if caller.sub == str(msg.user_id):
             raise Forbidden("you cannot validate your own file", code="own_kyc")
-        async with self.db.transaction() as con:
-            row = await store.get_row(con, msg.user_id, lock=True)
-            if row is None:
-                raise _not_found(msg.user_id)
-            if row["status"] == "inactive":
-                raise Conflict("this account is deactivated", code="account_inactive")
-            if row["kyc_status"] == "unverified":
-                raise Conflict("verify the NPI first", code="npi_not_verified")
-            if row["kyc_status"] == "npi_verified":
-                await store.set_kyc(con, msg.user_id, "kyc_verified", caller.sub)
-                await store.record(con, msg.user_id, caller.sub, "kyc_verified", "npi_verified", {"note": msg.note})
-            return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
+        row = await store.get_row(con, msg.user_id, lock=True)
+        if row is None:
+            raise _not_found(msg.user_id)
+        if row.status == "inactive":
+            raise Conflict("this account is deactivated", code="account_inactive")
+        if row.kyc_status == "unverified":
+            raise Conflict("verify the NPI first", code="npi_not_verified")
+        if row.kyc_status == "npi_verified":
+            await store.set_kyc(con, msg.user_id, "kyc_verified", caller.sub)
+            await store.record(con, msg.user_id, caller.sub, "kyc_verified", "npi_verified", {"note": msg.note})
+        return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     # --- seed --------------------------------------------------------------------------------------
 
     @handler
-    async def seed(self, msg: SeedUsers) -> int:
-        async with self.db.transaction() as con:
-            if msg.only_if_empty and not await store.is_empty(con):
-                return 0
-            added = await seed_data.load(con)
+    async def seed(self, msg: SeedUsers, con: asyncpg.Connection) -> int:
+        if msg.only_if_empty and not await store.is_empty(con):
+            return 0
+        added = await seed_data.load(con)
         if added:
             log.info("seeded %d users rows (roles and permissions)", added)
         return added

@@ -71,6 +71,19 @@ class UserContactChanged(Event):
     active: bool = True
 
 
+class UserRegistered(Event, omit_defaults=True):
+    """An account became active for the first time: a citizen confirmed their registration with the
+    code sent to their phone, or staff created the account. Emitted after the `UserContactChanged` of
+    the same transaction; the seeded welcome messages (email, in-app) listen to it, recipient `user_id`.
+
+    Template parameters are the fields; `name` is left out when unknown (the welcome greets without it).
+    """
+
+    user_id: UUID
+    kind: UserKind
+    name: str | None = None
+
+
 class UserDeactivated(Event):
     """A user was deactivated: auth revokes their sessions."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +11,8 @@ import msgspec
 
 from simveb.actors.users.messages import (
     Address,
+    KycStatus,
+    Language,
     Profile,
     ProfileFields,
     Representative,
@@ -17,6 +20,8 @@ from simveb.actors.users.messages import (
     RoleInfo,
     User,
     UserAuthz,
+    UserKind,
+    UserStatus,
 )
 from simveb.db import from_row, from_rows
 
@@ -35,21 +40,46 @@ async def get_user(con: asyncpg.Connection, user_id: UUID) -> User | None:
     return from_row(User, await con.fetchrow(_USER_SELECT + " WHERE u.id = $1", user_id))
 
 
-async def get_row(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> asyncpg.Record | None:
-    """The bare users row (with `released` and timestamps), optionally locked for a change."""
-    return await con.fetchrow(
-        "SELECT * FROM users.users WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+class UserRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The bare users row, as this actor decides on it (with `released` and its bookkeeping)."""
+
+    id: UUID
+    kind: UserKind
+    status: UserStatus
+    kyc_status: KycStatus
+    email: str | None
+    phone: str | None
+    npi: str | None
+    language: Language
+    released: bool
+    created_at: datetime
+    created_by: str
+    updated_at: datetime
+    updated_by: str
+    deactivated_at: datetime | None
+
+
+_ROW_COLS = ", ".join(UserRow.__struct_fields__)
+
+
+async def get_row(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> UserRow | None:
+    """The bare users row, optionally locked for a change."""
+    row = await con.fetchrow(
+        f"SELECT {_ROW_COLS} FROM users.users WHERE id = $1" + (" FOR UPDATE" if lock else ""),
         user_id,
     )
+    return from_row(UserRow, row)
 
 
-async def live_matches(con: asyncpg.Connection, npi: str, phone: str) -> list[asyncpg.Record]:
+async def live_matches(con: asyncpg.Connection, npi: str, phone: str) -> list[UserRow]:
     """Live accounts holding this NPI or this phone, locked (a registration is deciding about them)."""
-    return await con.fetch(
-        "SELECT * FROM users.users WHERE NOT released AND (npi = $1 OR phone = $2) ORDER BY created_at FOR UPDATE",
+    rows = await con.fetch(
+        f"SELECT {_ROW_COLS} FROM users.users WHERE NOT released AND (npi = $1 OR phone = $2)"
+        " ORDER BY created_at FOR UPDATE",
         npi,
         phone,
     )
+    return from_rows(UserRow, rows)
 
 
 async def email_taken(con: asyncpg.Connection, email: str, *, other_than: UUID | None = None) -> bool:
@@ -359,19 +389,19 @@ async def find_login(con: asyncpg.Connection, column: str, value: str) -> UUID |
 
 async def authz(con: asyncpg.Connection, user_id: UUID) -> UserAuthz | None:
     row = await get_row(con, user_id)
-    if row is None or row["released"]:
+    if row is None or row.released:
         return None
     return UserAuthz(
-        user_id=row["id"],
-        status=row["status"],
-        kind=row["kind"],
+        user_id=row.id,
+        status=row.status,
+        kind=row.kind,
         roles=await roles_of(con, user_id),
         permissions=await permissions_of(con, user_id),
-        email=row["email"],
-        phone=row["phone"],
-        npi=row["npi"],
-        language=row["language"],
-        kyc_status=row["kyc_status"],
+        email=row.email,
+        phone=row.phone,
+        npi=row.npi,
+        language=row.language,
+        kyc_status=row.kyc_status,
     )
 
 
