@@ -1,8 +1,10 @@
 """The config actor: serves settings, procedures, fees and flags from a cache; writes with history.
 
-Reads never touch the database while the cache is fresh. A write commits the row, its history entry
-and a `ConfigChanged` event together; the event (and a NOTIFY for other processes of the same
-deployment) marks every cache stale, so the next read reloads.
+Reads never touch the database while the cache is fresh. A write (a handler in the runtime's
+transaction) commits the row, its history entry and a `ConfigChanged` event together; the event (and
+a NOTIFY for other processes of the same deployment, heard on the listener's own connection) marks
+every cache stale, so the next read reloads. The actor takes one message at a time, so a write's
+`self._cache = None` cannot be undone by a read reloading before the write commits.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class ConfigActor(Actor):
 
     async def _snapshot(self) -> Snapshot:
         if self._cache is None:
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 self._cache = Snapshot(
                     settings={s.key: s for s in await store.all_settings(con)},
                     services={s.code: s for s in await store.all_services(con)},
@@ -189,94 +191,87 @@ class ConfigActor(Actor):
         return Quote(service_code=service.code, total=sum(line.amount for line in lines), lines=lines)
 
     @handler
-    async def list_history(self, msg: ListHistory) -> list[HistoryEntry]:
-        async with self.db.pool.acquire() as con:
-            return await store.history(con, msg.entity, msg.key, msg.limit)
+    async def list_history(self, msg: ListHistory, con: asyncpg.Connection) -> list[HistoryEntry]:
+        return await store.history(con, msg.entity, msg.key, msg.limit)
 
     # --- writes ------------------------------------------------------------------------------------
 
     @handler
-    async def put_setting(self, msg: PutSetting) -> Setting:
-        async with self.db.transaction() as con:
-            old = await store.get_setting(con, msg.key, lock=True)
-            if old is None and msg.type is None:
-                raise Invalid("a new setting needs a type", code="setting_type_required")
-            if old is not None and msg.type is not None and msg.type != old.type:
-                raise Conflict(f"setting {msg.key!r} is of type {old.type}", code="setting_type_mismatch")
-            type_ = msg.type or old.type  # type: ignore[union-attr]
-            new = Setting(
-                key=msg.key,
-                type=type_,
-                value=_check_value(type_, msg.value),
-                public=msg.public if msg.public is not None else (old.public if old else False),
-                description=msg.description if msg.description is not None else (old.description if old else ""),
-            )
-            saved = await store.upsert_setting(con, new, msg.by)
-            await self._changed(con, "setting", msg.key, msg.by, _plain(old), _plain(saved))
+    async def put_setting(self, msg: PutSetting, con: asyncpg.Connection) -> Setting:
+        old = await store.get_setting(con, msg.key, lock=True)
+        if old is None and msg.type is None:
+            raise Invalid("a new setting needs a type", code="setting_type_required")
+        if old is not None and msg.type is not None and msg.type != old.type:
+            raise Conflict(f"setting {msg.key!r} is of type {old.type}", code="setting_type_mismatch")
+        type_ = msg.type or old.type  # type: ignore[union-attr]
+        new = Setting(
+            key=msg.key,
+            type=type_,
+            value=_check_value(type_, msg.value),
+            public=msg.public if msg.public is not None else (old.public if old else False),
+            description=msg.description if msg.description is not None else (old.description if old else ""),
+        )
+        saved = await store.upsert_setting(con, new, msg.by)
+        await self._changed(con, "setting", msg.key, msg.by, _plain(old), _plain(saved))
         self._cache = None
         return saved
 
     @handler
-    async def create_service(self, msg: CreateService) -> Service:
-        async with self.db.transaction() as con:
-            saved = await store.insert_service(con, msg.code, msg.fields, msg.by)
-            if saved is None:
-                raise Conflict(f"service {msg.code!r} exists already", code="service_exists")
-            await self._changed(con, "service", msg.code, msg.by, None, _plain(saved))
+    async def create_service(self, msg: CreateService, con: asyncpg.Connection) -> Service:
+        saved = await store.insert_service(con, msg.code, msg.fields, msg.by)
+        if saved is None:
+            raise Conflict(f"service {msg.code!r} exists already", code="service_exists")
+        await self._changed(con, "service", msg.code, msg.by, None, _plain(saved))
         self._cache = None
         return saved
 
     @handler
-    async def update_service(self, msg: UpdateService) -> Service:
-        async with self.db.transaction() as con:
-            old = await store.get_service(con, msg.code, lock=True)
-            if old is None:
-                raise NotFound(f"no service {msg.code!r}", code="unknown_service")
-            saved = await store.update_service(con, msg.code, msg.fields, msg.by)
-            await self._changed(con, "service", msg.code, msg.by, _plain(old), _plain(saved))
+    async def update_service(self, msg: UpdateService, con: asyncpg.Connection) -> Service:
+        old = await store.get_service(con, msg.code, lock=True)
+        if old is None:
+            raise NotFound(f"no service {msg.code!r}", code="unknown_service")
+        saved = await store.update_service(con, msg.code, msg.fields, msg.by)
+        await self._changed(con, "service", msg.code, msg.by, _plain(old), _plain(saved))
         self._cache = None
         return saved  # type: ignore[return-value]
 
     @handler
-    async def create_fee(self, msg: CreateFee) -> Fee:
+    async def create_fee(self, msg: CreateFee, con: asyncpg.Connection) -> Fee:
         _check_fee_match(msg.fields.kind, msg.fields.match)
-        async with self.db.transaction() as con:
-            await self._require_service(con, msg.fields.service_code)
-            saved = await store.insert_fee(con, msg.fields, msg.by)
-            if saved is None:
-                raise Conflict("this service already has a fee line for that kind and match", code="fee_exists")
-            await self._changed(con, "fee", str(saved.id), msg.by, None, _plain(saved))
+        await self._require_service(con, msg.fields.service_code)
+        saved = await store.insert_fee(con, msg.fields, msg.by)
+        if saved is None:
+            raise Conflict("this service already has a fee line for that kind and match", code="fee_exists")
+        await self._changed(con, "fee", str(saved.id), msg.by, None, _plain(saved))
         self._cache = None
         return saved
 
     @handler
-    async def update_fee(self, msg: UpdateFee) -> Fee:
+    async def update_fee(self, msg: UpdateFee, con: asyncpg.Connection) -> Fee:
         _check_fee_match(msg.fields.kind, msg.fields.match)
-        async with self.db.transaction() as con:
-            old = await store.get_fee(con, msg.fee_id, lock=True)
-            if old is None:
-                raise NotFound(f"no fee {msg.fee_id}", code="unknown_fee")
-            await self._require_service(con, msg.fields.service_code)
-            clash = await store.find_fee(con, msg.fields.service_code, msg.fields.kind, msg.fields.match)
-            if clash is not None and clash.id != msg.fee_id:
-                raise Conflict("this service already has a fee line for that kind and match", code="fee_exists")
-            saved = await store.update_fee(con, msg.fee_id, msg.fields, msg.by)
-            await self._changed(con, "fee", str(msg.fee_id), msg.by, _plain(old), _plain(saved))
+        old = await store.get_fee(con, msg.fee_id, lock=True)
+        if old is None:
+            raise NotFound(f"no fee {msg.fee_id}", code="unknown_fee")
+        await self._require_service(con, msg.fields.service_code)
+        clash = await store.find_fee(con, msg.fields.service_code, msg.fields.kind, msg.fields.match)
+        if clash is not None and clash.id != msg.fee_id:
+            raise Conflict("this service already has a fee line for that kind and match", code="fee_exists")
+        saved = await store.update_fee(con, msg.fee_id, msg.fields, msg.by)
+        await self._changed(con, "fee", str(msg.fee_id), msg.by, _plain(old), _plain(saved))
         self._cache = None
         return saved  # type: ignore[return-value]
 
     @handler
-    async def put_feature(self, msg: PutFeature) -> FeatureFlag:
-        async with self.db.transaction() as con:
-            old = await store.get_flag(con, msg.key, lock=True)
-            new = FeatureFlag(
-                key=msg.key,
-                enabled=msg.enabled,
-                rollout_percent=msg.rollout_percent,
-                description=msg.description if msg.description is not None else (old.description if old else ""),
-            )
-            saved = await store.upsert_flag(con, new, msg.by)
-            await self._changed(con, "feature", msg.key, msg.by, _plain(old), _plain(saved))
+    async def put_feature(self, msg: PutFeature, con: asyncpg.Connection) -> FeatureFlag:
+        old = await store.get_flag(con, msg.key, lock=True)
+        new = FeatureFlag(
+            key=msg.key,
+            enabled=msg.enabled,
+            rollout_percent=msg.rollout_percent,
+            description=msg.description if msg.description is not None else (old.description if old else ""),
+        )
+        saved = await store.upsert_flag(con, new, msg.by)
+        await self._changed(con, "feature", msg.key, msg.by, _plain(old), _plain(saved))
         self._cache = None
         return saved
 
@@ -291,11 +286,10 @@ class ConfigActor(Actor):
         self._cache = None
 
     @handler
-    async def seed(self, msg: SeedConfig) -> int:
-        async with self.db.transaction() as con:
-            if msg.only_if_empty and not await store.is_empty(con):
-                return 0
-            added = await seed_data.load(con)
+    async def seed(self, msg: SeedConfig, con: asyncpg.Connection) -> int:
+        if msg.only_if_empty and not await store.is_empty(con):
+            return 0
+        added = await seed_data.load(con)
         self._cache = None
         if added:
             log.info("seeded %d config rows", added)

@@ -3,7 +3,8 @@
 It validates identifiers before any call, logs every HTTP attempt (hashed identifier, no personal
 data) in `integrations.integration_logs`, queues non-urgent lookups that failed because a registry
 was unavailable, and runs the background worker that retries them (see messages.py for what
-"non-urgent" means). It asks no other actor.
+"non-urgent" means). It asks no other actor. Lookups wait on the network, so they take no
+connection from the runtime: they write (the queue, the call log) in short blocks of their own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import unicodedata
 from datetime import date
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -151,7 +153,7 @@ class IntegrationsActor(Actor):
             if urgent:
                 raise
             s = self.settings.integrations
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 await store.enqueue(con, service, identifier, requested_by, s.queue_base_delay_s)
             self._wake.set()
             queued = Unavailable(
@@ -166,11 +168,10 @@ class IntegrationsActor(Actor):
     # --- status ------------------------------------------------------------------------------------
 
     @handler
-    async def status(self, msg: GetIntegrationsStatus) -> IntegrationsStatus:
+    async def status(self, msg: GetIntegrationsStatus, con: asyncpg.Connection) -> IntegrationsStatus:
         window = self.settings.integrations.status_window_s
-        async with self.db.pool.acquire() as con:
-            figures = await store.figures(con, window)
-            changes = await store.last_transitions(con)
+        figures = await store.figures(con, window)
+        changes = await store.last_transitions(con)
         services = []
         for name, registry in self.registries.items():
             f = figures.get(name) or store.Figures()
@@ -210,7 +211,7 @@ class IntegrationsActor(Actor):
                     pass
                 if time.monotonic() - last_prune > PRUNE_EVERY_S:
                     last_prune = time.monotonic()
-                    async with self.db.pool.acquire() as con:
+                    async with self.db.connection() as con:
                         await store.prune_logs(con, s.log_retention_days)
             except asyncio.CancelledError:
                 raise
@@ -229,7 +230,7 @@ class IntegrationsActor(Actor):
             if not ready:
                 return 0
             lease = s.lookup_budget_s * 2
-            async with self.db.pool.acquire() as con:
+            async with self.db.connection() as con:
                 rows = await store.claim_due(con, ready, s.queue_batch, lease)
             for row in rows:
                 await self._retry(row)
@@ -264,11 +265,11 @@ class IntegrationsActor(Actor):
     # --- logging -----------------------------------------------------------------------------------
 
     async def _log_call(self, entry: store.CallLog) -> None:
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             await store.log_call(con, entry)
 
     async def _log_transition(self, service: str, old: str, new: str) -> None:
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             await store.record_transition(con, service, old, new, self.process)
 
 

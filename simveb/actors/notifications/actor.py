@@ -10,7 +10,9 @@ sending is therefore at least once; the SMS gateway receives our idempotency key
 
 Domain events reach this actor through a handler annotated with the base `Event` type (it receives
 every event); the subscription table decides which of them send what to whom. Contact details come
-from `UserContactChanged` into a local read model: this actor asks nobody.
+from `UserContactChanged` into a local read model: this actor asks nobody. Its handlers take the
+runtime's connection (events: in the inbox transaction); the workers use short blocks of their own
+and never hold a connection while they send.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ from simveb.actors.notifications.messages import (
 from simveb.actors.notifications.rendering import Sealer, check_syntax, masked, render
 from simveb.actors.users.messages import UserContactChanged
 from simveb.bus import Actor, current_event_id, handler
+from simveb.db import Listener
 from simveb.errors import Conflict, Invalid, NotFound
 from simveb.messages import Event
 
 log = logging.getLogger("simveb.notifications")
 NOTIFY_CHANNEL = "simveb_notifications"
+QUEUED = "queued"  # NOTIFY payload of a queued message; any other payload also drops the subscriptions cache
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 PHONE = re.compile(r"^\+[1-9][0-9]{7,14}$")
 PARAM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -121,12 +125,13 @@ class NotificationsActor(Actor):
         self._subs_loaded = 0.0
         self._wake = asyncio.Event()
         self._stopping = False
-        self._listener: asyncpg.Connection | None = None
         self._workers: list[asyncio.Task[None]] = []
+        # Writes from any process (the CLI, another server) NOTIFY on commit: the workers wake at once,
+        # and a subscription change (or a reconnection, when changes may have been missed) drops the
+        # subscriptions cache. The LISTEN has a connection of its own, re-established after a loss.
+        self._listener: Listener = self.db.listener(NOTIFY_CHANNEL, self._notified)
+        await self._listener.start()
         if s.workers:
-            # Writes from any process (the CLI, another server) NOTIFY on commit: wake up at once.
-            self._listener = await self.db.pool.acquire()
-            await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
             self._workers = [
                 asyncio.create_task(self._work(i), name=f"notifications:worker:{i}") for i in range(s.workers)
             ]
@@ -140,14 +145,12 @@ class NotificationsActor(Actor):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.remove_listener(NOTIFY_CHANNEL, self._notified)
-            await self.db.pool.release(self._listener)
-            self._listener = None
+        await self._listener.stop()
         await self.client.aclose()
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, payload: str) -> None:
+        if payload != QUEUED:
+            self._subs = None
         self._wake.set()
 
     # --- writing to the queue ------------------------------------------------------------------------
@@ -202,80 +205,78 @@ class NotificationsActor(Actor):
                 "source": source,
             },
         )
-        await con.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        await con.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, QUEUED)
         return saved
 
     @handler
-    async def send_otp(self, msg: SendOtp) -> Accepted:
+    async def send_otp(self, msg: SendOtp, con: asyncpg.Connection) -> Accepted:
         _check_address(msg.channel, msg.to)
         if not msg.code or len(msg.code) > 20:
             raise Invalid("the code must be 1 to 20 characters", code="invalid_code")
-        async with self.db.transaction() as con:
-            saved = await self._enqueue(
-                con,
-                channel=msg.channel,
-                recipient=msg.to,
-                user_id=None,
-                template_event=f"otp.{msg.purpose}",
-                language=msg.language,
-                params={"code": msg.code, "purpose": msg.purpose},
-                secrets={"code"},
-                idempotency_key=_idempotency_key("otp", msg.idempotency_key, msg.channel, msg.to),
-                source="otp",
-            )
+        saved = await self._enqueue(
+            con,
+            channel=msg.channel,
+            recipient=msg.to,
+            user_id=None,
+            template_event=f"otp.{msg.purpose}",
+            language=msg.language,
+            params={"code": msg.code, "purpose": msg.purpose},
+            secrets={"code"},
+            idempotency_key=_idempotency_key("otp", msg.idempotency_key, msg.channel, msg.to),
+            source="otp",
+        )
         return Accepted(notification_ids=[saved])
 
     @handler
-    async def send_notification(self, msg: SendNotification) -> Accepted:
+    async def send_notification(self, msg: SendNotification, con: asyncpg.Connection) -> Accepted:
         key = msg.idempotency_key or uuid.uuid4().hex
-        async with self.db.transaction() as con:
-            language = msg.language
-            recipients: list[tuple[str, UUID | None]] = []
-            if msg.channel in ("email", "sms"):
-                if msg.to is not None:
-                    _check_address(msg.channel, msg.to)
-                    recipients.append((msg.to, msg.user_id))
-                elif msg.user_id is not None:
-                    contact = await store.get_contact(con, msg.user_id)
-                    address = contact and contact["email" if msg.channel == "email" else "phone"]
-                    if not address:
-                        raise Conflict(f"no {msg.channel} contact is known for this user", code="no_contact")
-                    language = language or contact["language"]
-                    recipients.append((address, msg.user_id))
-                else:
-                    raise Invalid("give `to` or `user_id`", code="recipient_required")
-            elif msg.channel == "push":
-                if msg.to is not None:
-                    recipients.append((msg.to, msg.user_id))
-                elif msg.user_id is not None:
-                    tokens = await store.devices_of(con, msg.user_id)
-                    if not tokens:
-                        raise Conflict("this user has no push device registered", code="no_device")
-                    recipients += [(t, msg.user_id) for t in tokens]
-                else:
-                    raise Invalid("give `user_id` (or a device token in `to`)", code="recipient_required")
-            else:
-                if msg.user_id is None:
-                    raise Invalid("an in-app notification needs `user_id`", code="recipient_required")
-                recipients.append((str(msg.user_id), msg.user_id))
-            if language is None and msg.user_id is not None:
+        language = msg.language
+        recipients: list[tuple[str, UUID | None]] = []
+        if msg.channel in ("email", "sms"):
+            if msg.to is not None:
+                _check_address(msg.channel, msg.to)
+                recipients.append((msg.to, msg.user_id))
+            elif msg.user_id is not None:
                 contact = await store.get_contact(con, msg.user_id)
-                language = contact["language"] if contact else None
-            ids = [
-                await self._enqueue(
-                    con,
-                    channel=msg.channel,
-                    recipient=recipient,
-                    user_id=user_id,
-                    template_event=msg.template,
-                    language=language or "fr",
-                    params=dict(msg.params),
-                    secrets=set(),
-                    idempotency_key=_idempotency_key("api", key, msg.channel, recipient),
-                    source=msg.by,
-                )
-                for recipient, user_id in recipients
-            ]
+                address = contact.address(msg.channel) if contact else None
+                if not address:
+                    raise Conflict(f"no {msg.channel} contact is known for this user", code="no_contact")
+                language = language or contact.language
+                recipients.append((address, msg.user_id))
+            else:
+                raise Invalid("give `to` or `user_id`", code="recipient_required")
+        elif msg.channel == "push":
+            if msg.to is not None:
+                recipients.append((msg.to, msg.user_id))
+            elif msg.user_id is not None:
+                tokens = await store.devices_of(con, msg.user_id)
+                if not tokens:
+                    raise Conflict("this user has no push device registered", code="no_device")
+                recipients += [(t, msg.user_id) for t in tokens]
+            else:
+                raise Invalid("give `user_id` (or a device token in `to`)", code="recipient_required")
+        else:
+            if msg.user_id is None:
+                raise Invalid("an in-app notification needs `user_id`", code="recipient_required")
+            recipients.append((str(msg.user_id), msg.user_id))
+        if language is None and msg.user_id is not None:
+            contact = await store.get_contact(con, msg.user_id)
+            language = contact.language if contact else None
+        ids = [
+            await self._enqueue(
+                con,
+                channel=msg.channel,
+                recipient=recipient,
+                user_id=user_id,
+                template_event=msg.template,
+                language=language or "fr",
+                params=dict(msg.params),
+                secrets=set(),
+                idempotency_key=_idempotency_key("api", key, msg.channel, recipient),
+                source=msg.by,
+            )
+            for recipient, user_id in recipients
+        ]
         return Accepted(notification_ids=ids)
 
     # --- events and subscriptions --------------------------------------------------------------------
@@ -347,47 +348,50 @@ class NotificationsActor(Actor):
             log.warning("notification recipient field is neither a user id nor a %s address", channel)
             return []
         contact = await store.get_contact(con, user_id)
-        language = contact["language"] if contact else "fr"
-        if contact is not None and not contact["active"]:
+        language = contact.language if contact else "fr"
+        if contact is not None and not contact.active:
             return []
         if channel == "in_app":
             return [(str(user_id), user_id, language)]
         if channel == "push":
             return [(token, user_id, language) for token in await store.devices_of(con, user_id)]
-        address = contact and contact["email" if channel == "email" else "phone"]
+        address = contact.address(channel) if contact else None
         if not address:
             log.info("user %s has no %s contact: nothing sent", user_id, channel)
             return []
         return [(address, user_id, language)]
 
+    async def _subscriptions_changed(self, con: asyncpg.Connection) -> None:
+        # Dropped now and again when the NOTIFY arrives after commit (here, and in every other
+        # process), so a read that reloaded before this transaction committed is not kept.
+        self._subs = None
+        await con.execute("SELECT pg_notify($1, 'subscriptions')", NOTIFY_CHANNEL)
+
     @handler
-    async def list_subscriptions(self, msg: ListSubscriptions) -> list[Subscription]:
-        async with self.db.pool.acquire() as con:
-            subs = await store.all_subscriptions(con)
+    async def list_subscriptions(self, msg: ListSubscriptions, con: asyncpg.Connection) -> list[Subscription]:
+        subs = await store.all_subscriptions(con)
         return [s for s in subs if msg.event_type is None or s.event_type == msg.event_type]
 
     @handler
-    async def put_subscription(self, msg: PutSubscription) -> Subscription:
+    async def put_subscription(self, msg: PutSubscription, con: asyncpg.Connection) -> Subscription:
         if not PARAM.match(msg.recipient_field):
             raise Invalid("recipient_field must name a field of the event", code="invalid_recipient_field")
-        async with self.db.transaction() as con:
-            if not await store.list_templates(con, msg.template_event, msg.channel):
-                raise NotFound(f"no template {msg.template_event!r} for channel {msg.channel}", code="unknown_template")
-            saved = await store.put_subscription(
-                con, msg.event_type, msg.channel, msg.template_event, msg.recipient_field, msg.active
-            )
-        self._subs = None
+        if not await store.list_templates(con, msg.template_event, msg.channel):
+            raise NotFound(f"no template {msg.template_event!r} for channel {msg.channel}", code="unknown_template")
+        saved = await store.put_subscription(
+            con, msg.event_type, msg.channel, msg.template_event, msg.recipient_field, msg.active
+        )
+        await self._subscriptions_changed(con)
         return saved
 
     # --- templates -----------------------------------------------------------------------------------
 
     @handler
-    async def list_templates(self, msg: ListTemplates) -> list[Template]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_templates(con, msg.event, msg.channel)
+    async def list_templates(self, msg: ListTemplates, con: asyncpg.Connection) -> list[Template]:
+        return await store.list_templates(con, msg.event, msg.channel)
 
     @handler
-    async def update_template(self, msg: UpdateTemplate) -> Template:
+    async def update_template(self, msg: UpdateTemplate, con: asyncpg.Connection) -> Template:
         if not msg.body.strip():
             raise Invalid("body: a template cannot be empty", code="empty_template")
         check_syntax(msg.body, "body")
@@ -396,81 +400,73 @@ class NotificationsActor(Actor):
         for name in msg.secret_params or []:
             if not PARAM.match(name):
                 raise Invalid(f"secret_params: {name!r} is not a parameter name", code="invalid_secret_param")
-        async with self.db.transaction() as con:
-            old = await store.get_template(con, msg.template_id, lock=True)
-            if old is None:
-                raise NotFound(f"no template {msg.template_id}", code="unknown_template")
-            secrets = old.secret_params if msg.secret_params is None else sorted(set(msg.secret_params))
-            if secrets and old.channel == "in_app":
-                raise Invalid("in-app templates cannot have secret parameters", code="secret_in_app")
-            return await store.update_template(
-                con,
-                msg.template_id,
-                old.subject if msg.subject is None else msg.subject,
-                msg.body,
-                secrets,
-                old.description if msg.description is None else msg.description,
-                msg.by,
-            )
+        old = await store.get_template(con, msg.template_id, lock=True)
+        if old is None:
+            raise NotFound(f"no template {msg.template_id}", code="unknown_template")
+        secrets = old.secret_params if msg.secret_params is None else sorted(set(msg.secret_params))
+        if secrets and old.channel == "in_app":
+            raise Invalid("in-app templates cannot have secret parameters", code="secret_in_app")
+        return await store.update_template(
+            con,
+            msg.template_id,
+            old.subject if msg.subject is None else msg.subject,
+            msg.body,
+            secrets,
+            old.description if msg.description is None else msg.description,
+            msg.by,
+        )
 
     # --- in-app inbox and devices --------------------------------------------------------------------
 
     @handler
-    async def list_mine(self, msg: ListMyNotifications) -> NotificationPage:
+    async def list_mine(self, msg: ListMyNotifications, con: asyncpg.Connection) -> NotificationPage:
         limit = max(1, min(msg.limit, 100))
         offset = max(0, msg.offset)
-        async with self.db.pool.acquire() as con:
-            items, total, unread = await store.in_app_page(con, msg.user_id, limit, offset, msg.unread_only)
+        items, total, unread = await store.in_app_page(con, msg.user_id, limit, offset, msg.unread_only)
         return NotificationPage(items=items, total=total, unread=unread, limit=limit, offset=offset)
 
     @handler
-    async def mark_read(self, msg: MarkRead) -> Notification:
-        async with self.db.transaction() as con:
-            saved = await store.mark_read(con, msg.user_id, msg.notification_id)
+    async def mark_read(self, msg: MarkRead, con: asyncpg.Connection) -> Notification:
+        saved = await store.mark_read(con, msg.user_id, msg.notification_id)
         if saved is None:
             # Somebody else's notification is indistinguishable from a missing one.
             raise NotFound("no such notification", code="unknown_notification")
         return saved
 
     @handler
-    async def register_device(self, msg: RegisterDevice) -> Device:
+    async def register_device(self, msg: RegisterDevice, con: asyncpg.Connection) -> Device:
         if not msg.token or len(msg.token) > 4096:
             raise Invalid("token must be 1 to 4096 characters", code="invalid_device_token")
-        async with self.db.transaction() as con:
-            return await store.register_device(con, msg.user_id, msg.token, msg.platform)
+        return await store.register_device(con, msg.user_id, msg.token, msg.platform)
 
     @handler
-    async def unregister_device(self, msg: UnregisterDevice) -> None:
-        async with self.db.transaction() as con:
-            if not await store.delete_device(con, msg.user_id, msg.token):
-                raise NotFound("no such device", code="unknown_device")
+    async def unregister_device(self, msg: UnregisterDevice, con: asyncpg.Connection) -> None:
+        if not await store.delete_device(con, msg.user_id, msg.token):
+            raise NotFound("no such device", code="unknown_device")
 
     # --- operations ----------------------------------------------------------------------------------
 
     @handler
-    async def get_delivery(self, msg: GetDelivery) -> Delivery:
-        async with self.db.pool.acquire() as con:
-            found = await store.get_delivery(con, msg.notification_id)
+    async def get_delivery(self, msg: GetDelivery, con: asyncpg.Connection) -> Delivery:
+        found = await store.get_delivery(con, msg.notification_id)
         if found is None:
             raise NotFound("no such notification", code="unknown_notification")
         return found
 
     @handler
-    async def retry_dead(self, msg: RetryDead) -> int:
-        async with self.db.transaction() as con:
-            count = await store.retry_dead(con, msg.channel)
-            await con.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    async def retry_dead(self, msg: RetryDead, con: asyncpg.Connection) -> int:
+        count = await store.retry_dead(con, msg.channel)
+        await con.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, QUEUED)
         if count:
             log.info("%d dead notification(s) queued again", count)
         return count
 
     @handler
-    async def seed(self, msg: SeedNotifications) -> int:
-        async with self.db.transaction() as con:
-            if msg.only_if_empty and await store.has_templates(con):
-                return 0
-            added = await seed_data.load(con)
-        self._subs = None
+    async def seed(self, msg: SeedNotifications, con: asyncpg.Connection) -> int:
+        if msg.only_if_empty and await store.has_templates(con):
+            return 0
+        added = await seed_data.load(con)
+        await self._subscriptions_changed(con)
         if added:
             log.info("seeded %d notification rows", added)
         return added
@@ -484,7 +480,7 @@ class NotificationsActor(Actor):
             try:
                 if await self.deliver_once():
                     continue
-                async with self.db.pool.acquire() as con:
+                async with self.db.connection() as con:
                     due_in = await store.seconds_to_next_due(con)
             except asyncio.CancelledError:
                 raise
@@ -516,51 +512,51 @@ class NotificationsActor(Actor):
                 await store.mark_dead(con, dead)
         return len(rows)
 
-    async def _send(self, row: asyncpg.Record) -> tuple[Any, ...]:
+    async def _send(self, row: store.Due) -> tuple[Any, ...]:
         s = self.settings.notifications
-        mid: UUID = row["id"]
-        channel = self.channels.get(row["channel"])
+        mid: UUID = row.id
+        channel = self.channels.get(row.channel)
         if channel is None:
-            return ("dead", mid, f"no sender for channel {row['channel']}")
-        subject, text = row["subject"], row["body"]
-        if row["sealed"] is not None:
+            return ("dead", mid, f"no sender for channel {row.channel}")
+        subject, text = row.subject, row.body
+        if row.sealed is not None:
             try:
-                subject, text = self.sealer.unseal(mid, row["sealed"])
+                subject, text = self.sealer.unseal(mid, row.sealed)
             except (InvalidTag, ValueError, KeyError):
                 log.error("notification %s: sealed body cannot be opened (seal key changed?)", mid)
                 return ("dead", mid, "sealed body cannot be opened")
         out = Outgoing(
             message_id=str(mid),
-            recipient=row["recipient"],
+            recipient=row.recipient,
             subject=subject,
             text=text,
-            idempotency_key=row["idempotency_key"],
-            data={"notification_id": str(mid), "event": row["template_event"]},
+            idempotency_key=row.idempotency_key,
+            data={"notification_id": str(mid), "event": row.template_event},
         )
-        attempts: int = row["attempts"]
+        attempts: int = row.attempts
         try:
             provider_id = await channel.send(out)
         except PermanentFailure as exc:
-            log.warning("notification %s via %s refused: %s", mid, row["channel"], exc)
+            log.warning("notification %s via %s refused: %s", mid, row.channel, exc)
             return ("dead", mid, str(exc))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             reason = str(exc) if isinstance(exc, TransientFailure) else f"unexpected {type(exc).__name__}"
             if not isinstance(exc, TransientFailure):
-                log.exception("notification %s via %s: unexpected failure", mid, row["channel"])
+                log.exception("notification %s via %s: unexpected failure", mid, row.channel)
             if attempts >= s.max_attempts:
-                log.error("notification %s via %s is dead after %d attempts: %s", mid, row["channel"], attempts, reason)
+                log.error("notification %s via %s is dead after %d attempts: %s", mid, row.channel, attempts, reason)
                 return ("dead", mid, reason)
             delay = min(s.retry_max_s, s.retry_base_s * 2 ** (attempts - 1)) * random.uniform(0.8, 1.2)
             log.info(
                 "notification %s via %s failed (attempt %d), retry in %.1f s: %s",
                 mid,
-                row["channel"],
+                row.channel,
                 attempts,
                 delay,
                 reason,
             )
             return ("retry", mid, delay, reason)
-        log.info("notification %s sent via %s (attempt %d)", mid, row["channel"], attempts)
+        log.info("notification %s sent via %s (attempt %d)", mid, row.channel, attempts)
         return ("sent", mid, provider_id)

@@ -6,6 +6,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from simveb.actors.notifications.messages import Delivery, Device, Notification, Subscription, Template
 from simveb.db import from_row, from_rows
@@ -111,10 +112,25 @@ async def upsert_contact(
     )
 
 
-async def get_contact(con: asyncpg.Connection, user_id: UUID) -> asyncpg.Record | None:
-    return await con.fetchrow(
+class Contact(msgspec.Struct, frozen=True, kw_only=True):
+    """A user's contact details as the read model (fed by UserContactChanged) knows them."""
+
+    user_id: UUID
+    email: str | None
+    phone: str | None
+    language: str
+    active: bool
+
+    def address(self, channel: str) -> str | None:
+        """The email or phone for that channel (None for the others)."""
+        return self.email if channel == "email" else self.phone if channel == "sms" else None
+
+
+async def get_contact(con: asyncpg.Connection, user_id: UUID) -> Contact | None:
+    row = await con.fetchrow(
         "SELECT user_id, email, phone, language, active FROM notifications.contacts WHERE user_id = $1", user_id
     )
+    return from_row(Contact, row)
 
 
 async def devices_of(con: asyncpg.Connection, user_id: UUID) -> list[str]:
@@ -172,9 +188,23 @@ async def insert_message(con: asyncpg.Connection, row: dict[str, Any]) -> UUID:
     )
 
 
-async def claim_due(con: asyncpg.Connection, limit: int, lease_s: float) -> list[asyncpg.Record]:
+class Due(msgspec.Struct, frozen=True, kw_only=True):
+    """A message claimed for sending (attempts already counts this one)."""
+
+    id: UUID
+    channel: str
+    recipient: str
+    subject: str
+    body: str
+    sealed: bytes | None
+    attempts: int
+    idempotency_key: str
+    template_event: str
+
+
+async def claim_due(con: asyncpg.Connection, limit: int, lease_s: float) -> list[Due]:
     """Claim due messages for this worker: pending ones, and claimed ones whose lease ran out."""
-    return await con.fetch(
+    rows = await con.fetch(
         "UPDATE notifications.messages m SET status = 'sending', attempts = m.attempts + 1,"
         " next_attempt_at = now() + make_interval(secs => $2)"
         " FROM (SELECT id FROM notifications.messages WHERE status IN ('pending', 'sending')"
@@ -185,6 +215,7 @@ async def claim_due(con: asyncpg.Connection, limit: int, lease_s: float) -> list
         limit,
         lease_s,
     )
+    return from_rows(Due, rows)
 
 
 async def mark_sent(con: asyncpg.Connection, results: list[tuple[UUID, str]]) -> None:
