@@ -221,7 +221,7 @@ async def test_export_in_small_batches_and_early_close(bus, runtime, tmp_path):
     second = await bus.ask(ReadExport(export_id=export_id))
     assert len(second.data.decode().splitlines()) == 5
     assert await bus.ask(CloseExport(export_id=export_id))  # the client stops early
-    assert actor._exports == {}
+    assert actor.exports.open == {}
 
 
 async def test_a_load_bigger_than_the_registry_rebuilds_the_indexes(bus, runtime, tmp_path):
@@ -235,7 +235,7 @@ async def test_a_load_bigger_than_the_registry_rebuilds_the_indexes(bus, runtime
 
     before = await indexes()
     actor = runtime.bus.cells["vehicles"].instance
-    actor.rebuild_min_rows = 10
+    actor.imports.rebuild_min_rows = 10
     rows, bad = sample(40)
     job = await run_import(bus, write_csv(tmp_path / "big.csv", rows), tmp_path / "big.errors.csv")
     assert (job.inserted, job.rejected) == (36, 4), job.error

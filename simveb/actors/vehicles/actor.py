@@ -1,5 +1,5 @@
-"""The vehicles actor: catalogue, the registry of vehicles, their legal standing and history, bulk
-import and streamed export.
+"""The vehicles actor: catalogue, the registry of vehicles, their legal standing and history; bulk
+import and streamed export are handed to the pipeline in bulk.py.
 
 Every change of a vehicle commits, in one transaction, the row (with its version bumped), one
 append-only history entry per changed field and the event for the outbox. Updates carry the version
@@ -11,27 +11,19 @@ imports and the open export cursors.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import csv
-import io
 import logging
 import re
-import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 import msgspec
 
 from simveb.actors.registrations.messages import OwnershipTransferred, PlateAssigned, RegistrationValidated
 from simveb.actors.vehicles import seed_data, store
+from simveb.actors.vehicles.bulk import Exports, Imports
 from simveb.actors.vehicles.messages import (
-    CSV_COLUMNS,
-    CSV_REQUIRED,
     STATUS_TRANSITIONS,
     AddToBlacklist,
     ArchiveVehicle,
@@ -84,7 +76,6 @@ from simveb.actors.vehicles.messages import (
     VehicleModel,
     VehiclePage,
     VehicleRegistered,
-    VehiclesImported,
     VehicleStanding,
     VehicleStandingChanged,
     VehicleStatusChanged,
@@ -137,140 +128,104 @@ def _plain(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-class _Export:
-    """One open export: a connection in a read-only repeatable-read transaction and its server-side cursor."""
-
-    def __init__(self, con: asyncpg.Connection | None, tx: Any, cursor: Any) -> None:
-        self.con = con
-        self.tx = tx
-        self.cursor = cursor
-        self.lock = asyncio.Lock()
-        self.header_sent = False
-        self.used = time.monotonic()
-
-
 class VehiclesActor(Actor):
     name = "vehicles"
     # No in-memory state correctness depends on: reads (GET by id, searches) run side by side.
     concurrency = 8
-    # An import of at least this many rows, and bigger than the registry, rebuilds the indexes once
-    # instead of updating them row by row (the table is locked meanwhile: a first national load).
-    rebuild_min_rows = 100_000
 
     async def on_start(self) -> None:
-        async with self.db.pool.acquire() as con:
+        async with self.db.connection() as con:
             self.fuzzy: store.FuzzyMode = await store.fuzzy_mode(con)
-        self._jobs: dict[UUID, ImportJob] = {}
-        self._phase_started: dict[UUID, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._exports: dict[UUID, _Export] = {}
-        self._reaper = asyncio.create_task(self._reap_exports(), name="vehicles:export-reaper")
+        self.imports = Imports(self.db, lambda: self.settings, self.emit)
+        self.exports = Exports(self.db, lambda: self.settings)
         log.info("vehicles: fuzzy name search uses %s", "pg_trgm" if self.fuzzy == "trgm" else "full-text (core)")
 
     async def on_stop(self) -> None:
-        self._reaper.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in [self._reaper, *self._tasks]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for export_id in list(self._exports):
-            await self._close_export(export_id)
+        await self.imports.stop()
+        await self.exports.stop()
 
     # --- catalogue ---------------------------------------------------------------------------------
 
     @handler
-    async def list_brands(self, msg: ListBrands) -> list[Brand]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_brands(con, msg.include_inactive)
+    async def list_brands(self, msg: ListBrands, con: asyncpg.Connection) -> list[Brand]:
+        return await store.list_brands(con, msg.include_inactive)
 
     @handler
-    async def list_models(self, msg: ListModels) -> list[VehicleModel]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_models(con, msg.brand, msg.include_inactive)
+    async def list_models(self, msg: ListModels, con: asyncpg.Connection) -> list[VehicleModel]:
+        return await store.list_models(con, msg.brand, msg.include_inactive)
 
     @handler
-    async def list_types(self, msg: ListVehicleTypes) -> list[VehicleType]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_types(con)
+    async def list_types(self, msg: ListVehicleTypes, con: asyncpg.Connection) -> list[VehicleType]:
+        return await store.list_types(con)
 
     @handler
-    async def list_categories(self, msg: ListCategories) -> list[Category]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_categories(con)
+    async def list_categories(self, msg: ListCategories, con: asyncpg.Connection) -> list[Category]:
+        return await store.list_categories(con)
 
     @handler
-    async def list_energies(self, msg: ListEnergies) -> list[Energy]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_energies(con)
+    async def list_energies(self, msg: ListEnergies, con: asyncpg.Connection) -> list[Energy]:
+        return await store.list_energies(con)
 
     @handler
-    async def list_characteristics(self, msg: ListCharacteristics) -> list[CharacteristicCategory]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_characteristics(con)
+    async def list_characteristics(
+        self, msg: ListCharacteristics, con: asyncpg.Connection
+    ) -> list[CharacteristicCategory]:
+        return await store.list_characteristics(con)
 
     @handler
-    async def create_brand(self, msg: CreateBrand) -> Brand:
-        async with self.db.transaction() as con:
-            brand = await store.insert_brand(con, msg.code, msg.name.strip(), msg.country.strip())
-            if brand is None:
-                raise Conflict(f"a brand {msg.code!r} or named {msg.name!r} exists already", code="brand_exists")
+    async def create_brand(self, msg: CreateBrand, con: asyncpg.Connection) -> Brand:
+        brand = await store.insert_brand(con, msg.code, msg.name.strip(), msg.country.strip())
+        if brand is None:
+            raise Conflict(f"a brand {msg.code!r} or named {msg.name!r} exists already", code="brand_exists")
         log.info("brand %s added by %s", msg.code, msg.by)
         return brand
 
     @handler
-    async def create_model(self, msg: CreateModel) -> VehicleModel:
-        async with self.db.transaction() as con:
-            if not await store.exists(con, "brands", msg.brand_code):
-                raise NotFound(f"no brand {msg.brand_code!r}", code="unknown_make")
-            if not await store.exists(con, "types", msg.vehicle_type):
-                raise Invalid(f"no vehicle type {msg.vehicle_type!r}", code="unknown_vehicle_type")
-            model = await store.insert_model(con, msg.brand_code, msg.name.strip(), msg.vehicle_type)
-            if model is None:
-                raise Conflict(f"{msg.brand_code} already has a model {msg.name!r}", code="model_exists")
+    async def create_model(self, msg: CreateModel, con: asyncpg.Connection) -> VehicleModel:
+        if not await store.exists(con, "brands", msg.brand_code):
+            raise NotFound(f"no brand {msg.brand_code!r}", code="unknown_make")
+        if not await store.exists(con, "types", msg.vehicle_type):
+            raise Invalid(f"no vehicle type {msg.vehicle_type!r}", code="unknown_vehicle_type")
+        model = await store.insert_model(con, msg.brand_code, msg.name.strip(), msg.vehicle_type)
+        if model is None:
+            raise Conflict(f"{msg.brand_code} already has a model {msg.name!r}", code="model_exists")
         return model
 
     @handler
-    async def create_type(self, msg: CreateVehicleType) -> VehicleType:
-        async with self.db.transaction() as con:
-            if not await store.exists(con, "categories", msg.category):
-                raise Invalid(f"no category {msg.category!r}", code="unknown_category")
-            created = await store.insert_type(con, msg.code, msg.label, msg.category)
-            if created is None:
-                raise Conflict(f"vehicle type {msg.code!r} exists already", code="type_exists")
+    async def create_type(self, msg: CreateVehicleType, con: asyncpg.Connection) -> VehicleType:
+        if not await store.exists(con, "categories", msg.category):
+            raise Invalid(f"no category {msg.category!r}", code="unknown_category")
+        created = await store.insert_type(con, msg.code, msg.label, msg.category)
+        if created is None:
+            raise Conflict(f"vehicle type {msg.code!r} exists already", code="type_exists")
         return created
 
     @handler
-    async def create_characteristic(self, msg: CreateCharacteristic) -> CharacteristicValue:
-        async with self.db.transaction() as con:
-            if msg.category_label is None and not await store.exists(
-                con, "characteristic_categories", msg.category_code
-            ):
-                raise Invalid(f"no characteristic category {msg.category_code!r}", code="unknown_category")
-            created = await store.insert_characteristic(con, msg.category_code, msg.category_label, msg.code, msg.label)
-            if created is None:
-                raise Conflict(f"characteristic {msg.code!r} exists already", code="characteristic_exists")
+    async def create_characteristic(self, msg: CreateCharacteristic, con: asyncpg.Connection) -> CharacteristicValue:
+        if msg.category_label is None and not await store.exists(con, "characteristic_categories", msg.category_code):
+            raise Invalid(f"no characteristic category {msg.category_code!r}", code="unknown_category")
+        created = await store.insert_characteristic(con, msg.category_code, msg.category_label, msg.code, msg.label)
+        if created is None:
+            raise Conflict(f"characteristic {msg.code!r} exists already", code="characteristic_exists")
         return created
 
     @handler
-    async def seed(self, msg: SeedVehicles) -> int:
-        async with self.db.transaction() as con:
-            if msg.only_if_empty and not await store.catalogue_is_empty(con):
-                return 0
-            return await seed_data.load(con)
+    async def seed(self, msg: SeedVehicles, con: asyncpg.Connection) -> int:
+        if msg.only_if_empty and not await store.catalogue_is_empty(con):
+            return 0
+        return await seed_data.load(con)
 
     # --- vehicles: reads ---------------------------------------------------------------------------
 
     @handler
-    async def get_vehicle(self, msg: GetVehicle) -> Vehicle:
-        async with self.db.pool.acquire() as con:
-            vehicle = await store.get_vehicle(con, msg.vehicle_id)
+    async def get_vehicle(self, msg: GetVehicle, con: asyncpg.Connection) -> Vehicle:
+        vehicle = await store.get_vehicle(con, msg.vehicle_id)
         if vehicle is None or not visible(vehicle, msg.viewer):
             raise NotFound(f"no vehicle {msg.vehicle_id}", code="unknown_vehicle")
         return vehicle
 
     @handler
-    async def search(self, msg: SearchVehicles) -> VehiclePage:
+    async def search(self, msg: SearchVehicles, con: asyncpg.Connection) -> VehiclePage:
         limit = min(msg.limit, self.settings.vehicles.search_max_limit)
         after = None
         if msg.cursor:
@@ -278,37 +233,35 @@ class VehiclesActor(Actor):
                 after = UUID(msg.cursor)
             except ValueError:
                 raise Invalid("malformed cursor", code="invalid_cursor") from None
-        async with self.db.pool.acquire() as con:
-            rows = await store.search(con, msg.filter, msg.viewer, self.fuzzy, after, limit + 1)
+        rows = await store.search(con, msg.filter, msg.viewer, self.fuzzy, after, limit + 1)
         more = len(rows) > limit
         items = rows[:limit]
         return VehiclePage(items=items, next_cursor=str(items[-1].id) if more else None)
 
     @handler
-    async def history(self, msg: GetVehicleHistory) -> list[HistoryEntry]:
-        async with self.db.pool.acquire() as con:
-            vehicle = await store.get_vehicle(con, msg.vehicle_id)
-            if vehicle is None or not visible(vehicle, msg.viewer):
-                raise NotFound(f"no vehicle {msg.vehicle_id}", code="unknown_vehicle")
-            entries = await store.history(con, msg.vehicle_id)
-            if not entries or entries[0].field != "created":
-                # Imported vehicles get no per-row history entry (a national import would double its
-                # cost); their creation is told from the row and its import job.
-                origin = await store.import_origin(con, msg.vehicle_id)
-                entries.insert(
-                    0,
-                    HistoryEntry(
-                        id=0,
-                        vehicle_id=vehicle.id,
-                        at=origin["created_at"],
-                        actor=origin["created_by"],
-                        field="created",
-                        new_value={
-                            "import_job": str(origin["import_job"]) if origin["import_job"] else None,
-                            "source": origin["source"],
-                        },
-                    ),
-                )
+    async def history(self, msg: GetVehicleHistory, con: asyncpg.Connection) -> list[HistoryEntry]:
+        vehicle = await store.get_vehicle(con, msg.vehicle_id)
+        if vehicle is None or not visible(vehicle, msg.viewer):
+            raise NotFound(f"no vehicle {msg.vehicle_id}", code="unknown_vehicle")
+        entries = await store.history(con, msg.vehicle_id)
+        if not entries or entries[0].field != "created":
+            # Imported vehicles get no per-row history entry (a national import would double its
+            # cost); their creation is told from the row and its import job.
+            origin = await store.import_origin(con, msg.vehicle_id)
+            entries.insert(
+                0,
+                HistoryEntry(
+                    id=0,
+                    vehicle_id=vehicle.id,
+                    at=origin.created_at,
+                    actor=origin.created_by,
+                    field="created",
+                    new_value={
+                        "import_job": str(origin.import_job) if origin.import_job else None,
+                        "source": origin.source,
+                    },
+                ),
+            )
         return entries
 
     # --- vehicles: writes --------------------------------------------------------------------------
@@ -369,12 +322,12 @@ class VehiclesActor(Actor):
         return vehicle
 
     @handler
-    async def register(self, msg: RegisterVehicle) -> Vehicle:
+    async def register(self, msg: RegisterVehicle, con: asyncpg.Connection) -> Vehicle:
         vin = normalize_vin(msg.vin)
         plate = normalize_plate(msg.plate)
         owners = list(dict.fromkeys(msg.owners))
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():  # a savepoint: a lost race becomes a Conflict
                 fields = await self._fields(con, msg.fields)
                 if plate is not None and await store.plate_holder(con, store.plate_key(plate)) is not None:
                     raise Conflict(f"plate {plate} is assigned to another vehicle", code="plate_taken")
@@ -403,38 +356,36 @@ class VehiclesActor(Actor):
         return vehicle
 
     @handler
-    async def update(self, msg: UpdateVehicle) -> Vehicle:
-        async with self.db.transaction() as con:
-            old = await self._locked(con, msg.vehicle_id, msg.expected_version, msg.viewer)
-            fields = await self._fields(con, msg.fields)
-            changes = [
-                (name, _plain(getattr(old, name)), _plain(fields[name]))
-                for name in fields
-                if _plain(getattr(old, name)) != _plain(fields[name])
-            ]
-            if not changes:
-                return old
-            new = await store.update_fields(con, old.id, fields, msg.by)
-            await store.record(con, old.id, msg.by, changes, msg.reason)
-            await self.emit(
-                con, VehicleUpdated(vehicle_id=old.id, version=new.version, fields=[c[0] for c in changes], by=msg.by)
-            )
+    async def update(self, msg: UpdateVehicle, con: asyncpg.Connection) -> Vehicle:
+        old = await self._locked(con, msg.vehicle_id, msg.expected_version, msg.viewer)
+        fields = await self._fields(con, msg.fields)
+        changes = [
+            (name, _plain(getattr(old, name)), _plain(fields[name]))
+            for name in fields
+            if _plain(getattr(old, name)) != _plain(fields[name])
+        ]
+        if not changes:
+            return old
+        new = await store.update_fields(con, old.id, fields, msg.by)
+        await store.record(con, old.id, msg.by, changes, msg.reason)
+        await self.emit(
+            con, VehicleUpdated(vehicle_id=old.id, version=new.version, fields=[c[0] for c in changes], by=msg.by)
+        )
         return new
 
     @handler
-    async def archive(self, msg: ArchiveVehicle) -> Vehicle:
-        async with self.db.transaction() as con:
-            old = await self._locked(con, msg.vehicle_id, msg.expected_version)
-            new = await store.archive(con, old.id, msg.by)
-            await store.record(con, old.id, msg.by, [("archived", None, _plain(new.archived_at))], msg.reason)
-            await self.emit(con, VehicleArchived(vehicle_id=old.id, by=msg.by))
+    async def archive(self, msg: ArchiveVehicle, con: asyncpg.Connection) -> Vehicle:
+        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        new = await store.archive(con, old.id, msg.by)
+        await store.record(con, old.id, msg.by, [("archived", None, _plain(new.archived_at))], msg.reason)
+        await self.emit(con, VehicleArchived(vehicle_id=old.id, by=msg.by))
         return new
 
     @handler
-    async def assign_plate(self, msg: AssignPlate) -> Vehicle:
+    async def assign_plate(self, msg: AssignPlate, con: asyncpg.Connection) -> Vehicle:
         plate = normalize_plate(msg.plate)
         try:
-            async with self.db.transaction() as con:
+            async with con.transaction():  # a savepoint: a lost race becomes a Conflict
                 old = await self._locked(con, msg.vehicle_id, None)
                 if old.plate == plate:
                     return old
@@ -452,24 +403,23 @@ class VehiclesActor(Actor):
         return new
 
     @handler
-    async def change_owners(self, msg: ChangeOwners) -> Vehicle:
+    async def change_owners(self, msg: ChangeOwners, con: asyncpg.Connection) -> Vehicle:
         owners = list(dict.fromkeys(msg.owners))
         if not owners:
             raise Invalid("a vehicle needs at least one owner", code="owners_required")
-        async with self.db.transaction() as con:
-            old = await self._locked(con, msg.vehicle_id, msg.expected_version)
-            if owners == old.owners:
-                return old
-            standing = await self._standing(con, old, [str(o) for o in owners])
-            if standing.transfer_blocked:
-                raise Conflict(
-                    "transfer blocked: " + "; ".join(r.detail for r in standing.reasons),
-                    code="transfer_blocked",
-                    reasons=_plain(standing.reasons),
-                )
-            new = await store.set_column(con, old.id, "owners", owners, msg.by)
-            await store.record(con, old.id, msg.by, [("owners", _plain(old.owners), _plain(owners))], msg.reason)
-            await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=msg.by))
+        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        if owners == old.owners:
+            return old
+        standing = await self._standing(con, old, [str(o) for o in owners])
+        if standing.transfer_blocked:
+            raise Conflict(
+                "transfer blocked: " + "; ".join(r.detail for r in standing.reasons),
+                code="transfer_blocked",
+                reasons=_plain(standing.reasons),
+            )
+        new = await store.set_column(con, old.id, "owners", owners, msg.by)
+        await store.record(con, old.id, msg.by, [("owners", _plain(old.owners), _plain(owners))], msg.reason)
+        await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=msg.by))
         return new
 
     # --- effects of registrations (events: the plate and the owners a validated request gives) -------
@@ -525,21 +475,20 @@ class VehiclesActor(Actor):
         )
 
     @handler
-    async def set_status(self, msg: SetVehicleStatus) -> Vehicle:
-        async with self.db.transaction() as con:
-            old = await self._locked(con, msg.vehicle_id, msg.expected_version)
-            if msg.status == old.status:
-                return old
-            if msg.status not in STATUS_TRANSITIONS[old.status]:
-                raise Conflict(f"a vehicle {old.status} cannot become {msg.status}", code="invalid_transition")
-            new = await store.set_column(con, old.id, "status", msg.status, msg.by)
-            await store.record(con, old.id, msg.by, [("status", old.status, msg.status)], msg.reason)
-            await self.emit(
-                con,
-                VehicleStatusChanged(
-                    vehicle_id=old.id, old_status=old.status, new_status=msg.status, reason=msg.reason, by=msg.by
-                ),
-            )
+    async def set_status(self, msg: SetVehicleStatus, con: asyncpg.Connection) -> Vehicle:
+        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        if msg.status == old.status:
+            return old
+        if msg.status not in STATUS_TRANSITIONS[old.status]:
+            raise Conflict(f"a vehicle {old.status} cannot become {msg.status}", code="invalid_transition")
+        new = await store.set_column(con, old.id, "status", msg.status, msg.by)
+        await store.record(con, old.id, msg.by, [("status", old.status, msg.status)], msg.reason)
+        await self.emit(
+            con,
+            VehicleStatusChanged(
+                vehicle_id=old.id, old_status=old.status, new_status=msg.status, reason=msg.reason, by=msg.by
+            ),
+        )
         return new
 
     # --- legal standing ----------------------------------------------------------------------------
@@ -603,20 +552,18 @@ class VehiclesActor(Actor):
         return vehicle
 
     @handler
-    async def standing(self, msg: GetVehicleStanding) -> VehicleStanding:
-        async with self.db.pool.acquire() as con:
-            vehicle = await self._find(con, msg.vehicle_id, msg.vin, msg.plate)
-            if not visible(vehicle, msg.viewer):
-                raise NotFound("no such vehicle", code="unknown_vehicle")
-            return await self._standing(con, vehicle, msg.persons)
+    async def standing(self, msg: GetVehicleStanding, con: asyncpg.Connection) -> VehicleStanding:
+        vehicle = await self._find(con, msg.vehicle_id, msg.vin, msg.plate)
+        if not visible(vehicle, msg.viewer):
+            raise NotFound("no such vehicle", code="unknown_vehicle")
+        return await self._standing(con, vehicle, msg.persons)
 
     @handler
-    async def roadside(self, msg: RoadsideLookup) -> RoadsideCheck:
-        async with self.db.pool.acquire() as con:
-            vehicle = await store.find_vehicle(con, plate_key=store.plate_key(msg.plate))
-            if vehicle is None or vehicle.plate is None:
-                raise NotFound(f"no vehicle carries plate {msg.plate.upper()}", code="unknown_plate")
-            s = await self._standing(con, vehicle, [])
+    async def roadside(self, msg: RoadsideLookup, con: asyncpg.Connection) -> RoadsideCheck:
+        vehicle = await store.find_vehicle(con, plate_key=store.plate_key(msg.plate))
+        if vehicle is None or vehicle.plate is None:
+            raise NotFound(f"no vehicle carries plate {msg.plate.upper()}", code="unknown_plate")
+        s = await self._standing(con, vehicle, [])
         return RoadsideCheck(
             plate=vehicle.plate,
             vin=vehicle.vin,
@@ -636,347 +583,110 @@ class VehiclesActor(Actor):
         )
 
     @handler
-    async def declare(self, msg: DeclareEncumbrance) -> Encumbrance:
-        async with self.db.transaction() as con:
-            vehicle = await self._locked(con, msg.vehicle_id, None)
-            created = await store.insert_encumbrance(
-                con, vehicle.id, msg.kind, msg.holder.strip(), msg.reference.strip(), msg.reason, msg.by
-            )
-            await store.record(
-                con,
-                vehicle.id,
-                msg.by,
-                [(msg.kind, None, {"id": str(created.id), "holder": created.holder, "reference": created.reference})],
-                msg.reason,
-            )
-            await self.emit(
-                con, VehicleStandingChanged(vehicle_id=vehicle.id, kind=msg.kind, action="declared", by=msg.by)
-            )
+    async def declare(self, msg: DeclareEncumbrance, con: asyncpg.Connection) -> Encumbrance:
+        vehicle = await self._locked(con, msg.vehicle_id, None)
+        created = await store.insert_encumbrance(
+            con, vehicle.id, msg.kind, msg.holder.strip(), msg.reference.strip(), msg.reason, msg.by
+        )
+        await store.record(
+            con,
+            vehicle.id,
+            msg.by,
+            [(msg.kind, None, {"id": str(created.id), "holder": created.holder, "reference": created.reference})],
+            msg.reason,
+        )
+        await self.emit(con, VehicleStandingChanged(vehicle_id=vehicle.id, kind=msg.kind, action="declared", by=msg.by))
         return created
 
     @handler
-    async def lift(self, msg: LiftEncumbrance) -> Encumbrance:
-        async with self.db.transaction() as con:
-            found = await store.get_encumbrance(con, msg.encumbrance_id, lock=True)
-            if found is None or found.vehicle_id != msg.vehicle_id or msg.kind not in (None, found.kind):
-                raise NotFound(
-                    f"no pledge or opposition {msg.encumbrance_id} on this vehicle", code="unknown_encumbrance"
-                )
-            if found.lifted_at is not None:
-                raise Conflict(f"this {found.kind} was lifted already", code="already_lifted")
-            lifted = await store.lift_encumbrance(con, found.id, msg.reason, msg.by)
-            await store.record(
-                con,
-                found.vehicle_id,
-                msg.by,
-                [(found.kind, {"id": str(found.id), "holder": found.holder, "reference": found.reference}, None)],
-                msg.reason,
-            )
-            await self.emit(
-                con, VehicleStandingChanged(vehicle_id=found.vehicle_id, kind=found.kind, action="lifted", by=msg.by)
-            )
+    async def lift(self, msg: LiftEncumbrance, con: asyncpg.Connection) -> Encumbrance:
+        found = await store.get_encumbrance(con, msg.encumbrance_id, lock=True)
+        if found is None or found.vehicle_id != msg.vehicle_id or msg.kind not in (None, found.kind):
+            raise NotFound(f"no pledge or opposition {msg.encumbrance_id} on this vehicle", code="unknown_encumbrance")
+        if found.lifted_at is not None:
+            raise Conflict(f"this {found.kind} was lifted already", code="already_lifted")
+        lifted = await store.lift_encumbrance(con, found.id, msg.reason, msg.by)
+        await store.record(
+            con,
+            found.vehicle_id,
+            msg.by,
+            [(found.kind, {"id": str(found.id), "holder": found.holder, "reference": found.reference}, None)],
+            msg.reason,
+        )
+        await self.emit(
+            con, VehicleStandingChanged(vehicle_id=found.vehicle_id, kind=found.kind, action="lifted", by=msg.by)
+        )
         return lifted
 
     @handler
-    async def blacklist_add(self, msg: AddToBlacklist) -> BlacklistEntry:
-        async with self.db.transaction() as con:
-            vehicle_id = None
-            subject = msg.subject.strip()
-            if msg.subject_kind == "vehicle":
-                try:
-                    vehicle_id = UUID(subject)
-                except ValueError:
-                    raise Invalid("a blacklisted vehicle is given by its id", code="invalid_subject") from None
-                if await store.get_vehicle(con, vehicle_id) is None:
-                    raise NotFound(f"no vehicle {subject}", code="unknown_vehicle")
-                subject = str(vehicle_id)
-            entry = await store.insert_blacklist(con, msg.subject_kind, subject, msg.reason, msg.by)
-            if entry is None:
-                raise Conflict(f"{msg.subject_kind} {subject} is blacklisted already", code="already_blacklisted")
-            if vehicle_id is not None:
-                await store.record(con, vehicle_id, msg.by, [("blacklist", None, {"id": str(entry.id)})], msg.reason)
-            await self.emit(
-                con,
-                VehicleStandingChanged(
-                    vehicle_id=vehicle_id, kind="blacklist", action="declared", subject=subject, by=msg.by
-                ),
-            )
+    async def blacklist_add(self, msg: AddToBlacklist, con: asyncpg.Connection) -> BlacklistEntry:
+        vehicle_id = None
+        subject = msg.subject.strip()
+        if msg.subject_kind == "vehicle":
+            try:
+                vehicle_id = UUID(subject)
+            except ValueError:
+                raise Invalid("a blacklisted vehicle is given by its id", code="invalid_subject") from None
+            if await store.get_vehicle(con, vehicle_id) is None:
+                raise NotFound(f"no vehicle {subject}", code="unknown_vehicle")
+            subject = str(vehicle_id)
+        entry = await store.insert_blacklist(con, msg.subject_kind, subject, msg.reason, msg.by)
+        if entry is None:
+            raise Conflict(f"{msg.subject_kind} {subject} is blacklisted already", code="already_blacklisted")
+        if vehicle_id is not None:
+            await store.record(con, vehicle_id, msg.by, [("blacklist", None, {"id": str(entry.id)})], msg.reason)
+        await self.emit(
+            con,
+            VehicleStandingChanged(
+                vehicle_id=vehicle_id, kind="blacklist", action="declared", subject=subject, by=msg.by
+            ),
+        )
         return entry
 
     @handler
-    async def blacklist_lift(self, msg: LiftBlacklist) -> BlacklistEntry:
-        async with self.db.transaction() as con:
-            found = await store.get_blacklist(con, msg.entry_id, lock=True)
-            if found is None:
-                raise NotFound(f"no blacklist entry {msg.entry_id}", code="unknown_blacklist_entry")
-            if found.lifted_at is not None:
-                raise Conflict("this entry was lifted already", code="already_lifted")
-            lifted = await store.lift_blacklist(con, found.id, msg.by)
-            vehicle_id = UUID(found.subject) if found.subject_kind == "vehicle" else None
-            if vehicle_id is not None:
-                await store.record(con, vehicle_id, msg.by, [("blacklist", {"id": str(found.id)}, None)])
-            await self.emit(
-                con,
-                VehicleStandingChanged(
-                    vehicle_id=vehicle_id, kind="blacklist", action="lifted", subject=found.subject, by=msg.by
-                ),
-            )
+    async def blacklist_lift(self, msg: LiftBlacklist, con: asyncpg.Connection) -> BlacklistEntry:
+        found = await store.get_blacklist(con, msg.entry_id, lock=True)
+        if found is None:
+            raise NotFound(f"no blacklist entry {msg.entry_id}", code="unknown_blacklist_entry")
+        if found.lifted_at is not None:
+            raise Conflict("this entry was lifted already", code="already_lifted")
+        lifted = await store.lift_blacklist(con, found.id, msg.by)
+        vehicle_id = UUID(found.subject) if found.subject_kind == "vehicle" else None
+        if vehicle_id is not None:
+            await store.record(con, vehicle_id, msg.by, [("blacklist", {"id": str(found.id)}, None)])
+        await self.emit(
+            con,
+            VehicleStandingChanged(
+                vehicle_id=vehicle_id, kind="blacklist", action="lifted", subject=found.subject, by=msg.by
+            ),
+        )
         return lifted
 
     @handler
-    async def blacklist_list(self, msg: ListBlacklist) -> list[BlacklistEntry]:
-        async with self.db.pool.acquire() as con:
-            return await store.list_blacklist(con, msg.include_lifted)
+    async def blacklist_list(self, msg: ListBlacklist, con: asyncpg.Connection) -> list[BlacklistEntry]:
+        return await store.list_blacklist(con, msg.include_lifted)
 
-    # --- import ------------------------------------------------------------------------------------
+    # --- bulk import and export (the pipeline is in bulk.py) -------------------------------------
 
     @handler
     async def start_import(self, msg: StartImport) -> ImportJob:
-        source = Path(msg.path)
-        if not source.is_file():
-            raise NotFound(f"no file {msg.path}", code="import_file_not_found")
-        async with self.db.pool.acquire() as con:
-            job = await store.insert_job(con, str(source), msg.error_path, msg.by)
-        job = msgspec.structs.replace(job, bytes_total=source.stat().st_size)
-        self._jobs[job.id] = job
-        task = asyncio.create_task(self._run_import(job.id, source, Path(msg.error_path), msg.by))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return job
+        return await self.imports.start(msg)
 
     @handler
     async def get_import_job(self, msg: GetImportJob) -> ImportJob:
-        live = self._jobs.get(msg.job_id)
-        if live is not None:
-            return live
-        async with self.db.pool.acquire() as con:
-            job = await store.get_job(con, msg.job_id)
-        if job is None:
-            raise NotFound(f"no import job {msg.job_id}", code="unknown_import_job")
-        return job
-
-    def _progress(self, job_id: UUID, **changes: Any) -> ImportJob:
-        current = self._jobs[job_id]
-        if changes.get("phase", current.phase) != current.phase:
-            now = time.monotonic()
-            started = self._phase_started.get(job_id, now)
-            if current.phase:
-                changes["seconds"] = {**current.seconds, current.phase: round(now - started, 3)}
-            self._phase_started[job_id] = now
-        job = msgspec.structs.replace(current, **changes)
-        self._jobs[job_id] = job
-        return job
-
-    async def _run_import(self, job_id: UUID, source: Path, error_path: Path, by: str) -> None:
-        cfg = self.settings.vehicles
-        con: asyncpg.Connection | None = None
-        try:
-            self._progress(job_id, state="running", phase="reading header")
-            columns = _header(source)
-            # A connection of its own: big sort and temp memory for this session only, pool untouched.
-            # No JIT: the huge row estimates of the import statement make it compile for seconds.
-            # No merge joins: joining a million staged rows to the small catalogue hashes far cheaper
-            # than it sorts, whatever the estimates of the freshly filled staging table say.
-            con = await asyncpg.connect(
-                self.db.url,
-                server_settings={
-                    "work_mem": cfg.import_work_mem,
-                    "temp_buffers": cfg.import_work_mem,
-                    "maintenance_work_mem": cfg.import_work_mem,
-                    "jit": "off",
-                    "enable_mergejoin": "off",
-                },
-            )
-            await store.create_staging(con)
-            self._progress(job_id, phase="copying")
-            try:
-                await store.copy_csv(con, self._chunks(job_id, source), columns)
-            except (asyncpg.BadCopyFileFormatError, asyncpg.InvalidTextRepresentationError) as exc:
-                # Ragged rows or a broken quote: the server refuses the whole COPY. Parse in Python
-                # instead, so each bad row is rejected alone and the rest still comes in.
-                log.info("import %s: COPY refused the file (%s); parsing it row by row", job_id, exc)
-                await store.create_staging(con)
-                self._progress(job_id, phase="copying (row by row)", bytes_read=0)
-                await self._copy_rows(con, source, columns)
-            staged = await store.staged_rows(con)
-            # A load bigger than the registry itself (the first national load from the old system)
-            # inserts into the bare table and builds the indexes afterwards: sorting once is several
-            # times cheaper than a million index insertions. The table is locked meanwhile, so
-            # routine imports, smaller than the registry, keep the indexes and the table open.
-            existing = await store.registry_size_estimate(con)
-            rebuild = staged >= self.rebuild_min_rows and staged > max(existing, 0)
-            self._progress(job_id, phase="validating and inserting", total_rows=staged)
-            for attempt in range(3):
-                try:
-                    async with con.transaction():
-                        indexes = await store.drop_secondary_indexes(con) if rebuild else []
-                        counts = await store.import_staged(con, job_id, by)
-                        if indexes:
-                            self._progress(job_id, phase="building indexes")
-                            await store.create_indexes(con, indexes)
-                        if counts["inserted"]:
-                            await self.emit(con, VehiclesImported(job_id=job_id, inserted=counts["inserted"], by=by))
-                    break
-                except asyncpg.UniqueViolationError:
-                    # A vehicle with one of these VINs or plates was registered meanwhile (the
-                    # statement checks before it inserts, without ON CONFLICT, whose per-row
-                    # speculative insertion costs a third of the import). Checking again skips it.
-                    if attempt == 2:
-                        raise
-            total, inserted, rejected = counts["total"], counts["inserted"], counts["rejected"]
-            self._progress(
-                job_id,
-                total_rows=total,
-                inserted=inserted,
-                rejected=rejected,
-                skipped=total - inserted - rejected,
-                phase="writing rejected rows",
-            )
-            if rejected:
-                error_path.parent.mkdir(parents=True, exist_ok=True)
-                await store.write_rejects(con, str(error_path))
-            self._progress(job_id, state="done", phase="done", finished_at=datetime.now(UTC))
-            log.info("import %s: %d rows, %d inserted, %d rejected", job_id, total, inserted, rejected)
-        except asyncio.CancelledError:
-            self._progress(job_id, state="failed", error="stopped before the end", finished_at=datetime.now(UTC))
-            raise
-        except (ImportFileError, UnicodeDecodeError, asyncpg.PostgresError, OSError) as exc:
-            log.warning("import %s failed: %s", job_id, exc)
-            self._progress(job_id, state="failed", error=str(exc)[:1000], finished_at=datetime.now(UTC))
-        except Exception as exc:
-            log.exception("import %s crashed", job_id)
-            self._progress(job_id, state="failed", error=f"internal error: {exc}"[:1000], finished_at=datetime.now(UTC))
-        finally:
-            if con is not None:
-                with contextlib.suppress(Exception):
-                    await con.close()
-            with contextlib.suppress(Exception):
-                async with self.db.pool.acquire() as pooled:
-                    await store.save_job(pooled, self._jobs[job_id])
-            self._forget_old_jobs()
-
-    def _forget_old_jobs(self) -> None:
-        # Finished jobs are read from the table; only the last few stay in memory (with byte counts).
-        finished = [k for k, j in self._jobs.items() if j.state in ("done", "failed")]
-        for k in finished[:-20]:
-            del self._jobs[k]
-            self._phase_started.pop(k, None)
-
-    async def _chunks(self, job_id: UUID, source: Path) -> AsyncIterator[bytes]:
-        read = 0
-        with source.open("rb") as f:
-            while data := f.read(1 << 20):
-                read += len(data)
-                self._progress(job_id, bytes_read=read)
-                yield data
-
-    async def _copy_rows(self, con: asyncpg.Connection, source: Path, columns: list[str]) -> None:
-        width = len(columns)
-        batch: list[tuple[Any, ...]] = []
-        with source.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f)
-            next(reader, None)
-            for fields in reader:
-                if len(fields) == width:
-                    batch.append((None, *fields))
-                else:
-                    padded = (fields + [""] * width)[:width]
-                    batch.append((f"row has {len(fields)} fields, expected {width}", *padded))
-                if len(batch) >= 50_000:
-                    await store.copy_records(con, batch, columns)
-                    batch = []
-        if batch:
-            await store.copy_records(con, batch, columns)
-
-    # --- export ------------------------------------------------------------------------------------
+        return await self.imports.get(msg.job_id)
 
     @handler
     async def open_export(self, msg: OpenExport) -> UUID:
-        export_id = uuid4()
-        con = await self.db.pool.acquire()
-        try:
-            # One consistent snapshot for the whole file, read in batches by a server-side cursor.
-            tx = con.transaction(isolation="repeatable_read", readonly=True)
-            await tx.start()
-            query = await store.export_query(con, msg.filter, msg.viewer, self.fuzzy)
-            if query is None:
-                await tx.rollback()
-                await self.db.pool.release(con)
-                self._exports[export_id] = _Export(None, None, None)
-                return export_id
-            cursor = await con.cursor(query[0], *query[1])
-        except BaseException:
-            await self.db.pool.release(con)
-            raise
-        self._exports[export_id] = _Export(con, tx, cursor)
-        return export_id
+        return await self.exports.start(msg, self.fuzzy)
 
     @handler
     async def read_export(self, msg: ReadExport) -> ExportChunk:
-        export = self._exports.get(msg.export_id)
-        if export is None:
-            raise NotFound("no such export (finished or expired)", code="unknown_export")
-        async with export.lock:
-            export.used = time.monotonic()
-            batch = self.settings.vehicles.export_batch_rows
-            rows = await export.cursor.fetch(batch) if export.cursor is not None else []
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            if not export.header_sent:
-                writer.writerow(CSV_COLUMNS)
-                export.header_sent = True
-            writer.writerows(tuple(r) for r in rows)
-            done = len(rows) < batch
-        if done:
-            await self._close_export(msg.export_id)
-        return ExportChunk(data=buf.getvalue().encode(), done=done)
+        return await self.exports.read(msg.export_id)
 
     @handler
     async def close_export(self, msg: CloseExport) -> bool:
-        return await self._close_export(msg.export_id)
-
-    async def _close_export(self, export_id: UUID) -> bool:
-        export = self._exports.pop(export_id, None)
-        if export is None:
-            return False
-        if export.con is not None:
-            with contextlib.suppress(Exception):
-                await export.tx.rollback()
-            await self.db.pool.release(export.con)
-        return True
-
-    async def _reap_exports(self) -> None:
-        # A client that disconnects without closing its export must not hold a connection for ever.
-        while True:
-            await asyncio.sleep(5)
-            idle = self.settings.vehicles.export_idle_timeout_s
-            now = time.monotonic()
-            for export_id, export in list(self._exports.items()):
-                if now - export.used > idle and not export.lock.locked():
-                    log.info("closing idle export %s", export_id)
-                    await self._close_export(export_id)
+        return await self.exports.close(msg.export_id)
 
 
 _BOOKKEEPING = {"id", "version", "created_at", "created_by", "updated_at", "updated_by", "archived_at", "archived_by"}
-
-
-class ImportFileError(Exception):
-    """The file cannot be imported at all (no header, unknown or missing columns)."""
-
-
-def _header(source: Path) -> list[str]:
-    """The CSV header's column names, checked against CSV_COLUMNS (any order, optional ones may be missing)."""
-    with source.open(encoding="utf-8-sig", newline="") as f:
-        first = next(csv.reader(f), None)
-    if not first:
-        raise ImportFileError("the file is empty: expected a header line naming the columns")
-    columns = [c.strip().lower() for c in first]
-    unknown = [c for c in columns if c not in CSV_COLUMNS]
-    if unknown:
-        raise ImportFileError(f"unknown column(s) {', '.join(unknown)}; expected some of {', '.join(CSV_COLUMNS)}")
-    missing = sorted(CSV_REQUIRED - set(columns))
-    if missing:
-        raise ImportFileError(f"missing column(s) {', '.join(missing)}")
-    if len(set(columns)) != len(columns):
-        raise ImportFileError("a column appears twice in the header")
-    return columns
