@@ -86,6 +86,47 @@ class DatabaseBusy(Unavailable):
     title = "Database busy"
 
 
+class DatabaseUnavailable(Unavailable):
+    code = "database_unavailable"
+    title = "Database unavailable"
+
+
+# What a lost or refused database connection raises (server stopped, restarting, network gone): the
+# request fails as a 503 the client may retry, not as a crash of the actor that happened to ask.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _closed(con: asyncpg.Connection) -> bool:
+    try:
+        return con.is_closed()
+    except asyncpg.InterfaceError:  # the pool took it back already: it closed under us
+        return True
+
+
+def _lost(exc: BaseException, con: asyncpg.Connection | None) -> bool:
+    """Is `exc` (or what it was raised while handling: a failed rollback after a lost connection) the
+    loss or refusal of the connection? `con` None: while connecting."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, _CONNECTION_LOST):
+            return True
+        # A socket error, or using a connection the server dropped ("connection is closed"); once
+        # connected, only when the connection is indeed closed (a handler's own file error is not ours).
+        if isinstance(seen, (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError)) and (
+            con is None or _closed(con)
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class Database:
     """The pool, the transaction helper the runtime and the actors use, and dedicated listeners."""
 
@@ -105,17 +146,31 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """One pooled connection, waited for at most `acquire_timeout` (then a 503, never a hang)."""
+        """One pooled connection, waited for at most `acquire_timeout` (then a 503, never a hang).
+
+        A connection that cannot be opened, or is lost while in use, is a DatabaseUnavailable (503).
+        """
         try:
             con = await self.pool.acquire(timeout=self.acquire_timeout)
         except TimeoutError:
             raise DatabaseBusy(f"no database connection free within {self.acquire_timeout:g} s") from None
+        except Exception as exc:
+            if _lost(exc, None):
+                raise DatabaseUnavailable(f"database unavailable ({type(exc).__name__})") from exc
+            raise
         token = holding_connection.set(True)
         try:
             yield con
+        except Exception as exc:
+            if _lost(exc, con):
+                raise DatabaseUnavailable(f"database connection lost ({type(exc).__name__})") from exc
+            raise
         finally:
             holding_connection.reset(token)
-            await self.pool.release(con)
+            try:
+                await self.pool.release(con)
+            except Exception as exc:  # broken while being reset: the pool has terminated and replaces it
+                log.debug("connection dropped at release: %s", exc)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:

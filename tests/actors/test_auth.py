@@ -388,3 +388,37 @@ async def test_purge_keeps_what_still_matters(runtime: Runtime) -> None:
     assert {d.jti for d in (await bus.ask(ListDeniedTokens())).items} == {"live"}
     rows = await db_fetch(runtime, "SELECT jti FROM auth.denied_tokens")
     assert [r["jti"] for r in rows] == ["live"]
+
+
+# --- the pool under concurrent refreshes -------------------------------------------------------------
+
+
+async def test_twenty_concurrent_refreshes_complete_with_a_pool_of_ten(base_settings: Settings) -> None:
+    """Refresh asks users while auth works on a token: it must never hold a pooled connection while it
+    waits, or 20 refreshes (auth takes 16 at once) starve a pool of 10 and time out."""
+    from tests.conftest import fresh_runtime
+
+    settings = with_overrides(
+        base_settings, database={"pool_min": 1, "pool_max": 10, "acquire_timeout_s": 5.0}, bus={"ask_timeout_s": 10.0}
+    )
+    async with fresh_runtime(settings) as rt:
+        assert rt.bus is not None and rt.db is not None and rt.db.pool.get_max_size() == 10
+        _user_id, email = await make_user(rt, "citizen")
+        logins = [await rt.bus.ask(Login(identifier=email, password=PASSWORD)) for _ in range(20)]
+        pairs = [result.tokens for result in logins]
+        assert all(p is not None for p in pairs) and len({p.session_id for p in pairs if p}) == 20
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(rt.bus.ask(RefreshSession(refresh_token=p.refresh_token)) for p in pairs if p), return_exceptions=True
+        )
+        elapsed = time.monotonic() - started
+        failures = [r for r in results if isinstance(r, BaseException)]
+        assert failures == [], failures
+        assert [r.status for r in results] == ["authenticated"] * 20  # type: ignore[union-attr]
+        assert {r.tokens.session_id for r in results} == {p.session_id for p in pairs if p}  # type: ignore[union-attr]
+        assert elapsed < settings.database.acquire_timeout_s  # nobody waited out a connection
+        # Every rotation is recorded: the old refresh tokens are spent, one new live one per session.
+        rows = await db_fetch(
+            rt, "SELECT count(*) FILTER (WHERE rotated_at IS NULL) AS live, count(*) AS total FROM auth.refresh_tokens"
+        )
+        assert (rows[0]["live"], rows[0]["total"]) == (20, 40)
