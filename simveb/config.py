@@ -263,6 +263,36 @@ class RegistrationsSettings(Section):
     plate_collision_retries: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 20
 
 
+class DocumentsSettings(Section):
+    """Uploads, storage, certificate rendering and signing (issue 11)."""
+
+    # Where document bytes live: empty = local files under local_dir; s3://BUCKET[/prefix] = any
+    # S3-compatible store (then s3_* below).
+    storage_url: str = ""
+    local_dir: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    # Upload staging (the HTTP layer streams there before the actor stores it); empty = <data_dir>/documents/staging.
+    staging_dir: str = ""
+    # Bytes per chunk of a streamed download.
+    chunk_bytes: Positive = 262_144
+    # An abandoned download releases its stream after this long (seconds).
+    download_idle_timeout_s: PositiveFloat = 60.0
+    # Processes rendering and signing PDFs, so rendering never blocks the event loop.
+    render_workers: Positive = 2
+    # Ed25519 PEM signing certificate payloads (QR) and PDFs; set SIMVEB_DOCUMENTS__SIGNING_KEY.
+    # Empty in development: generated into <data_dir>/keys/documents.
+    signing_key: str = ""
+    # X.509 certificate (PEM) of the signing key for the PDF signature; empty = self-signed from the key.
+    signing_cert: str = ""
+    # Sign the PDF itself (PAdES) as well as the QR payload.
+    pades: bool = True
+    # Base of the verification link printed in the QR code; empty = server.public_url + "/verify/".
+    verify_base_url: str = ""
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -276,6 +306,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     users: UsersSettings = msgspec.field(default_factory=UsersSettings)
     vehicles: VehiclesSettings = msgspec.field(default_factory=VehiclesSettings)
     registrations: RegistrationsSettings = msgspec.field(default_factory=RegistrationsSettings)
+    documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -383,6 +414,10 @@ def check_safety(settings: Settings, environ: Mapping[str, str] | None = None) -
     if not settings.security.signing_key:
         raise ConfigError(
             "security.signing_key: production needs the Ed25519 signing key in SIMVEB_SECURITY__SIGNING_KEY"
+        )
+    if not settings.documents.signing_key:
+        raise ConfigError(
+            "documents.signing_key: production needs the Ed25519 document key in SIMVEB_DOCUMENTS__SIGNING_KEY"
         )
 
 

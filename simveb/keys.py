@@ -5,6 +5,11 @@ development the keys live in `<data_dir>/keys/<kid>.pem` and one is generated on
 production the current private key comes from `security.signing_key` (the environment) and older
 public keys may be kept in the same directory to verify tokens issued before a rotation.
 The `kid` is the RFC 7638 thumbprint of the public key, so it is the same wherever the key is loaded.
+
+Beside the token keys, the ring has document-signing keys (`document_ring`): they sign the payload
+of a certificate's QR code and the PDF itself, are never accepted for access tokens (a separate
+ring, a separate directory `<data_dir>/keys/documents`, `documents.signing_key` in production), and
+their public keys are published with the JWKS so anyone can verify a certificate offline.
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class KeyRing:
         for key in older or []:
             self.public.setdefault(thumbprint(key), key)
 
+    def private_pem(self) -> bytes:
+        return self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
     def sign(self, claims: dict[str, Any], *, typ: str = "at+jwt") -> str:
         return jwt.encode(claims, self.private, algorithm=ALGORITHM, headers={"kid": self.kid, "typ": typ})
 
@@ -102,6 +112,24 @@ class KeyRing:
         if settings.is_production:
             raise ConfigError("security.signing_key: production needs SIMVEB_SECURITY__SIGNING_KEY")
         return cls.from_directory(directory, create=True)
+
+
+def document_ring(settings: Settings) -> KeyRing:
+    """The document-signing keys: the newest (or `documents.signing_key`) signs, every one verifies.
+
+    Older keys stay in `<data_dir>/keys/documents` after a rotation: certificates printed years ago
+    must still verify.
+    """
+    directory = settings.data_dir / "keys" / "documents"
+    if settings.documents.signing_key:
+        current = load_private(settings.documents.signing_key)
+        older = []
+        if directory.is_dir():
+            older = [load_private(p.read_bytes()).public_key() for p in sorted(directory.glob("*.pem"))]
+        return KeyRing(current, older)
+    if settings.is_production:
+        raise ConfigError("documents.signing_key: production needs SIMVEB_DOCUMENTS__SIGNING_KEY")
+    return KeyRing.from_directory(directory, create=True)
 
 
 def write_new_key(directory: Path) -> Path:

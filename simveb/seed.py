@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from simveb.actors.config.messages import SeedConfig
+from simveb.actors.documents.messages import SeedDocuments
 from simveb.actors.notifications.messages import SeedNotifications
 from simveb.actors.registrations.messages import SeedRegistrations
 from simveb.actors.users.messages import SeedUsers
@@ -25,6 +26,7 @@ SEEDS: list[tuple[str, Any]] = [
     ("notifications", SeedNotifications),
     ("vehicles", SeedVehicles),
     ("registrations", SeedRegistrations),
+    ("documents", SeedDocuments),
 ]
 
 

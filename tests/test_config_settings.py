@@ -82,6 +82,7 @@ def production(**sections: dict[str, object]) -> Settings:
         "server": {"env": "production", "sandbox": False},
         "database": {"url": "postgresql://db.example/simveb"},
         "security": {"signing_key": generate_pem().decode()},
+        "documents": {"signing_key": generate_pem().decode()},
     }
     # Point every provider at a real-looking host instead of the built-in simulators.
     for name in sandbox_urls(Settings()):
@@ -102,6 +103,7 @@ def test_a_complete_production_configuration_is_accepted() -> None:
         ({"database": {"url": ""}}, "database.url"),
         ({"server": {"sandbox": True}}, "server.sandbox"),
         ({"security": {"signing_key": ""}}, "security.signing_key"),
+        ({"documents": {"signing_key": ""}}, "documents.signing_key"),
     ],
 )
 def test_production_refuses_unsafe_settings(change: dict[str, dict[str, object]], key: str) -> None:

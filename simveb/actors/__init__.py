@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from simveb.actors.auth.actor import AuthActor
 from simveb.actors.config.actor import ConfigActor
+from simveb.actors.documents.actor import DocumentsActor
 from simveb.actors.integrations.actor import IntegrationsActor
 from simveb.actors.notifications.actor import NotificationsActor
 from simveb.actors.registrations.actor import RegistrationsActor
@@ -23,6 +24,7 @@ ACTORS: list[type[Actor]] = [
     AuthActor,
     VehiclesActor,
     RegistrationsActor,
+    DocumentsActor,
 ]
 
 ASK_GRAPH: dict[str, set[str]] = {
@@ -33,4 +35,5 @@ ASK_GRAPH: dict[str, set[str]] = {
     "auth": {"users", "notifications"},
     "vehicles": {"config"},
     "registrations": {"config", "vehicles", "users"},
+    "documents": {"vehicles", "users"},
 }

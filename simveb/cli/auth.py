@@ -35,9 +35,13 @@ def keys_rotate(ctx: click.Context) -> None:
 @click.pass_context
 @fail_cleanly
 def keys_list(ctx: click.Context) -> None:
-    """The keys that verify tokens, by kid; the signing one is marked."""
-    from simveb.keys import KeyRing
+    """The keys that verify tokens and certificate payloads, by kid; the signing ones are marked."""
+    from simveb.keys import KeyRing, document_ring
 
-    ring = KeyRing.for_settings(settings_of(ctx))
+    settings = settings_of(ctx)
+    ring = KeyRing.for_settings(settings)
     for kid in ring.public:
         click.echo(f"{'signing  ' if kid == ring.kid else 'verifying'} {kid}")
+    documents = document_ring(settings)
+    for kid in documents.public:
+        click.echo(f"{'signing  ' if kid == documents.kid else 'verifying'} {kid} (documents)")

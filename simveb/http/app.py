@@ -30,6 +30,7 @@ from simveb.config import Settings
 from simveb.errors import DomainError
 from simveb.http import auth as auth_http
 from simveb.http import config as config_http
+from simveb.http import documents as documents_http
 from simveb.http import integrations as integrations_http
 from simveb.http import notifications as notifications_http
 from simveb.http import registrations as registrations_http
@@ -218,6 +219,7 @@ def _controllers(settings: Settings) -> Sequence[Any]:
         *users_http.CONTROLLERS,
         *vehicles_http.CONTROLLERS,
         *registrations_http.CONTROLLERS,
+        *documents_http.CONTROLLERS,
     ]
     if settings.server.sandbox:
         from simveb.sandbox import sandbox_router

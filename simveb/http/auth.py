@@ -48,6 +48,7 @@ from simveb.actors.auth.messages import (
     TotpSetup,
     VerifyOtp,
 )
+from simveb.actors.documents.messages import GetDocumentKeys
 from simveb.actors.users.messages import GetUserAuthz
 from simveb.bus import Bus
 from simveb.errors import DomainError, Invalid, Unauthorized
@@ -241,8 +242,11 @@ class AuthController(Controller):
 
     @get("/.well-known/jwks.json", opt=PUBLIC, cache_control=CacheControlHeader(max_age=60))
     async def jwks(self, bus: Bus) -> Jwks:
-        """Public keys (Ed25519, with kid) that verify access tokens."""
-        return await bus.ask(GetJwks())
+        """Public keys (Ed25519, with kid) that verify access tokens and certificate payloads (QR codes)."""
+        jwks = await bus.ask(GetJwks())
+        if bus.handles(GetDocumentKeys):
+            return Jwks(keys=[*jwks.keys, *(await bus.ask(GetDocumentKeys())).keys])
+        return jwks
 
 
 CONTROLLERS: list[Any] = [AuthController]

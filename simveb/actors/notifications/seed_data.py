@@ -85,6 +85,28 @@ TEMPLATES: list[TemplateRow] = [
         ("status_changed", channel, "en", "SIMVEB: status change", _STATUS_EN, [])
         for channel in ("email", "sms", "push", "in_app")
     ],
+    *[
+        (
+            "document_rejected",
+            channel,
+            "fr",
+            "SIMVEB : document refusé",
+            "Votre document « {{ type_label }} » a été refusé : {{ reason }}. Vous pouvez en déposer un nouveau.",
+            [],
+        )
+        for channel in ("email", "sms", "push", "in_app")
+    ],
+    *[
+        (
+            "document_rejected",
+            channel,
+            "en",
+            "SIMVEB: document rejected",
+            "Your document {{ type_code }} was rejected: {{ reason }}. You may upload a new one.",
+            [],
+        )
+        for channel in ("email", "sms", "push", "in_app")
+    ],
     # Free text sent by staff through the API: the subject and text are the parameters.
     *[
         ("custom", channel, language, "{{ subject | default('SIMVEB') }}", "{{ text }}", [])
@@ -101,6 +123,8 @@ SUBSCRIPTIONS: list[tuple[str, str, str, str]] = [
     ("RegistrationStatusChanged", "in_app", "status_changed", "applicant_id"),
     ("RegistrationStatusChanged", "sms", "status_changed", "applicant_id"),
     ("RegistrationStatusChanged", "push", "status_changed", "applicant_id"),
+    ("DocumentRejected", "in_app", "document_rejected", "owner_id"),
+    ("DocumentRejected", "sms", "document_rejected", "owner_id"),
 ]
 
 
