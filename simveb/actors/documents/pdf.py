@@ -121,7 +121,7 @@ def certificate_pdf(fields: dict[str, str], number: str, qr_text: str, *, duplic
         pdf.set_font("Helvetica", "B" if code in ("A", "E") else "", 8)
         if code == "C.1":
             pdf.multi_cell(left_w - 55, 4.2, printable(value), new_x="LMARGIN", new_y="NEXT")
-            y = max(pdf.get_y(), y + 4.2)
+            y = max(pdf.get_y(), y + 4.2) + 1.0
             continue
         pdf.cell(left_w - 55, 4.2, printable(value))
         y += 5.2
