@@ -8,12 +8,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from simveb.actors import ACTORS, ASK_GRAPH
 from simveb.actors.users.messages import GetUserAuthz
 from simveb.runtime import Runtime
 from tests.users_support import make_user
 
 _vin = itertools.count(1)
 FIRST_DOCS = ["customs_clearance", "purchase_invoice", "owner_identity", "technical_inspection"]
+
+# These tests exercise the rules with *declared* documents, i.e. with no documents service in the
+# process; tests/http/test_registrations_documents.py runs both services together.
+DECLARED_ONLY: dict[str, Any] = {
+    "actors": [a for a in ACTORS if a.name != "documents"],
+    "graph": {name: targets - {"documents"} for name, targets in ASK_GRAPH.items() if name != "documents"},
+}
 
 
 @dataclass

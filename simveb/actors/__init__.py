@@ -34,6 +34,6 @@ ASK_GRAPH: dict[str, set[str]] = {
     "users": {"integrations", "notifications"},
     "auth": {"users", "notifications"},
     "vehicles": {"config"},
-    "registrations": {"config", "vehicles", "users"},
+    "registrations": {"config", "vehicles", "users", "documents"},
     "documents": {"vehicles", "users"},
 }

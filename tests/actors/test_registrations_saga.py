@@ -4,7 +4,10 @@ commit (before the relay delivered anything) leaves a state that a new runtime c
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from simveb.actors.payments.messages import PaymentFailed, PaymentRefunded, PaymentSucceeded
 from simveb.actors.registrations.messages import ChangeStatus, FileRequest, GetRequest, NewVehicle, ValidateRequest
@@ -16,9 +19,16 @@ from simveb.outbox import emit
 from simveb.runtime import Runtime
 from simveb.seed import seed
 from tests.conftest import fresh_runtime
-from tests.registrations_support import FIRST_DOCS, vin
+from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, vin
 from tests.support import wait_for
 from tests.users_support import make_user
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """All actors but documents: these tests declare documents instead of uploading them."""
+    async with fresh_runtime(settings, **DECLARED_ONLY) as rt:
+        yield rt
 
 
 async def caller_for(rt: Runtime, *roles: str) -> Caller:
@@ -154,7 +164,7 @@ async def test_underpayment_does_not_pay(seeded: Runtime) -> None:
 async def test_stop_after_commits_then_restart_ends_consistent(settings: Settings) -> None:
     """Runtime A has no relay: every event it commits stays in the outbox when it stops (a crash
     between saga steps). Runtime B, on the same database, delivers them and everything converges."""
-    async with fresh_runtime(settings, relay=False) as a:
+    async with fresh_runtime(settings, relay=False, **DECLARED_ONLY) as a:
         await seed(a)
         assert a.bus is not None
         citizen = await caller_for(a, "citizen")
@@ -173,7 +183,7 @@ async def test_stop_after_commits_then_restart_ends_consistent(settings: Setting
             assert await con.fetchval("SELECT count(*) FROM notifications.messages") == 0
             pending = await con.fetchval("SELECT count(*) FROM bus.outbox WHERE source = 'registrations'")
         assert pending >= 8
-    b = Runtime(settings)
+    b = Runtime(settings, **DECLARED_ONLY)
     await b.start(migrate_first=False, seed_if_empty=False)
     try:
         assert b.bus is not None and b.db is not None

@@ -7,16 +7,26 @@ import csv
 import io
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from simveb.config import Settings
 from simveb.runtime import Runtime
-from tests.registrations_support import FIRST_DOCS, Person, new_vehicle, person
+from tests.conftest import fresh_runtime
+from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, Person, new_vehicle, person
 from tests.support import wait_for
 from tests.users_support import events
 
 PLATE = re.compile(r"^[A-HJ-NP-Z]{2} \d{4} RB$")
+
+
+@pytest.fixture
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """All actors but documents: these tests declare documents instead of uploading them."""
+    async with fresh_runtime(settings, **DECLARED_ONLY) as rt:
+        yield rt
 
 
 @pytest.fixture
