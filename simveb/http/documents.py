@@ -59,7 +59,7 @@ from simveb.actors.documents.messages import (
 )
 from simveb.bus import Bus
 from simveb.config import Settings
-from simveb.errors import BadRequest, PayloadTooLarge
+from simveb.errors import BadRequest, DomainError, PayloadTooLarge
 from simveb.http.inputs import Input
 from simveb.http.security import requires
 from simveb.messages import Caller
@@ -229,7 +229,14 @@ async def _receive_upload(request: Request[Any, Any, Any], bus: Bus, caller: Cal
             )
         )
     except multipart.ParserError as exc:
-        raise BadRequest(f"malformed multipart body: {exc}", code="bad_multipart") from None
+        refused = BadRequest(f"malformed multipart body: {exc}", code="bad_multipart")
+        refused.headers["Connection"] = "close"
+        raise refused from None
+    except DomainError as exc:
+        # Refused before the whole body was read: the rest of it is still on the wire, so the
+        # connection cannot carry another request (a client reusing it would see a broken stream).
+        exc.headers["Connection"] = "close"
+        raise
     finally:
         if fh is not None:
             fh.close()
@@ -413,14 +420,19 @@ _STYLE = (
 
 def verification_html(v: Verification) -> str:
     e = html.escape
+    scanned = {
+        "valid": "Code signé par SIMVEB et identique au certificat enregistré.",
+        "invalid": "Le code scanné n'est pas signé par SIMVEB ou ne correspond pas à ce certificat.",
+        "absent": "Certificat enregistré par SIMVEB (numéro saisi, aucun code scanné).",
+    }[v.signature]
     if not v.found:
         badge = ("bad", "Certificat inconnu", "Aucun certificat SIMVEB ne porte ce numéro.")
     elif v.signature == "invalid":
-        badge = ("bad", "Code falsifié ou modifié", v.signature_detail)
+        badge = ("bad", "Code falsifié ou modifié", scanned)
     elif v.status == "replaced":
-        badge = ("warn", "Certificat remplacé", f"Remplacé par le certificat {v.replaced_by or ''}.")
+        badge = ("warn", "Certificat remplacé", f"Remplacé par le certificat {v.replaced_by or ''}. {scanned}")
     else:
-        badge = ("ok", "Certificat authentique et en vigueur", v.signature_detail or "Enregistré par SIMVEB.")
+        badge = ("ok", "Certificat authentique et en vigueur", scanned)
     rows = ""
     if v.found:
         items = [

@@ -83,6 +83,8 @@ async def test_a_png_renamed_pdf_is_refused_with_415(api: Any, auth: Any, settin
     r = await upload(api, headers, png, filename="facture.pdf", content_type="application/pdf")
     assert r.status_code == 415, r.text
     assert r.json()["code"] == "unsupported_media_type"
+    # refused before the body was read to its end: the connection is not reused for another request
+    assert r.headers["connection"] == "close"
     # a PNG honestly declared is still refused where only PDF is accepted
     r = await upload(api, headers, png, type_code="loan_agreement", filename="x.png", content_type="image/png")
     assert r.status_code == 415
