@@ -39,13 +39,13 @@ def _registration(**fields: str) -> RegisterCitizen:
 
 async def test_seed_is_the_readme_grid_and_idempotent(runtime):
     added = await runtime.bus.ask(SeedUsers())
-    assert added == 8 + 25 + 56  # roles, permissions, role-permission pairs
+    assert added == 8 + 28 + 65  # roles, permissions, role-permission pairs
     assert await runtime.bus.ask(SeedUsers()) == 0
     assert await runtime.bus.ask(SeedUsers(only_if_empty=True)) == 0
     roles = {r.code: r.permissions for r in await runtime.bus.ask(ListRoles())}
     assert roles["citizen"] == ["registrations:submit"]
     assert roles["affiliate"] == ["registrations:submit", "vehicles:file"]
-    assert len(roles["admin"]) == 17
+    assert len(roles["admin"]) == 19
 
 
 async def test_resolve_login_by_email_phone_or_npi(runtime):

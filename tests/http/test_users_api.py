@@ -307,6 +307,8 @@ async def test_admin_creates_staff(runtime, client, world):
     assert user["email"] == "agent.two@simveb.test"
     found = await runtime.bus.ask(ResolveLogin(identifier="AGENT.TWO@simveb.test"))
     assert found.permissions == [
+        "documents:read",
+        "documents:validate",
         "integrations:lookup",
         "notifications:send",
         "payments:confirm",
