@@ -51,3 +51,20 @@ def test_keys_rotate_refuses_an_environment_key(tmp_path: Path) -> None:
 
     done = simveb_keys(tmp_path, "rotate", env={"SIMVEB_SECURITY__SIGNING_KEY": generate_pem().decode()})
     assert done.returncode == 1 and done.stderr.startswith("simveb: error: the signing key comes from")
+
+
+def test_document_keys_rotate_apart_from_token_keys_and_are_listed(tmp_path: Path) -> None:
+    from simveb.keys import document_ring
+
+    settings = with_overrides(Settings(), server={"data_dir": str(tmp_path)})
+    tokens = KeyRing.for_settings(settings)
+    before = document_ring(settings)
+    assert before.kid not in tokens.public  # a document key never verifies an access token
+    done = simveb_keys(tmp_path, "rotate", "--documents")
+    assert done.returncode == 0, done.stderr
+    after = document_ring(settings)
+    assert after.kid != before.kid and before.kid in after.public and after.kid in done.stdout
+    assert KeyRing.for_settings(settings).kid == tokens.kid  # token keys untouched
+    listed = simveb_keys(tmp_path, "list").stdout.splitlines()
+    assert f"signing   {after.kid} (documents)" in listed and f"verifying {before.kid} (documents)" in listed
+    assert f"signing   {tokens.kid}" in listed

@@ -238,3 +238,39 @@ async def test_the_verification_page_renders_in_a_headless_browser(runtime: Any,
         subprocess.run, [*common, f"--screenshot={shot}", html_file.as_uri()], capture_output=True, timeout=120
     )
     assert shot.is_file() and shot.stat().st_size > 1000
+
+
+def test_a_receipt_prints_every_invoice_line_and_the_total() -> None:
+    data = {
+        "invoice_number": "FAC-2026-000017",
+        "reference": "IMM-2026-000042",
+        "payer": "DOSSOU Koffi",
+        "issued_at": "2026-12-02T10:00:00+00:00",
+        "issued_on": "02/12/2026",
+        "provider": "fedapay",
+        "provider_reference": "TRX-99",
+        "lines": [
+            {"code": "base", "label": "Immatriculation (première)", "amount_xof": 25_000},
+            {"code": "vehicle_category", "label": "Véhicule 4 roues et plus", "amount_xof": 35_000},
+        ],
+        "total_xof": 60_000,
+        "qr_text": "eyJhbGciOiJFZERTQSJ9.e30.sig",
+    }
+    rendered = pdf.receipt_pdf(data)
+    assert rendered == pdf.receipt_pdf(data)  # deterministic too
+    text = pdf_text(rendered)
+    for expected in ("REÇU DE PAIEMENT", "FAC-2026-000017", "IMM-2026-000042", "DOSSOU Koffi", "Immatriculation (première)",
+                     "25 000 FCFA", "35 000 FCFA", "60 000 FCFA", "fedapay"):  # fmt: skip
+        assert expected in text, f"{expected!r} not printed"
+    assert qr_of(rendered) == data["qr_text"]
+
+
+async def test_a_receipt_needs_the_payments_service(runtime: Any, api: Any, auth: Any) -> None:
+    from simveb.actors.payments.messages import GetInvoice
+
+    if runtime.bus.handles(GetInvoice):
+        pytest.skip("the payments service runs in this process: receipts are covered with real invoices")
+    r = await api.post(
+        "/api/documents/generate-receipt", json={"invoice_id": str(uuid.uuid4())}, headers=auth(sub=str(uuid.uuid4()))
+    )
+    assert r.status_code == 503 and r.json()["code"] == "payments_unavailable"
