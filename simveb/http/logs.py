@@ -105,6 +105,54 @@ _PID = [os.getpid()]
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
+class AccessEntry(msgspec.Struct, frozen=True, array_like=True):
+    """One request's access line as plain values, formatted by the writer thread."""
+
+    created: float
+    method: str
+    path: str
+    status: int
+    duration_ms: float
+    route: str
+    request_id: str
+
+
+class _AccessLine(msgspec.Struct, frozen=True, kw_only=True):
+    # The same fields, in the same order, as JsonFormatter gives an access LogRecord.
+    ts: str
+    level: str = "info"
+    logger: str = "simveb.access"
+    msg: str
+    request_id: str
+    status: int
+    duration_ms: float
+    route: str
+
+
+_access_logger = logging.getLogger("simveb.access")
+_root_logger = logging.getLogger("simveb")
+
+
+def access_writer() -> BackgroundHandler | None:
+    """The writer that may take access lines directly, or None when they must be LogRecords.
+
+    Direct only in the plain configuration (configure_logging's writer is the one handler on the way
+    of `simveb.access`, no filters): a handler or filter added anywhere on that way (a test capture,
+    a shipper of access logs) gets real LogRecords, as from any logger.
+    """
+    handlers = _root_logger.handlers
+    if (
+        len(handlers) == 1
+        and type(handlers[0]) is BackgroundHandler
+        and not _access_logger.handlers
+        and not _access_logger.filters
+        and not _root_logger.filters
+        and _access_logger.propagate
+    ):
+        return handlers[0]
+    return None
+
+
 class BackgroundHandler(logging.Handler):
     """Queues records for a writer thread that formats and writes them in batches.
 
@@ -114,6 +162,7 @@ class BackgroundHandler(logging.Handler):
 
     def __init__(self, stream: IO[str], *, max_pending: int = 100_000, linger_s: float = 0.005) -> None:
         super().__init__()
+        self._second: tuple[int, str] = (0, "")
         self.stream = stream
         self.max_pending = max_pending
         self.linger_s = linger_s
@@ -125,7 +174,7 @@ class BackgroundHandler(logging.Handler):
 
     def _start(self) -> None:
         # Records, and threading.Events to set once everything queued before them is written (flush).
-        self._queue: queue.SimpleQueue[logging.LogRecord | threading.Event] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[logging.LogRecord | AccessEntry | threading.Event] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="simveb-log-writer", daemon=True)
         self._thread.start()
 
@@ -151,9 +200,9 @@ class BackgroundHandler(logging.Handler):
         while True:
             item = self._queue.get()
             # Let a burst accumulate: one write for many lines (a line waits at most linger_s).
-            if isinstance(item, logging.LogRecord):
+            if not isinstance(item, threading.Event):
                 time.sleep(self.linger_s)
-            batch: list[logging.LogRecord] = []
+            batch: list[logging.LogRecord | AccessEntry] = []
             while True:
                 if isinstance(item, threading.Event):
                     self._write(batch)
@@ -169,13 +218,23 @@ class BackgroundHandler(logging.Handler):
                     break
             self._write(batch)
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
+    def access(self, entry: AccessEntry) -> None:
+        """Queue an access line as plain values (see `access_writer`): no LogRecord, no formatter."""
+        if self._queue.qsize() >= self.max_pending:
+            self.dropped += 1
+            return
+        self._queue.put(entry)
+
+    def _write(self, batch: list[logging.LogRecord | AccessEntry]) -> None:
         lines = []
         for record in batch:
+            if type(record) is AccessEntry:
+                lines.append(self._access_line(record))
+                continue
             try:
-                lines.append(self.format(record))
+                lines.append(self.format(record))  # type: ignore[arg-type]
             except Exception:
-                self.handleError(record)
+                self.handleError(record)  # type: ignore[arg-type]
         if self.dropped:
             dropped, self.dropped = self.dropped, 0
             lines.append(
@@ -194,7 +253,23 @@ class BackgroundHandler(logging.Handler):
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
         except Exception:
-            self.handleError(batch[0] if batch else logging.makeLogRecord({}))
+            self.handleError(logging.makeLogRecord({"msg": "writing the log lines failed"}))
+
+    def _access_line(self, entry: AccessEntry) -> str:
+        created = entry.created
+        second = int(created)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+        line = _AccessLine(
+            ts=f"{cached[1]}.{int((created - second) * 1000):03d}+00:00",
+            msg=f"{entry.method} {entry.path} {entry.status}",
+            request_id=entry.request_id,
+            status=entry.status,
+            duration_ms=entry.duration_ms,
+            route=entry.route,
+        )
+        return _encoder.encode(line).decode(errors="replace")
 
     def flush(self, timeout: float = 5.0) -> None:
         """Return once every record queued before this call is written (or after `timeout`)."""

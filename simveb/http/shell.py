@@ -27,7 +27,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from simveb.errors import DomainError, TooManyRequests, Unauthorized
-from simveb.http.logs import quick_record, request_id_var
+from simveb.http.logs import AccessEntry, access_writer, quick_record, request_id_var
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -222,7 +222,8 @@ class Shell:
                     status = message["status"]
                     headers = message.get("headers") or []
                     headers = list(headers) if not isinstance(headers, list) else headers
-                    if any(k.lower() == b"x-request-id" for k, _ in headers):
+                    # Only error answers (problem+json) may carry the id already.
+                    if status >= 400 and any(k.lower() == b"x-request-id" for k, _ in headers):
                         headers.extend(extra[1:])
                     else:
                         headers.extend(extra)
@@ -251,20 +252,16 @@ class Shell:
                 method = scope["method"]
                 metrics.observe(method, route, status, elapsed)
                 if access_log.isEnabledFor(logging.INFO):
-                    # Made directly: Logger.info would also walk the stack for a caller nobody reads.
-                    access_log.handle(
-                        quick_record(
-                            "simveb.access",
-                            logging.INFO,
-                            f"{method} {path} {status}",
-                            {
-                                "request_id": rid,
-                                "status": status,
-                                "duration_ms": round(elapsed * 1000, 2),
-                                "route": route,
-                            },
-                        )
-                    )
+                    ms = round(elapsed * 1000, 2)
+                    writer = access_writer()
+                    if writer is not None:
+                        # The plain configuration: values to the writer thread, which formats the line.
+                        writer.access(AccessEntry(time.time(), method, path, status, ms, route, rid))
+                    else:
+                        # Made directly: Logger.info would also walk the stack for a caller nobody reads.
+                        line = f"{method} {path} {status}"
+                        fields = {"request_id": rid, "status": status, "duration_ms": ms, "route": route}
+                        access_log.handle(quick_record("simveb.access", logging.INFO, line, fields))
                 request_id_var.reset(context)
 
         return middleware

@@ -183,3 +183,34 @@ def test_no_guard_runs_in_a_thread(settings) -> None:
 async def test_open_paths_ignore_tokens_and_limits(client, path) -> None:
     r = await client.get(path, headers={"Authorization": "Bearer not-even-a-jwt"})
     assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+def test_direct_access_lines_match_logger_lines() -> None:
+    """In the plain configuration the shell hands plain values to the writer; the line is the same
+    as the one a LogRecord through the formatter gives, and any added handler turns records back on."""
+    from simveb.http.logs import AccessEntry, access_writer
+
+    root = logging.getLogger("simveb")
+    saved = root.handlers[:]
+    stream = io.StringIO()
+    handler = BackgroundHandler(stream, linger_s=0)
+    handler.setFormatter(JsonFormatter())
+    root.handlers[:] = [handler]
+    try:
+        assert access_writer() is handler
+        handler.access(AccessEntry(1796190479.25, "GET", "/api/x", 200, 1.5, "/api/x", "rid-1"))
+        record = quick_record(
+            "simveb.access",
+            logging.INFO,
+            "GET /api/x 200",
+            {"request_id": "rid-1", "status": 200, "duration_ms": 1.5, "route": "/api/x"},
+        )
+        record.created = 1796190479.25
+        handler.handle(record)
+        handler.flush()
+        direct, via_record = stream.getvalue().splitlines()
+        assert direct == via_record
+        root.addHandler(logging.NullHandler())
+        assert access_writer() is None, "another handler must see LogRecords"
+    finally:
+        root.handlers[:] = saved
