@@ -1,6 +1,6 @@
-"""Vehicle registry benchmark: bulk import, searches and GET by id at national scale.
+"""Vehicle registry benchmark: bulk import and searches at national scale.
 
-    python bench/vehicles.py [--rows N] [--database-url URL] [--seconds S]
+    python bench/vehicles.py [--rows N] [--database-url URL]
 
 Generates a CSV of N plausible vehicles (mostly motorcycles) and reports, each against a baseline
 measured in the same run on the same database:
@@ -8,14 +8,13 @@ measured in the same run on the same database:
 (a) import rows/s (`simveb vehicles import` path: the actor COPYs into staging, validates in SQL,
     inserts) against a raw COPY of the same file into a bare table (target ratio >= 0.5);
 (b) p50/p95 latency of plate, VIN, owner and fuzzy searches through the bus at N rows (target p95
-    <= 20 ms);
-(c) `GET /api/vehicles/{id}` requests/s (token check, bus, actor) against a bare route on the same
-    server doing the same query without bus or auth (target ratio >= 0.6). The server runs in a
-    child process (uvicorn, one worker); the load comes from a minimal keep-alive HTTP/1.1 client.
+    <= 20 ms).
+
+`GET /api/vehicles/{id}` against a bare Litestar + asyncpg app is measured by bench/http.py.
 
 The database is the one of --database-url or SIMVEB_TEST_DATABASE_URL (a fresh database is created
 on that server and dropped after), otherwise an embedded PostgreSQL in a temporary directory.
-The last line is a summary: `bench vehicles: import_ratio=... search_p95_ms=... get_ratio=... ...`.
+The last line is a summary: `bench vehicles: import_ratio=... search_p95_ms=... ...`.
 """
 
 from __future__ import annotations
@@ -26,8 +25,6 @@ import csv
 import os
 import random
 import shutil
-import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -37,7 +34,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from litestar.datastructures import State
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,7 +46,6 @@ from simveb.actors.vehicles.messages import (  # noqa: E402
     SearchVehicles,
     SeedVehicles,
     StartImport,
-    Vehicle,
     VehicleFilter,
 )
 from simveb.config import Settings, with_overrides  # noqa: E402
@@ -268,111 +263,6 @@ async def searches(runtime: Any, samples: dict[str, list[str]], per_kind: int) -
     return results
 
 
-# --- (c) GET by id over HTTP ---------------------------------------------------------------------------
-
-
-def serve(url: str, data_dir: str, port: int) -> None:
-    """The child process: the real app plus one bare route, on uvicorn."""
-    import uvicorn
-    from litestar import get
-
-    from simveb.actors.vehicles import store
-    from simveb.errors import NotFound
-    from simveb.http.app import create_app
-
-    @get("/bare/vehicles/{vehicle_id:uuid}", opt={"public": True})
-    async def bare(vehicle_id: uuid.UUID, state: State) -> Vehicle:
-        """The same query as GET /api/vehicles/{id}, without bus or token."""
-        async with state.runtime.db.pool.acquire() as con:
-            vehicle = await store.get_vehicle(con, vehicle_id)
-        if vehicle is None:
-            raise NotFound("no vehicle")
-        return vehicle
-
-    app = create_app(bench_settings(url, Path(data_dir)))
-    app.register(bare)
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", loop="uvloop", http="httptools")
-
-
-async def hammer(port: int, paths: list[str], header: bytes, seconds: float, connections: int) -> float:
-    """Requests per second of keep-alive GETs on `paths` (round robin) for `seconds`."""
-    stop = time.perf_counter() + seconds
-    done = 0
-
-    async def worker(k: int) -> None:
-        nonlocal done
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        i = k
-        try:
-            while time.perf_counter() < stop:
-                writer.write(
-                    b"GET " + paths[i % len(paths)].encode() + b" HTTP/1.1\r\nHost: bench\r\n" + header + b"\r\n"
-                )
-                i += connections
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head[9:12] != b"200":
-                    raise SystemExit(f"bench: {paths[i % len(paths)]} answered {head[:64]!r}")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                await reader.readexactly(length)
-                done += 1
-        finally:
-            writer.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(connections)))
-    return done / (time.perf_counter() - started)
-
-
-async def http_ratio(url: str, data_dir: Path, ids: list[str], seconds: float) -> tuple[float, float]:
-    from simveb.keys import KeyRing
-
-    settings = bench_settings(url, data_dir)
-    keys = KeyRing.for_settings(settings)  # the child loads the same development key
-    now = int(time.time())
-    token = keys.sign(
-        {
-            "iss": settings.security.issuer,
-            "aud": settings.security.audience,
-            "sub": str(uuid.uuid4()),
-            "iat": now,
-            "exp": now + 3600,
-            "jti": uuid.uuid4().hex,
-            "roles": ["agent"],
-            "permissions": ["vehicles:read"],
-        }
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--serve", url, str(data_dir), str(port))
-    try:
-        for _ in range(300):
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
-        else:
-            raise SystemExit("bench: the server did not start")
-        full_paths = [f"/api/vehicles/{i}" for i in ids]
-        bare_paths = [f"/bare/vehicles/{i}" for i in ids]
-        auth = f"Authorization: Bearer {token}\r\n".encode()
-        await hammer(port, bare_paths, b"", 2, 8)  # warm-up
-        await hammer(port, full_paths, auth, 2, 8)
-        bare_rps, full_rps = [], []
-        for _ in range(3):  # alternate, so a noisy neighbour hurts both sides alike
-            bare_rps.append(await hammer(port, bare_paths, b"", seconds, 8))
-            full_rps.append(await hammer(port, full_paths, auth, seconds, 8))
-        return statistics.median(full_rps), statistics.median(bare_rps)
-    finally:
-        child.terminate()
-        await asyncio.wait_for(child.wait(), 30)
-
-
 # --- main ----------------------------------------------------------------------------------------------
 
 
@@ -403,24 +293,17 @@ async def main(args: argparse.Namespace) -> None:
                 print("import phases: " + ", ".join(f"{k} {v:.1f} s" for k, v in job.seconds.items()), flush=True)
                 async with runtime.db.pool.acquire() as con:
                     await con.execute("ANALYZE vehicles.vehicles")  # what autovacuum does after a bulk load
-                    ids = [
-                        str(r["id"])
-                        for r in await con.fetch("SELECT id FROM vehicles.vehicles ORDER BY random() LIMIT 2000")
-                    ]
                 fuzzy = runtime.bus.cells["vehicles"].instance.fuzzy
                 latencies = await searches(runtime, samples, args.queries)
             finally:
                 await runtime.stop()
             for kind, (p50, p95) in latencies.items():
                 print(f"search {kind:6}: p50 {p50:6.2f} ms  p95 {p95:6.2f} ms", flush=True)
-            full_rps, bare_rps = await http_ratio(url, workdir / "data", ids, args.seconds)
-            print(f"GET /api/vehicles/{{id}}: {full_rps:,.0f} req/s; bare route: {bare_rps:,.0f} req/s", flush=True)
         import_ratio = (args.rows / import_s) / (args.rows / raw_s)
         search_p95 = max(p95 for _, p95 in latencies.values())
         print(
             f"bench vehicles: import_ratio={import_ratio:.2f} search_p95_ms={search_p95:.1f}"
-            f" get_ratio={full_rps / bare_rps:.2f} rows={args.rows} import_rows_s={args.rows / import_s:.0f}"
-            f" raw_rows_s={args.rows / raw_s:.0f} get_rps={full_rps:.0f} bare_rps={bare_rps:.0f}"
+            f" rows={args.rows} import_rows_s={args.rows / import_s:.0f} raw_rows_s={args.rows / raw_s:.0f}"
             + "".join(f" {k}_p95_ms={v[1]:.1f}" for k, v in latencies.items())
             + f" fuzzy={fuzzy}"
         )
@@ -437,18 +320,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="PostgreSQL server to create the bench database on (default: SIMVEB_TEST_DATABASE_URL, else embedded)",
     )
     parser.add_argument("--queries", type=int, default=300, help="searches per kind")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each HTTP load round")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--serve":
-        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    else:
-        try:
-            import uvloop
+    try:
+        import uvloop
 
-            uvloop.install()
-        except ImportError:
-            pass
-        asyncio.run(main(parse(sys.argv[1:])))
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(main(parse(sys.argv[1:])))
