@@ -274,3 +274,27 @@ async def test_a_receipt_needs_the_payments_service(runtime: Any, api: Any, auth
         "/api/documents/generate-receipt", json={"invoice_id": str(uuid.uuid4())}, headers=auth(sub=str(uuid.uuid4()))
     )
     assert r.status_code == 503 and r.json()["code"] == "payments_unavailable"
+
+
+async def test_concurrent_issuances_for_one_vehicle_leave_one_current_certificate(runtime: Any, api: Any) -> None:
+    from simveb.actors.documents.messages import IssueCertificate
+    from simveb.messages import Caller
+
+    owner = await holder(runtime)
+    car = await vehicle(runtime, [owner.id], plate="AF 0303 RB")
+    staff = Caller(sub="agent-1", permissions=frozenset({"documents:issue"}))
+    issued = await asyncio.gather(
+        *(runtime.bus.ask(IssueCertificate(caller=staff, vehicle_id=car.id), timeout=120) for _ in range(4))
+    )
+    async with runtime.db.connection() as con:
+        rows = await con.fetch("SELECT number, replaced_by FROM documents.certificates WHERE vehicle_id = $1", car.id)
+    assert len(rows) == 4 and {r["number"] for r in rows} == {c.number for c in issued}
+    current = [r["number"] for r in rows if r["replaced_by"] is None]
+    assert len(current) == 1
+    # the replacements form one chain ending at the current certificate
+    successors = {r["number"]: r["replaced_by"] for r in rows}
+    start = next(n for n in successors if n not in set(successors.values()))
+    seen = [start]
+    while successors[seen[-1]] is not None:
+        seen.append(successors[seen[-1]])
+    assert len(seen) == 4 and seen[-1] == current[0]

@@ -648,6 +648,7 @@ class DocumentsActor(Actor):
         document_id = uuid4()
         try:
             async with self.db.transaction() as con:
+                await store.lock_vehicle_certificates(con, vehicle_id)
                 if request_id is not None:
                     existing = await store.certificate_for_request(con, request_id)
                     if existing is not None:  # issued meanwhile by a redelivery: keep that one

@@ -193,6 +193,15 @@ async def certificate_for_request(con: asyncpg.Connection, request_id: UUID) -> 
     return await con.fetchrow(_CERTIFICATE + " WHERE request_id = $1", request_id)
 
 
+async def lock_vehicle_certificates(con: asyncpg.Connection, vehicle_id: UUID) -> None:
+    """Serialise issuances for one vehicle until the transaction ends. A row lock on the current
+    certificate is not enough: a second issuer waiting on it would find it replaced, so no current
+    one at all, and insert a second current certificate."""
+    await con.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('documents.certificates:' || $1::uuid::text, 0))", vehicle_id
+    )
+
+
 async def current_certificate(
     con: asyncpg.Connection, vehicle_id: UUID, *, lock: bool = False
 ) -> asyncpg.Record | None:
