@@ -17,6 +17,7 @@ RUNTIME = {
     "simveb.config",
     "simveb.errors",
     "simveb.keys",
+    "simveb.csvcells",
 }
 
 

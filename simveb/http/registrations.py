@@ -8,7 +8,6 @@ request, your queue) are the actor's: this layer passes the caller.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 from datetime import datetime
@@ -52,6 +51,7 @@ from simveb.actors.registrations.messages import (
 )
 from simveb.actors.registrations.messages import Request as RegistrationRequest
 from simveb.bus import Bus
+from simveb.csvcells import safe_writer
 from simveb.errors import BadRequest
 from simveb.http.inputs import Input
 from simveb.http.security import requires
@@ -419,7 +419,7 @@ def _assignee(caller: Caller, value: str | None) -> UUID | None:
 
 def _stats_csv(stats: Stats) -> str:
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
+    w = safe_writer(out)
     w.writerow(["section", "key", "value"])
     for section in ("by_status", "by_procedure", "by_day", "by_assignee"):
         for row in getattr(stats, section):

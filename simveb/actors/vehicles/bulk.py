@@ -35,6 +35,7 @@ from simveb.actors.vehicles.messages import (
     StartImport,
     VehiclesImported,
 )
+from simveb.csvcells import safe_writer
 from simveb.db import init_connection
 from simveb.errors import NotFound, Unavailable
 from simveb.messages import Event
@@ -305,7 +306,7 @@ class Exports:
             batch = self._settings().vehicles.export_batch_rows
             rows = await export.cursor.fetch(batch) if export.cursor is not None else []
             buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
+            writer = safe_writer(buf)
             if not export.header_sent:
                 writer.writerow(CSV_COLUMNS)
                 export.header_sent = True

@@ -9,6 +9,8 @@ through the detailed checks that name the reason.
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -18,6 +20,7 @@ import msgspec
 
 from simveb.actors.vehicles.messages import CSV_COLUMNS, ImportJob, VehicleFilter, Viewer
 from simveb.actors.vehicles.store import FuzzyMode, build_where, catalogue_matches
+from simveb.csvcells import safe_writer
 from simveb.db import from_row
 
 # --- export --------------------------------------------------------------------------------------------
@@ -411,11 +414,24 @@ async def import_staged(con: asyncpg.Connection, job_id: UUID, by: str) -> Impor
 
 
 async def write_rejects(con: asyncpg.Connection, path: str) -> None:
-    """The rejected rows, with their row number and reason, as a CSV file (header first)."""
-    await con.copy_from_query(
-        f"SELECT row_no AS row, reason, {', '.join(CSV_COLUMNS)} FROM pg_temp.{REJECTS} ORDER BY row_no",
-        output=path,
-        format="csv",
-        header=True,
-        encoding="utf8",
-    )
+    """The rejected rows, with their row number and reason, as a CSV file (header first).
+
+    Written through `csvcells` rather than COPY: these cells are whatever the uploaded file held,
+    and the person reading the error file opens it in a spreadsheet.
+    """
+    query = f"SELECT row_no AS row, reason, {', '.join(CSV_COLUMNS)} FROM pg_temp.{REJECTS} ORDER BY row_no"
+    f = await asyncio.to_thread(open, path, "w", encoding="utf-8", newline="")
+    try:
+        buf = io.StringIO()
+        out = safe_writer(buf)
+        out.writerow(["row", "reason", *CSV_COLUMNS])
+        async with con.transaction():  # a cursor needs one; nested in the import's, it is a savepoint
+            cursor = await con.cursor(query)
+            while rows := await cursor.fetch(5000):
+                out.writerows(tuple(r) for r in rows)
+                await asyncio.to_thread(f.write, buf.getvalue())  # file I/O off the event loop
+                buf.seek(0)
+                buf.truncate()
+        await asyncio.to_thread(f.write, buf.getvalue())
+    finally:
+        await asyncio.to_thread(f.close)
