@@ -239,6 +239,10 @@ class GetJwks(Ask[Jwks]):
 
 
 class ListDeniedTokens(Ask[DeniedTokens]):
-    """Denied, unexpired access tokens recorded after `cursor` (0: all of them)."""
+    """Denied, unexpired access tokens of transactions from `cursor` on (0: all of them).
+
+    The cursor is a transaction id watermark, not a row id: pass back the `cursor` of the last page.
+    A page shorter than 5,000 means the caller is up to date.
+    """
 
     cursor: int = 0

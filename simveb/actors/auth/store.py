@@ -219,18 +219,51 @@ async def deny_token(con: asyncpg.Connection, jti: str, expires_at: datetime, re
 
 
 async def denied_since(con: asyncpg.Connection, cursor: int, limit: int = 5000) -> DeniedTokens:
+    """Live denials from transactions at or after `cursor` (a transaction id), and the next cursor.
+
+    The next cursor never passes the oldest transaction still in flight (the snapshot's xmin): a
+    denial can only commit at or after it, so the next page still sees it however late it commits.
+    A page is cut between transactions, never inside one, so each page ends on a complete one.
+    """
+    watermark = int(await con.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"))
     rows = await con.fetch(
-        "SELECT id, jti, extract(epoch FROM expires_at)::bigint AS exp FROM auth.denied_tokens"
-        " WHERE id > $1 AND expires_at > now() ORDER BY id LIMIT $2",
+        "SELECT id, jti, txid::text::bigint AS tx, extract(epoch FROM expires_at)::bigint AS exp"
+        " FROM auth.denied_tokens WHERE txid >= $1::bigint::text::xid8 AND txid < $2::bigint::text::xid8"
+        " AND expires_at > now() ORDER BY txid, id LIMIT $3",
         cursor,
+        watermark,
         limit,
     )
-    if rows:
-        cursor = rows[-1]["id"]
+    if len(rows) < limit:
+        nxt = max(cursor, watermark)
+        # Denials of transactions that committed after the watermark are visible already: send them
+        # now too (they come again on the next page, which is harmless) so a long transaction
+        # elsewhere in the cluster does not delay a revocation.
+        tail = await con.fetch(
+            "SELECT id, jti, txid::text::bigint AS tx, extract(epoch FROM expires_at)::bigint AS exp"
+            " FROM auth.denied_tokens WHERE txid >= $1::bigint::text::xid8 AND expires_at > now()"
+            " ORDER BY txid, id LIMIT $2",
+            nxt,
+            # A page shorter than `limit` tells the verifier it is up to date; the tail is bounded
+            # because it is sent again at every poll while the watermark is held back.
+            min(limit - len(rows) - 1, 1000),
+        )
+        rows = [*rows, *tail]
     else:
-        # Nothing live after the cursor: jump to the newest id so expired rows are not scanned again.
-        cursor = max(cursor, await con.fetchval("SELECT coalesce(max(id), 0) FROM auth.denied_tokens"))
-    return DeniedTokens(items=[DeniedToken(jti=r["jti"], exp=r["exp"]) for r in rows], cursor=cursor)
+        # Full page: finish the last transaction's rows, and continue after it.
+        last = rows[-1]
+        rows = [
+            *rows,
+            *await con.fetch(
+                "SELECT id, jti, txid::text::bigint AS tx, extract(epoch FROM expires_at)::bigint AS exp"
+                " FROM auth.denied_tokens WHERE txid = $1::bigint::text::xid8 AND id > $2 AND expires_at > now()"
+                " ORDER BY id",
+                last["tx"],
+                last["id"],
+            ),
+        ]
+        nxt = last["tx"] + 1
+    return DeniedTokens(items=[DeniedToken(jti=r["jti"], exp=r["exp"]) for r in rows], cursor=nxt)
 
 
 # --- attempts and lockouts ---------------------------------------------------------------------------
