@@ -196,11 +196,16 @@ class AuthSettings(Section):
     lockout_s: Positive = 900
     address_max_failures: Positive = 50
     address_lockout_s: Positive = 900
+    # Wrong second-factor codes per account (counted on their own, across challenges) that lock the second factor.
+    two_factor_max_failures: Positive = 5
     password_min_length: Positive = 12
     password_history: NonNegative = 5
     # Roles whose sessions get full permissions only after a second factor (TOTP) was proved.
     require_2fa_roles: list[str] = msgspec.field(default_factory=lambda: ["admin"])
     totp_issuer: str = "SIMVEB"
+    # AES-GCM key (base64url, 32 bytes) sealing TOTP secrets at rest; set SIMVEB_AUTH__TOTP_KEY.
+    # Empty: derived from security.signing_key when set, else generated into <data_dir>/keys.
+    totp_key: str = ""
     recovery_codes: Positive = 10
     # Pepper of one-time code hashes; set SIMVEB_AUTH__CODE_SECRET. Empty: derived from the oldest signing key.
     code_secret: str = ""

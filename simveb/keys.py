@@ -1,4 +1,5 @@
-"""The token key ring: Ed25519 keys that sign (auth actor) and verify (HTTP layer) access tokens.
+"""The token key ring: Ed25519 keys that sign (auth actor) and verify (HTTP layer) access tokens;
+and the AES-GCM sealer of secrets kept at rest (notifications' secret bodies, TOTP secrets).
 
 Runtime module, shared by the HTTP layer and the auth actor, so neither imports the other. In
 development the keys live in `<data_dir>/keys/<kid>.pem` and one is generated on first start; in
@@ -20,10 +21,13 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import jwt
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from simveb.config import ConfigError, Settings
 
@@ -142,3 +146,54 @@ def write_new_key(directory: Path) -> Path:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return path
+
+
+# --- secrets sealed at rest --------------------------------------------------------------------------
+
+
+class Sealer:
+    """AES-GCM over a (subject, body) pair bound to an id (the AAD), so a sealed value cannot be moved
+    to another row. Notifications seal secret-bearing messages with it, auth the TOTP secrets."""
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, bound_to: UUID, subject: str, body: str) -> bytes:
+        nonce = os.urandom(12)
+        plain = json.dumps({"s": subject, "b": body}).encode()
+        return nonce + self._aead.encrypt(nonce, plain, bound_to.bytes)
+
+    def unseal(self, bound_to: UUID, sealed: bytes) -> tuple[str, str]:
+        data = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], bound_to.bytes))
+        return data["s"], data["b"]
+
+
+def sealing_key(settings: Settings, *, configured: str, setting: str, info: bytes, filename: str) -> bytes:
+    """A 32-byte AES key: the configured one (base64url); else derived from the token signing key by
+    HKDF with `info` (a distinct key per use); else a development key file in <data_dir>/keys."""
+    if configured:
+        try:
+            key = base64.urlsafe_b64decode(configured + "=" * (-len(configured) % 4))
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(f"{setting}: expected 32 bytes, base64url encoded")
+        return key
+    if settings.security.signing_key:
+        # Production always has a signing key: one secret fewer to manage, a distinct key by HKDF.
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(
+            settings.security.signing_key.encode()
+        )
+    path = Path(settings.data_dir) / "keys" / filename
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, path)  # atomic create-if-absent: two processes starting at once agree on one key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return base64.urlsafe_b64decode(path.read_text().strip())

@@ -42,6 +42,7 @@ from simveb.actors.auth.messages import (
     RefreshSession,
     RequestOtp,
     ResetPassword,
+    ResetTotp,
     RevokeSession,
     Session,
     SetupTotp,
@@ -53,7 +54,7 @@ from simveb.actors.users.messages import GetUserAuthz
 from simveb.bus import Bus
 from simveb.errors import DomainError, Invalid, Unauthorized
 from simveb.http.inputs import Input
-from simveb.http.security import DenyList, Token, user_id_of
+from simveb.http.security import DenyList, Token, requires, user_id_of
 from simveb.messages import Caller
 
 if TYPE_CHECKING:
@@ -107,6 +108,11 @@ class ResetIn(Input):
 
 class TotpCodeIn(Input):
     code: Code
+    password: Secret  # asked again: a stolen access token alone cannot bind another authenticator
+
+
+class TotpResetIn(Input):
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
 
 
 class Me(msgspec.Struct, kw_only=True):
@@ -121,6 +127,14 @@ async def _denials_changed(request: Request[Any, Any, Any]) -> None:
     deny = request.app.state.verifier.is_revoked
     if isinstance(deny, DenyList):
         await deny.sync()
+
+
+def _session_id(request: Request[Any, Any, Any]) -> UUID | None:
+    """The `sid` claim of the request's access token (already verified by the middleware)."""
+    with contextlib.suppress(jwt.PyJWTError, ValueError, TypeError):
+        sid = jwt.decode(str(request.auth), options={"verify_signature": False}).get("sid")
+        return UUID(sid) if sid else None
+    return None
 
 
 def _client(request: Request[Any, Any, Any]) -> tuple[str | None, str | None]:
@@ -222,8 +236,23 @@ class AuthController(Controller):
     async def totp_enable(
         self, caller: Caller, bus: Bus, request: Request[Any, Any, Any], data: TotpCodeIn
     ) -> RecoveryCodes:
-        """Confirm TOTP with a current code; returns one-time recovery codes (then sign in again)."""
-        return await bus.ask(EnableTotp(user_id=user_id_of(caller), code=data.code))
+        """Confirm TOTP with a current code and the password; returns one-time recovery codes (then
+        sign in again). Every other session of the user is revoked."""
+        codes = await bus.ask(
+            EnableTotp(
+                user_id=user_id_of(caller), code=data.code, password=data.password, session_id=_session_id(request)
+            )
+        )
+        await _denials_changed(request)
+        return codes
+
+    @post("/users/{user_id:uuid}/2fa/reset", guards=[requires("users:write")], status_code=204)
+    async def totp_reset(
+        self, caller: Caller, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: TotpResetIn
+    ) -> None:
+        """An administrator removes a user's second factor (lost phone): audited, sessions revoked."""
+        await bus.ask(ResetTotp(user_id=user_id, caller=caller, reason=data.reason))
+        await _denials_changed(request)
 
     @post("/password/reset-request", opt=PUBLIC, status_code=202)
     async def reset_request(self, bus: Bus, request: Request[Any, Any, Any], data: ResetRequestIn) -> OtpRequested:

@@ -316,8 +316,10 @@ async def test_totp_setup_enable_and_challenge(runtime: Runtime) -> None:
     assert setup.otpauth_uri.startswith("otpauth://totp/SIMVEB:") and setup.qr_svg.startswith("<svg")
     totp = pyotp.TOTP(setup.secret)
     with pytest.raises(Invalid):
-        await bus.ask(EnableTotp(user_id=user_id, code="000000" if totp.now() != "000000" else "111111"))
-    recovery = await bus.ask(EnableTotp(user_id=user_id, code=totp.now()))
+        await bus.ask(
+            EnableTotp(user_id=user_id, code="000000" if totp.now() != "000000" else "111111", password=PASSWORD)
+        )
+    recovery = await bus.ask(EnableTotp(user_id=user_id, code=totp.now(), password=PASSWORD))
     assert len(recovery.codes) == 10
     with pytest.raises(Conflict):
         await bus.ask(SetupTotp(user_id=user_id, account_name=email))

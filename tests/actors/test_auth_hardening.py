@@ -3,14 +3,195 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import uuid
 
 import asyncpg
+import pyotp
 import pytest
 
-from simveb.actors.auth.messages import ListDeniedTokens
+from simveb.actors.auth.messages import (
+    EnableTotp,
+    ListDeniedTokens,
+    ListSessions,
+    Login,
+    RefreshSession,
+    ResetTotp,
+    SetupTotp,
+    VerifyOtp,
+)
+from simveb.config import Settings
+from simveb.errors import Forbidden, TooManyRequests, Unauthorized
 from simveb.http.security import DenyList
+from simveb.messages import Caller
 from simveb.runtime import Runtime
+from tests.actors.test_auth import PASSWORD, db_fetch, make_user, runtime_with
+
+
+def wrong(totp: pyotp.TOTP) -> str:
+    """A six-digit code that is none of the steps the server accepts right now."""
+    now = time.time()
+    valid = {totp.at(now + d) for d in (-60, -30, 0, 30, 60)}
+    return next(c for c in ("000000", "111111", "222222", "333333", "444444", "555555", "666666") if c not in valid)
+
+
+async def with_totp(rt: Runtime, *roles: str) -> tuple[object, str, pyotp.TOTP]:
+    """A user with TOTP enabled (set up and confirmed the way the user does it)."""
+    assert rt.bus is not None
+    user_id, email = await make_user(rt, *roles)
+    setup = await rt.bus.ask(SetupTotp(user_id=user_id, account_name=email))
+    totp = pyotp.TOTP(setup.secret)
+    await rt.bus.ask(EnableTotp(user_id=user_id, code=totp.now(), password=PASSWORD))
+    return user_id, email, totp
+
+
+# --- 1. second factor ---------------------------------------------------------------------------------
+
+
+async def test_password_then_wrong_totp_codes_in_a_loop_locks_the_second_factor(runtime: Runtime) -> None:
+    """The attacker knows the password and guesses the TOTP: password, four wrong codes, password
+    again, four more ... A correct password used to count as a success and reset the count."""
+    bus = runtime.bus
+    assert bus is not None
+    _, email, totp = await with_totp(runtime)
+    guesses = 0
+    locked = False
+    for _round in range(4):
+        result = await bus.ask(Login(identifier=email, password=PASSWORD, client_ip="10.1.0.1"))
+        assert result.status == "two_factor_required" and result.challenge is not None
+        for _ in range(4):
+            try:
+                await bus.ask(VerifyOtp(challenge_id=result.challenge.challenge_id, code=wrong(totp)))
+            except TooManyRequests:
+                locked = True
+                break
+            except Unauthorized:
+                guesses += 1
+        if locked:
+            break
+    assert locked and guesses <= runtime.settings.auth.two_factor_max_failures
+    # Locked means locked: even the right code is refused now, on a fresh challenge.
+    result = await bus.ask(Login(identifier=email, password=PASSWORD, client_ip="10.1.0.1"))
+    assert result.challenge is not None
+    with pytest.raises(TooManyRequests) as err:
+        await bus.ask(VerifyOtp(challenge_id=result.challenge.challenge_id, code=totp.at(time.time() + 30)))
+    assert err.value.code == "locked_out"
+    scopes = [r["scope"] for r in await db_fetch(runtime, "SELECT scope FROM auth.lockouts")]
+    assert scopes == ["two_factor"]
+
+
+async def test_an_attackers_own_logins_do_not_reset_the_address_count(base_settings: Settings) -> None:
+    """From one address: guesses at other people's accounts, then a successful login into the
+    attacker's own account (used to reset the address counter), then guesses again: locked."""
+    async with runtime_with(base_settings, address_max_failures=6, address_lockout_s=30) as rt:
+        bus = rt.bus
+        assert bus is not None
+        _, mine = await make_user(rt)
+        victims = [(await make_user(rt))[1] for _ in range(3)]
+        ip = "10.6.6.6"
+        with pytest.raises(TooManyRequests):
+            for i in range(12):
+                with contextlib.suppress(Unauthorized):
+                    await bus.ask(Login(identifier=victims[i % 3], password=f"guess {i} !!!!", client_ip=ip))
+                if i % 2 == 1:
+                    assert (await bus.ask(Login(identifier=mine, password=PASSWORD, client_ip=ip))).tokens
+        rows = await db_fetch(rt, "SELECT scope, key FROM auth.lockouts")
+        assert [(r["scope"], r["key"]) for r in rows] == [("address", ip)]
+
+
+async def test_an_attackers_success_never_resets_a_victims_account_count(runtime: Runtime) -> None:
+    """Guessing a victim's password between the attacker's own successful logins still locks the victim."""
+    bus = runtime.bus
+    assert bus is not None
+    _, mine = await make_user(runtime)
+    _, victim = await make_user(runtime)
+    with pytest.raises(TooManyRequests):
+        for i in range(6):
+            with contextlib.suppress(Unauthorized):
+                await bus.ask(Login(identifier=victim, password=f"guess {i} !!!!", client_ip="10.7.7.7"))
+            assert (await bus.ask(Login(identifier=mine, password=PASSWORD, client_ip="10.7.7.7"))).tokens
+
+
+async def test_a_password_proved_without_the_second_factor_resets_nothing(runtime: Runtime) -> None:
+    """Four wrong passwords, then the right one (second factor still owed), then one wrong: locked.
+    The right password alone is not a completed sign-in."""
+    bus = runtime.bus
+    assert bus is not None
+    _, email, _totp = await with_totp(runtime)
+    for i in range(4):
+        with pytest.raises(Unauthorized):
+            await bus.ask(Login(identifier=email, password=f"guess {i} !!!!"))
+    assert (await bus.ask(Login(identifier=email, password=PASSWORD))).status == "two_factor_required"
+    with pytest.raises(TooManyRequests):
+        await bus.ask(Login(identifier=email, password="guess 5 !!!!"))
+
+
+async def test_enabling_totp_with_a_stolen_token_alone_fails_and_ends_other_sessions(runtime: Runtime) -> None:
+    """An attacker with only an access token cannot bind their authenticator (the password is asked
+    again); when the owner enables it, every other session (the attacker's) is revoked."""
+    bus = runtime.bus
+    assert bus is not None
+    user_id, email = await make_user(runtime)
+    mine = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+    stolen = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+    assert mine is not None and stolen is not None
+    setup = await bus.ask(SetupTotp(user_id=user_id, account_name=email))
+    totp = pyotp.TOTP(setup.secret)
+    with pytest.raises(Forbidden) as err:
+        await bus.ask(EnableTotp(user_id=user_id, code=totp.now(), password="not the password"))
+    assert err.value.code == "wrong_password"
+    await bus.ask(EnableTotp(user_id=user_id, code=totp.now(), password=PASSWORD, session_id=mine.session_id))
+    assert [s.id for s in await bus.ask(ListSessions(user_id=user_id))] == [mine.session_id]
+    with pytest.raises(Unauthorized):
+        await bus.ask(RefreshSession(refresh_token=stolen.refresh_token))
+    denied = {d.jti for d in (await bus.ask(ListDeniedTokens())).items}
+    assert len(denied) == 1  # the stolen session's access token
+
+
+async def test_totp_secret_is_sealed_at_rest_and_clear_rows_are_sealed_at_start(base_settings: Settings) -> None:
+    """A database dump does not give the TOTP secrets; rows from before sealing still work, then get sealed."""
+    async with runtime_with(base_settings) as rt:
+        assert rt.bus is not None and rt.db is not None
+        user_id, email, totp = await with_totp(rt)
+        row = (await db_fetch(rt, "SELECT secret, secret_sealed FROM auth.totp WHERE user_id = $1", user_id))[0]
+        assert row["secret"] is None and totp.secret.encode() not in row["secret_sealed"]
+        # A row as written before sealing existed: the secret in clear.
+        other, _ = await make_user(rt)
+        async with rt.db.transaction() as con:
+            await con.execute(
+                "INSERT INTO auth.totp (user_id, secret, enabled_at) VALUES ($1, $2, now())", other, totp.secret
+            )
+    # A restart (same tables) seals the clear row; signing in with the sealed secret still works.
+    rt2 = Runtime(base_settings)
+    await rt2.start(migrate_first=False, seed_if_empty=False)
+    try:
+        assert rt2.bus is not None
+        rows = await db_fetch(rt2, "SELECT secret, secret_sealed FROM auth.totp WHERE user_id = $1", other)
+        assert rows[0]["secret"] is None and rows[0]["secret_sealed"] is not None
+        result = await rt2.bus.ask(Login(identifier=email, password=PASSWORD))
+        assert result.challenge is not None
+        done = await rt2.bus.ask(VerifyOtp(challenge_id=result.challenge.challenge_id, code=totp.at(time.time() + 30)))
+        assert done.tokens is not None
+    finally:
+        await rt2.stop()
+
+
+async def test_an_admin_resets_a_second_factor_audited_and_nobody_else_can(runtime: Runtime) -> None:
+    bus = runtime.bus
+    assert bus is not None
+    user_id, email, _totp = await with_totp(runtime)
+    session = (await bus.ask(Login(identifier=email, password=PASSWORD))).challenge
+    assert session is not None
+    agent = Caller(sub=str(uuid.uuid4()), roles=("agent",), permissions=frozenset({"users:read"}))
+    with pytest.raises(Forbidden):
+        await bus.ask(ResetTotp(user_id=user_id, caller=agent, reason="lost phone"))
+    admin = Caller(sub="admin-1", roles=("admin",), permissions=frozenset({"users:write"}))
+    assert await bus.ask(ResetTotp(user_id=user_id, caller=admin, reason="lost phone"))
+    assert (await bus.ask(Login(identifier=email, password=PASSWORD))).status == "authenticated"
+    audit = await db_fetch(runtime, "SELECT action, user_id, actor, reason FROM auth.admin_actions")
+    assert [tuple(r) for r in audit] == [("totp_reset", user_id, "admin-1", "lost phone")]
+
 
 # --- 9. deny list: a denial committed out of order still reaches every verifier ----------------------
 

@@ -423,9 +423,13 @@ async def test_admin_two_factor_flow(client: httpx.AsyncClient, runtime: Runtime
     setup = r.json()
     assert setup["qr_svg"].startswith("<svg") and admin["email"].replace("@", "%40") in setup["otpauth_uri"]
     totp = pyotp.TOTP(setup["secret"])
-    r = await client.post("/api/auth/2fa/enable", json={"code": "12345x"}, headers=bearer(limited["access_token"]))
+    r = await client.post(
+        "/api/auth/2fa/enable", json={"code": "12345x", "password": PASSWORD}, headers=bearer(limited["access_token"])
+    )
     assert r.status_code == 422
-    r = await client.post("/api/auth/2fa/enable", json={"code": totp.now()}, headers=bearer(limited["access_token"]))
+    r = await client.post(
+        "/api/auth/2fa/enable", json={"code": totp.now(), "password": PASSWORD}, headers=bearer(limited["access_token"])
+    )
     assert r.status_code == 200, r.text
     recovery = r.json()["codes"]
     assert len(recovery) == 10 and len(set(recovery)) == 10

@@ -59,6 +59,7 @@ from simveb.actors.auth.messages import (
     RefreshSession,
     RequestOtp,
     ResetPassword,
+    ResetTotp,
     RevokeSession,
     RevokeUserSessions,
     Session,
@@ -80,8 +81,17 @@ from simveb.actors.users.messages import (
     UserRolesChanged,
 )
 from simveb.bus import Actor, handler
-from simveb.errors import Conflict, DomainError, InternalError, Invalid, NotFound, TooManyRequests, Unauthorized
-from simveb.keys import KeyRing, load_private
+from simveb.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InternalError,
+    Invalid,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
+from simveb.keys import KeyRing, Sealer, load_private, sealing_key
 
 log = logging.getLogger("simveb.auth")
 
@@ -136,6 +146,16 @@ class AuthActor(Actor):
         self._tasks: set[asyncio.Task[Any]] = set()
         # A real hash to verify against when the account has none: same cost, same timing.
         self._dummy_hash = await asyncio.to_thread(HASHER.hash, secrets.token_urlsafe(16))
+        self._sealer = Sealer(
+            sealing_key(
+                self.settings,
+                configured=self.conf.totp_key,
+                setting="auth.totp_key",
+                info=b"simveb totp seal",
+                filename="totp-seal.key",
+            )
+        )
+        await self._seal_clear_totps()
         self._spawn(self._purge_hourly())
 
     async def on_stop(self) -> None:
@@ -175,6 +195,22 @@ class AuthActor(Actor):
             material = files[0].read_bytes()
             load_private(material)  # refuse a broken file here rather than at the first code
         return hashlib.sha256(b"simveb-codes:" + material).digest()
+
+    async def _seal_clear_totps(self) -> None:
+        """Encrypt TOTP secrets written in clear before sealing existed (once; then there are none)."""
+        async with self.db.transaction() as con:
+            for user_id, secret in await store.clear_totps(con):
+                await store.seal_totp(con, user_id, self._seal_totp(user_id, secret))
+
+    def _seal_totp(self, user_id: UUID, secret: str) -> bytes:
+        return self._sealer.seal(user_id, "totp", secret)
+
+    def _totp_secret(self, user_id: UUID, row: store.Totp) -> str:
+        """The secret in clear: unsealed (bound to its user), or as stored before sealing existed."""
+        if row.secret_sealed is not None:
+            return self._sealer.unseal(user_id, row.secret_sealed)[1]
+        assert row.secret is not None  # the table's check: one of the two is present
+        return row.secret
 
     def _code_hash(self, challenge_id: UUID, code: str) -> bytes:
         return hmac.new(self._pepper, f"{challenge_id}:{code}".encode(), hashlib.sha256).digest()
@@ -301,17 +337,26 @@ class AuthActor(Actor):
             )
 
     async def _failed(self, key: str, user_id: UUID | None, client_ip: str | None, kind: str) -> None:
-        """Record a failure; lock the account (or the address) when it was one too many (audited)."""
+        """Record a failure; lock the account (or the address) when it was one too many (audited).
+
+        Second-factor failures are counted on their own (scope two_factor, its own limit): a password
+        proved again between guesses resets nothing, so "password, wrong codes, password ..." locks.
+        """
         locked: float | None = None
+        scope, limit = (
+            ("two_factor", self.conf.two_factor_max_failures)
+            if kind == "two_factor"
+            else ("account", self.conf.max_failures)
+        )
         async with self.db.transaction() as con:
             # Serialise the count-then-lock of one account so concurrent failures lock it once.
             await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", key)
             await store.record_attempt(con, key, user_id, client_ip, kind, False)
-            failures = await store.recent_failures(con, "account", key, self.conf.failure_window_s)
-            if failures >= self.conf.max_failures:
+            failures = await store.recent_failures(con, scope, key, self.conf.failure_window_s)
+            if failures >= limit:
                 await store.add_lockout(
                     con,
-                    "account",
+                    scope,
                     key,
                     user_id=user_id,
                     client_ip=client_ip,
@@ -339,9 +384,13 @@ class AuthActor(Actor):
                 "too many failed attempts; try again later", retry_after=int(locked), code="locked_out"
             )
 
-    async def _succeeded(self, key: str, user_id: UUID, client_ip: str | None, kind: str) -> None:
+    async def _succeeded(
+        self, key: str, user_id: UUID, client_ip: str | None, kind: str, *, partial: bool = False
+    ) -> None:
+        """Record a success. Only a completed sign-in (not `partial`: a first factor with the second
+        still owed) ends the failure count, and only the account's own: never the address's."""
         async with self.db.connection() as con:
-            await store.record_attempt(con, key, user_id, client_ip, kind, True)
+            await store.record_attempt(con, key, user_id, client_ip, kind, True, partial=partial)
 
     # --- tokens ------------------------------------------------------------------------------------
 
@@ -444,14 +493,16 @@ class AuthActor(Actor):
         if not ok or authz is None:
             await self._failed(key, authz.user_id if authz else None, msg.client_ip, "password")
             raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
-        await self._succeeded(key, authz.user_id, msg.client_ip, "password")
         if HASHER.check_needs_rehash(hashed):  # type: ignore[arg-type]
             new = await asyncio.to_thread(HASHER.hash, password)
             async with self.db.connection() as con:
                 await store.rehash_password(con, authz.user_id, hashed, new)  # type: ignore[arg-type]
-        return await self._signed_in(
+        result = await self._signed_in(
             authz, method="password", account=key, client_ip=msg.client_ip, user_agent=msg.user_agent
         )
+        partial = result.status == "two_factor_required"
+        await self._succeeded(key, authz.user_id, msg.client_ip, "password", partial=partial)
+        return result
 
     @handler
     async def request_otp(self, msg: RequestOtp) -> OtpRequested:
@@ -526,6 +577,8 @@ class AuthActor(Actor):
             # Wrong codes count as failed sign-ins of the account: a lockout stops guessing across codes.
             key = f"user:{row.user_id}" if row.user_id else f"id:{row.account}"
             left = await store.active_lockout(con, "account", key)
+            if left is None and row.purpose == "two_factor":
+                left = await store.active_lockout(con, "two_factor", key)
             if left is None and client_ip:
                 left = await store.active_lockout(con, "address", client_ip)
             if left is not None:
@@ -549,7 +602,7 @@ class AuthActor(Actor):
             totp = await store.totp(con, user_id, lock=True)
             if totp is None or totp.enabled_at is None:
                 return False
-            step = totp_step(totp.secret, code, after=totp.last_used_step)
+            step = totp_step(self._totp_secret(user_id, totp), code, after=totp.last_used_step)
             if step is None:
                 return False
             await store.use_totp_step(con, user_id, step)
@@ -578,15 +631,18 @@ class AuthActor(Actor):
             authz = await self.bus.ask(GetUserAuthz(user_id=user_id))
         if authz.status != "active":
             raise Unauthorized(INVALID_CODE, code="invalid_code")
-        await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, kind)
         if row.purpose == "two_factor":
+            await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, kind)
             return await self._new_session(
                 authz, method=row.method or "password", mfa=True, client_ip=msg.client_ip, user_agent=msg.user_agent
             )
         method = "register" if row.purpose == "register" else "otp"
-        return await self._signed_in(
+        result = await self._signed_in(
             authz, method=method, account=f"user:{user_id}", client_ip=msg.client_ip, user_agent=msg.user_agent
         )
+        partial = result.status == "two_factor_required"
+        await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, kind, partial=partial)
+        return result
 
     @handler
     async def refresh(self, msg: RefreshSession) -> LoginResult:
@@ -664,25 +720,47 @@ class AuthActor(Actor):
         current = await store.totp(con, msg.user_id, lock=True)
         if current is not None and current.enabled_at is not None:
             raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
-        await store.start_totp(con, msg.user_id, secret)
+        await store.start_totp(con, msg.user_id, self._seal_totp(msg.user_id, secret))
         uri = pyotp.TOTP(secret).provisioning_uri(name=msg.account_name, issuer_name=self.conf.totp_issuer)
         svg = segno.make(uri, error="m").svg_inline(scale=4)
         return TotpSetup(secret=secret, otpauth_uri=uri, qr_svg=svg)
 
     @handler
-    async def enable_totp(self, msg: EnableTotp, con: asyncpg.Connection) -> RecoveryCodes:
+    async def enable_totp(self, msg: EnableTotp) -> RecoveryCodes:
+        """Needs the password again (a stolen access token alone cannot bind the attacker's
+        authenticator), then revokes every other session of the user: they were opened without it."""
+        key = f"user:{msg.user_id}"
+        await self._check_locks(key, None)
+        async with self.db.connection() as con:
+            hashed = await store.password_hash(con, msg.user_id)
+        password = msg.password[:MAX_PASSWORD_LENGTH]
+        if not (await asyncio.to_thread(_verify, hashed or self._dummy_hash, password) and hashed is not None):
+            await self._failed(key, msg.user_id, None, "password")
+            raise Forbidden("wrong password", code="wrong_password")
         codes = [new_recovery_code() for _ in range(self.conf.recovery_codes)]
-        current = await store.totp(con, msg.user_id, lock=True)
-        if current is None:
-            raise Conflict("start with POST /api/auth/2fa/setup", code="two_factor_not_started")
-        if current.enabled_at is not None:
-            raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
-        step = totp_step(current.secret, msg.code.strip(), after=current.last_used_step)
-        if step is None:
-            raise Invalid("wrong code: check the authenticator app's clock", code="invalid_code")
-        await store.use_totp_step(con, msg.user_id, step, enable=True)
-        await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
+        async with self.db.transaction() as con:
+            current = await store.totp(con, msg.user_id, lock=True)
+            if current is None:
+                raise Conflict("start with POST /api/auth/2fa/setup", code="two_factor_not_started")
+            if current.enabled_at is not None:
+                raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
+            step = totp_step(self._totp_secret(msg.user_id, current), msg.code.strip(), after=current.last_used_step)
+            if step is None:
+                raise Invalid("wrong code: check the authenticator app's clock", code="invalid_code")
+            await store.use_totp_step(con, msg.user_id, step, enable=True)
+            await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
+            await store.revoke_sessions(con, [], "two_factor_enabled", user_id=msg.user_id, keep=msg.session_id)
         return RecoveryCodes(codes=codes)
+
+    @handler
+    async def reset_totp(self, msg: ResetTotp, con: asyncpg.Connection) -> bool:
+        if not msg.caller.can("users:write"):
+            raise Forbidden("resetting a second factor needs users:write", code="forbidden")
+        done = await store.reset_totp(con, msg.user_id, msg.caller.sub, msg.reason)
+        # Sessions proved with the old factor (or waiting to set one up) end: sign in again.
+        await store.revoke_sessions(con, [], "two_factor_reset", user_id=msg.user_id)
+        log.warning("second factor of user %s reset by %s", msg.user_id, msg.caller.sub)
+        return done
 
     # --- password reset ----------------------------------------------------------------------------
 

@@ -9,13 +9,13 @@ tokens, sessions and second factor messages.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
 
 from simveb.actors.users.messages import CreateUser, User
-from simveb.messages import Ask, Record
+from simveb.messages import Ask, Caller, Record
 
 
 class CheckPasswordPolicy(Ask[None]):
@@ -213,10 +213,22 @@ class SetupTotp(Ask[TotpSetup]):
 
 
 class EnableTotp(Ask[RecoveryCodes]):
-    """Confirm the setup with a current code; returns the recovery codes (shown once)."""
+    """Confirm the setup with a current code and the password again; returns the recovery codes
+    (shown once) and revokes the user's other sessions (all but `session_id`, the caller's)."""
 
     user_id: UUID
     code: str
+    password: str
+    session_id: UUID | None = None
+
+
+class ResetTotp(Ask[bool]):
+    """An administrator (users:write) removes a user's second factor (a lost phone): audited, every
+    session of the user revoked. False when the user had none."""
+
+    user_id: UUID
+    caller: Caller
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
 
 
 # --- passwords ---------------------------------------------------------------------------------------

@@ -55,9 +55,11 @@ class Challenge(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Totp(msgspec.Struct, frozen=True, kw_only=True):
-    """A user's TOTP secret (enabled once a first code proved it) and the last step used."""
+    """A user's TOTP secret, sealed (or in clear, written before sealing), enabled once a first code
+    proved it, and the last step used."""
 
-    secret: str
+    secret: str | None
+    secret_sealed: bytes | None
     enabled_at: datetime | None
     last_used_step: int
 
@@ -180,15 +182,22 @@ async def list_sessions(con: asyncpg.Connection, user_id: UUID) -> list[Session]
 
 
 async def revoke_sessions(
-    con: asyncpg.Connection, session_ids: list[UUID], reason: str, *, user_id: UUID | None = None
+    con: asyncpg.Connection,
+    session_ids: list[UUID],
+    reason: str,
+    *,
+    user_id: UUID | None = None,
+    keep: UUID | None = None,
 ) -> int:
-    """Revoke live sessions (all of a user's when user_id is given) and deny their unexpired access tokens."""
+    """Revoke live sessions (all of a user's when user_id is given, but `keep`) and deny their
+    unexpired access tokens."""
     if user_id is not None:
         ids = await con.fetch(
             "UPDATE auth.sessions SET revoked_at = now(), revoked_reason = $2"
-            " WHERE user_id = $1 AND revoked_at IS NULL RETURNING id",
+            " WHERE user_id = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $3 RETURNING id",
             user_id,
             reason,
+            keep,
         )
     else:
         ids = await con.fetch(
@@ -270,15 +279,24 @@ async def denied_since(con: asyncpg.Connection, cursor: int, limit: int = 5000) 
 
 
 async def record_attempt(
-    con: asyncpg.Connection, account: str, user_id: UUID | None, client_ip: str | None, kind: str, success: bool
+    con: asyncpg.Connection,
+    account: str,
+    user_id: UUID | None,
+    client_ip: str | None,
+    kind: str,
+    success: bool,
+    *,
+    partial: bool = False,
 ) -> None:
     await con.execute(
-        "INSERT INTO auth.login_attempts (account, user_id, client_ip, kind, success) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO auth.login_attempts (account, user_id, client_ip, kind, success, partial)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
         account,
         user_id,
         client_ip,
         kind,
         success,
+        partial,
     )
 
 
@@ -293,23 +311,40 @@ async def active_lockout(con: asyncpg.Connection, scope: str, key: str) -> float
 
 
 async def recent_failures(con: asyncpg.Connection, scope: str, key: str, window_s: int) -> int:
-    """Failures inside the window, counted after the last success and the end of the last lockout."""
-    column = "account" if scope == "account" else "client_ip"
-    return await con.fetchval(
-        f"""
-        WITH since AS (
-            SELECT greatest(
+    """Failures of one scope inside the window, after the end of its last lockout.
+
+    - account: wrong passwords and one-time codes of the account, after its last completed sign-in;
+    - two_factor: wrong second-factor codes of the account, after its last completed sign-in;
+    - address: every failure from the address; no sign-in resets it (an attacker signing in to their
+      own account from the same address must not clear what their guesses at others counted).
+    A first factor proved while the second is owed (`partial`) resets nothing.
+    """
+    if scope == "address":
+        return await con.fetchval(
+            """
+            SELECT count(*) FROM auth.login_attempts
+            WHERE client_ip = $1 AND NOT success AND at > greatest(
                 now() - make_interval(secs => $2),
-                (SELECT max(at) FROM auth.login_attempts WHERE {column} = $1 AND success),
-                (SELECT max(locked_until) FROM auth.lockouts WHERE scope = $3 AND key = $1)
-            ) AS t
+                (SELECT max(locked_until) FROM auth.lockouts WHERE scope = 'address' AND key = $1)
+            )
+            """,
+            key,
+            float(window_s),
         )
-        SELECT count(*) FROM auth.login_attempts, since
-        WHERE {column} = $1 AND NOT success AND at > since.t
+    kinds = ["two_factor"] if scope == "two_factor" else ["password", "otp"]
+    return await con.fetchval(
+        """
+        SELECT count(*) FROM auth.login_attempts
+        WHERE account = $1 AND NOT success AND kind = ANY($4::text[]) AND at > greatest(
+            now() - make_interval(secs => $2),
+            (SELECT max(at) FROM auth.login_attempts WHERE account = $1 AND success AND NOT partial),
+            (SELECT max(locked_until) FROM auth.lockouts WHERE scope = $3 AND key = $1)
+        )
         """,
         key,
         float(window_s),
         scope,
+        kinds,
     )
 
 
@@ -408,7 +443,8 @@ async def release_challenge(con: asyncpg.Connection, challenge_id: UUID) -> None
 
 async def totp(con: asyncpg.Connection, user_id: UUID, *, lock: bool = False) -> Totp | None:
     row = await con.fetchrow(
-        "SELECT secret, enabled_at, last_used_step FROM auth.totp WHERE user_id = $1" + (" FOR UPDATE" if lock else ""),
+        "SELECT secret, secret_sealed, enabled_at, last_used_step FROM auth.totp WHERE user_id = $1"
+        + (" FOR UPDATE" if lock else ""),
         user_id,
     )
     return from_row(Totp, row)
@@ -418,14 +454,37 @@ async def totp_enabled(con: asyncpg.Connection, user_id: UUID) -> bool:
     return bool(await con.fetchval("SELECT enabled_at IS NOT NULL FROM auth.totp WHERE user_id = $1", user_id))
 
 
-async def start_totp(con: asyncpg.Connection, user_id: UUID, secret: str) -> None:
+async def start_totp(con: asyncpg.Connection, user_id: UUID, sealed: bytes) -> None:
     await con.execute(
-        "INSERT INTO auth.totp (user_id, secret) VALUES ($1, $2)"
-        " ON CONFLICT (user_id) DO UPDATE SET secret = EXCLUDED.secret, created_at = now(), last_used_step = 0"
-        " WHERE auth.totp.enabled_at IS NULL",
+        "INSERT INTO auth.totp (user_id, secret_sealed) VALUES ($1, $2)"
+        " ON CONFLICT (user_id) DO UPDATE SET secret = NULL, secret_sealed = EXCLUDED.secret_sealed,"
+        " created_at = now(), last_used_step = 0 WHERE auth.totp.enabled_at IS NULL",
         user_id,
-        secret,
+        sealed,
     )
+
+
+async def clear_totps(con: asyncpg.Connection) -> list[tuple[UUID, str]]:
+    """TOTP secrets still in clear (written before sealing), locked, skipping rows in use."""
+    rows = await con.fetch("SELECT user_id, secret FROM auth.totp WHERE secret IS NOT NULL FOR UPDATE SKIP LOCKED")
+    return [(r["user_id"], r["secret"]) for r in rows]
+
+
+async def seal_totp(con: asyncpg.Connection, user_id: UUID, sealed: bytes) -> None:
+    await con.execute("UPDATE auth.totp SET secret = NULL, secret_sealed = $2 WHERE user_id = $1", user_id, sealed)
+
+
+async def reset_totp(con: asyncpg.Connection, user_id: UUID, actor: str, reason: str) -> bool:
+    """Remove a user's second factor and recovery codes, audited; False when there was none."""
+    gone = await con.fetchval("DELETE FROM auth.totp WHERE user_id = $1 RETURNING true", user_id)
+    await con.execute("DELETE FROM auth.recovery_codes WHERE user_id = $1", user_id)
+    await con.execute(
+        "INSERT INTO auth.admin_actions (action, user_id, actor, reason) VALUES ('totp_reset', $1, $2, $3)",
+        user_id,
+        actor,
+        reason,
+    )
+    return bool(gone)
 
 
 async def use_totp_step(con: asyncpg.Connection, user_id: UUID, step: int, *, enable: bool = False) -> None:

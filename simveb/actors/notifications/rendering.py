@@ -23,21 +23,15 @@ asks for a new code instead.
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 import jinja2
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jinja2.sandbox import SandboxedEnvironment
 
-from simveb.config import ConfigError, Settings
+from simveb.config import Settings
 from simveb.errors import Invalid
+from simveb.keys import Sealer as _Sealer
+from simveb.keys import sealing_key
 
 MASK = "******"
 
@@ -76,52 +70,20 @@ def masked(params: dict[str, Any], secrets: list[str]) -> dict[str, Any]:
     return {k: (MASK if k in secrets else v) for k, v in params.items()}
 
 
-class Sealer:
+class Sealer(_Sealer):
     """AES-GCM over the real rendering of a secret-bearing message, bound to the message id."""
-
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Sealer:
         return cls(seal_key(settings))
 
-    def seal(self, message_id: UUID, subject: str, body: str) -> bytes:
-        nonce = os.urandom(12)
-        plain = json.dumps({"s": subject, "b": body}).encode()
-        return nonce + self._aead.encrypt(nonce, plain, message_id.bytes)
-
-    def unseal(self, message_id: UUID, sealed: bytes) -> tuple[str, str]:
-        data = json.loads(self._aead.decrypt(sealed[:12], sealed[12:], message_id.bytes))
-        return data["s"], data["b"]
-
 
 def seal_key(settings: Settings) -> bytes:
     """notifications.seal_key; else derived from the token signing key; else a development key file."""
-    configured = settings.notifications.seal_key
-    if configured:
-        try:
-            key = base64.urlsafe_b64decode(configured + "=" * (-len(configured) % 4))
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError("notifications.seal_key: expected 32 bytes, base64url encoded")
-        return key
-    if settings.security.signing_key:
-        # Production always has a signing key: one secret fewer to manage, a distinct key by HKDF.
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"simveb notifications seal").derive(
-            settings.security.signing_key.encode()
-        )
-    path = Path(settings.data_dir) / "keys" / "notifications-seal.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
-        os.chmod(tmp, 0o600)
-        try:
-            os.link(tmp, path)  # atomic create-if-absent: two processes starting at once agree on one key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    return base64.urlsafe_b64decode(path.read_text().strip())
+    return sealing_key(
+        settings,
+        configured=settings.notifications.seal_key,
+        setting="notifications.seal_key",
+        info=b"simveb notifications seal",
+        filename="notifications-seal.key",
+    )
