@@ -298,6 +298,49 @@ class DocumentsSettings(Section):
     verify_base_url: str = ""
 
 
+class PaymentsSettings(Section):
+    """Mobile money providers (FedaPay, KKiaPay), webhooks, idempotency, reconciliation (issue 10)."""
+
+    # FedaPay API base (`/v1/transactions` is appended); the built-in simulator in development.
+    fedapay_url: str = "http://127.0.0.1:8000/sandbox/fedapay"
+    # Secret API key (Bearer) and webhook signing secret; set them in the environment.
+    fedapay_secret_key: str = ""
+    fedapay_webhook_secret: str = ""
+    # KKiaPay API base (`/api/v1/transactions/...` is appended), keys and the webhook shared secret.
+    kkiapay_url: str = "http://127.0.0.1:8000/sandbox/kkiapay"
+    kkiapay_public_key: str = ""
+    kkiapay_private_key: str = ""
+    kkiapay_secret: str = ""
+    # How providers reach our webhooks (`/api/payments/webhooks/<provider>` is appended);
+    # empty = server.public_url.
+    callback_base_url: str = ""
+    # A FedaPay webhook signed longer ago than this (or this far ahead) is refused (seconds).
+    webhook_tolerance_s: Positive = 300
+    provider_timeout_s: PositiveFloat = 10.0
+    # Reconciliation re-verifies pending transactions older than this (seconds).
+    reconcile_after_s: NonNegative = 300
+    # Idempotency-Key answers are replayed for this long (hours).
+    idempotency_ttl_h: Positive = 24
+
+    def secret(self, name: str, *, production: bool) -> str:
+        """The secret setting `name`; in development an empty one is a fixed sandbox value shared with the
+        built-in simulators (production refuses empty secrets at start-up, see check_safety)."""
+        value = getattr(self, name)
+        return value if value or production else f"sandbox_{name}"
+
+    def callback_base(self, server: ServerSettings) -> str:
+        return (self.callback_base_url or server.public_url).rstrip("/")
+
+
+PAYMENT_SECRETS = (
+    "fedapay_secret_key",
+    "fedapay_webhook_secret",
+    "kkiapay_public_key",
+    "kkiapay_private_key",
+    "kkiapay_secret",
+)
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
@@ -312,6 +355,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     vehicles: VehiclesSettings = msgspec.field(default_factory=VehiclesSettings)
     registrations: RegistrationsSettings = msgspec.field(default_factory=RegistrationsSettings)
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
+    payments: PaymentsSettings = msgspec.field(default_factory=PaymentsSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -424,6 +468,10 @@ def check_safety(settings: Settings, environ: Mapping[str, str] | None = None) -
         raise ConfigError(
             "documents.signing_key: production needs the Ed25519 document key in SIMVEB_DOCUMENTS__SIGNING_KEY"
         )
+
+    for name in PAYMENT_SECRETS:
+        if not getattr(settings.payments, name):
+            raise ConfigError(f"payments.{name}: production needs it in SIMVEB_PAYMENTS__{name.upper()}")
 
 
 def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:

@@ -7,7 +7,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from simveb.config import ConfigError, Settings, check_safety, load_settings, sandbox_urls, with_overrides
+from simveb.config import (
+    PAYMENT_SECRETS,
+    ConfigError,
+    Settings,
+    check_safety,
+    load_settings,
+    sandbox_urls,
+    with_overrides,
+)
 from simveb.keys import generate_pem
 from tests.conftest import ROOT
 
@@ -83,6 +91,7 @@ def production(**sections: dict[str, object]) -> Settings:
         "database": {"url": "postgresql://db.example/simveb"},
         "security": {"signing_key": generate_pem().decode()},
         "documents": {"signing_key": generate_pem().decode()},
+        "payments": {name: f"live-{name}" for name in PAYMENT_SECRETS},
     }
     # Point every provider at a real-looking host instead of the built-in simulators.
     for name in sandbox_urls(Settings()):
@@ -104,6 +113,9 @@ def test_a_complete_production_configuration_is_accepted() -> None:
         ({"server": {"sandbox": True}}, "server.sandbox"),
         ({"security": {"signing_key": ""}}, "security.signing_key"),
         ({"documents": {"signing_key": ""}}, "documents.signing_key"),
+        ({"payments": {"fedapay_webhook_secret": ""}}, "payments.fedapay_webhook_secret"),
+        ({"payments": {"kkiapay_secret": ""}}, "payments.kkiapay_secret"),
+        ({"payments": {"fedapay_url": "http://127.0.0.1:8000/sandbox/fedapay"}}, "payments.fedapay_url"),
     ],
 )
 def test_production_refuses_unsafe_settings(change: dict[str, dict[str, object]], key: str) -> None:

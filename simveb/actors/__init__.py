@@ -11,6 +11,7 @@ from simveb.actors.config.actor import ConfigActor
 from simveb.actors.documents.actor import DocumentsActor
 from simveb.actors.integrations.actor import IntegrationsActor
 from simveb.actors.notifications.actor import NotificationsActor
+from simveb.actors.payments.actor import PaymentsActor
 from simveb.actors.registrations.actor import RegistrationsActor
 from simveb.actors.users.actor import UsersActor
 from simveb.actors.vehicles.actor import VehiclesActor
@@ -25,6 +26,7 @@ ACTORS: list[type[Actor]] = [
     VehiclesActor,
     RegistrationsActor,
     DocumentsActor,
+    PaymentsActor,
 ]
 
 ASK_GRAPH: dict[str, set[str]] = {
@@ -36,4 +38,5 @@ ASK_GRAPH: dict[str, set[str]] = {
     "vehicles": {"config"},
     "registrations": {"config", "vehicles", "users", "documents"},
     "documents": {"vehicles", "users"},
+    "payments": {"config"},
 }

@@ -33,6 +33,7 @@ from simveb.http import config as config_http
 from simveb.http import documents as documents_http
 from simveb.http import integrations as integrations_http
 from simveb.http import notifications as notifications_http
+from simveb.http import payments as payments_http
 from simveb.http import registrations as registrations_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
@@ -220,6 +221,7 @@ def _controllers(settings: Settings) -> Sequence[Any]:
         *vehicles_http.CONTROLLERS,
         *registrations_http.CONTROLLERS,
         *documents_http.CONTROLLERS,
+        *payments_http.CONTROLLERS,
     ]
     if settings.server.sandbox:
         from simveb.sandbox import sandbox_router

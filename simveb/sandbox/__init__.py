@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from litestar import Router
 
-from simveb.sandbox import fcm, sms, xroad
+from simveb.sandbox import fcm, fedapay, kkiapay, sms, xroad
 
 
 def sandbox_router() -> Router:
     """Every simulator under /sandbox, public (simulators check their own fake credentials)."""
     return Router(
         path="/sandbox",
-        route_handlers=[*xroad.ROUTES, *sms.ROUTES, *fcm.ROUTES],
+        route_handlers=[*xroad.ROUTES, *sms.ROUTES, *fcm.ROUTES, *fedapay.ROUTES, *kkiapay.ROUTES],
         opt={"public": True},
         include_in_schema=False,
     )

@@ -9,9 +9,21 @@ the actor that requested the payment: it answers with `PaymentSucceeded`, `Payme
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 from uuid import UUID
 
+import msgspec
+
 from simveb.messages import Ask, Caller, Event, Record
+
+Provider = Literal["fedapay", "kkiapay"]
+CounterMethod = Literal["cash", "bank"]
+PaymentStatus = Literal["pending", "succeeded", "failed", "cancelled", "partially_refunded", "refunded"]
+TransactionStatus = Literal["pending", "succeeded", "failed", "cancelled"]
+Phone = Annotated[str, msgspec.Meta(pattern=r"^\+?[0-9]{8,15}$")]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+ReceiptReference = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+Reason = Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 class FeeLine(Record):
@@ -82,3 +94,212 @@ class GetInvoice(Ask[Invoice]):
 
     invoice_id: UUID
     caller: Caller | None = None
+
+
+# --- replies ------------------------------------------------------------------------------------------
+
+
+class Payment(Record):
+    """What one payable costs and where its payment stands (amounts in integer XOF)."""
+
+    id: UUID
+    payable_id: UUID
+    payable_kind: str
+    reference: str
+    payer_id: UUID
+    amount_xof: int
+    currency: str = "XOF"
+    lines: tuple[FeeLine, ...] = ()
+    description: str = ""
+    status: PaymentStatus
+    provider: str | None = None
+    provider_reference: str | None = None
+    paid_at: datetime | None = None
+    refunded_xof: int = 0
+    invoice_id: UUID | None = None
+    invoice_number: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Transaction(Record):
+    """One attempt at a provider (or one counter payment) for a payment."""
+
+    id: UUID
+    payment_id: UUID
+    provider: str
+    provider_ref: str | None = None
+    status: TransactionStatus
+    amount_xof: int
+    currency: str = "XOF"
+    phone: str | None = None
+    checkout_url: str | None = None
+    provider_status: str | None = None
+    failure_reason: str | None = None
+    flagged: bool = False
+    flag_reason: str | None = None
+    created_by: str
+    created_at: datetime
+    settled_at: datetime | None = None
+    # filled in lists, so a page of transactions says what each was for
+    reference: str | None = None
+    payer_id: UUID | None = None
+
+
+class Refund(Record):
+    id: UUID
+    payment_id: UUID
+    transaction_id: UUID
+    amount_xof: int
+    status: Literal["pending", "succeeded", "failed"]
+    automatic: bool = False
+    reason: str = ""
+    provider_ref: str | None = None
+    error: str | None = None
+    requested_by: str
+    created_at: datetime
+    settled_at: datetime | None = None
+
+
+class PaymentDetail(Record):
+    payment: Payment
+    transactions: tuple[Transaction, ...] = ()
+    refunds: tuple[Refund, ...] = ()
+
+
+class KkiapayWidget(Record):
+    """What the KKiaPay widget needs in the browser; the payer then confirms with its transactionId."""
+
+    key: str
+    amount: int
+    reason: str
+    phone: str | None = None
+    sandbox: bool
+    data: str  # our payment id, given back by the status API as `state`
+
+
+class Initiated(Record):
+    payment: Payment
+    transaction: Transaction
+    checkout_url: str | None = None  # FedaPay hosted checkout page
+    widget: KkiapayWidget | None = None
+
+
+class TransactionPage(Record):
+    items: tuple[Transaction, ...]
+    next_cursor: str | None = None
+
+
+class WebhookResult(Record):
+    receipt_id: int
+    outcome: str
+
+
+class ReconcileLine(Record):
+    """What reconciliation found for one pending transaction."""
+
+    transaction_id: UUID
+    payment_id: UUID
+    provider: str
+    provider_ref: str | None = None
+    before: str
+    provider_status: str | None = None
+    after: str
+    matched: bool  # False: the provider said something we could not settle (amount, unknown, error)
+    note: str = ""
+
+
+# --- requests -----------------------------------------------------------------------------------------
+
+
+class InitiatePayment(Ask[Initiated]):
+    """Start paying an open payable of the caller with a provider; the amount is the payable's."""
+
+    caller: Caller
+    provider: Provider
+    payment_id: UUID | None = None
+    payable_id: UUID | None = None
+    payable_kind: str = "registration"
+    phone: Phone | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class GetPayment(Ask[PaymentDetail]):
+    """One payment with its attempts and refunds: the payer's own, or any with payments:read."""
+
+    caller: Caller
+    payment_id: UUID
+
+
+class ListTransactions(Ask[TransactionPage]):
+    """The caller's own transactions, or everyone's with payments:read; newest first."""
+
+    caller: Caller
+    status: TransactionStatus | None = None
+    provider: str | None = None
+    payment_id: UUID | None = None
+    payer_id: UUID | None = None
+    flagged: bool | None = None
+    cursor: str | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+
+
+class ConfirmPayment(Ask[PaymentDetail]):
+    """Either the payer asks us to verify a provider payment now (the KKiaPay widget's transactionId,
+    or a FedaPay checkout just finished), or an agent with payments:confirm records a counter payment
+    (`method` and `receipt_reference`)."""
+
+    caller: Caller
+    payment_id: UUID
+    transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
+    method: CounterMethod | None = None
+    receipt_reference: ReceiptReference | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class CancelPayment(Ask[PaymentDetail]):
+    """The payer (or an agent) gives up the pending attempts; a cancelled payment may be tried again."""
+
+    caller: Caller
+    payment_id: UUID
+    reason: Reason = ""
+    idempotency_key: IdempotencyKey | None = None
+
+
+class RefundPayment(Ask[Refund]):
+    """Refund (part of) a succeeded payment through its provider (payments:refund); None = the rest."""
+
+    caller: Caller
+    payment_id: UUID
+    amount_xof: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reason: Reason = ""
+    idempotency_key: IdempotencyKey | None = None
+
+
+class HandleWebhook(Ask[WebhookResult]):
+    """A provider webhook as received: raw body bytes and the proving header (signature or secret)."""
+
+    provider: Provider
+    body: bytes
+    proof: str | None = None
+
+
+class ListPendingTransactions(Ask[list[UUID]]):
+    """Pending provider transactions created more than `older_than_s` ago, oldest first."""
+
+    older_than_s: Annotated[int, msgspec.Meta(ge=0)]
+    limit: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+
+
+class ReconcileTransaction(Ask[ReconcileLine]):
+    """Ask the provider where one pending transaction stands and settle it."""
+
+    transaction_id: UUID
+    by: str = "reconciliation"
+
+
+class RunReconciliation(Ask[list[ReconcileLine]]):
+    """Reconcile every pending transaction older than `older_than_s` (None = the setting)."""
+
+    older_than_s: int | None = None
+    by: str = "reconciliation"

@@ -1,0 +1,197 @@
+"""HTTP routes of the payments service (seed §5) and the providers' webhooks.
+
+Amounts never come from the client: `initiate` names the payment (or the thing paid for) and picks
+the provider and phone. `Idempotency-Key` is honoured on initiate, confirm, cancel and refund.
+Permissions (README): the payer sees their own payments; `payments:read` sees every payment and
+transaction; `payments:confirm` records counter payments; `payments:refund` refunds. A payment the
+caller may not see is a 404.
+
+The two webhook routes are public and proved by their provider's signature (FedaPay) or shared
+secret (KKiaPay) only; the raw body bytes are handed to the actor untouched, because the HMAC is over
+exactly what was received.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+
+from simveb.actors.payments.messages import (
+    CancelPayment,
+    ConfirmPayment,
+    CounterMethod,
+    GetInvoice,
+    GetPayment,
+    HandleWebhook,
+    IdempotencyKey,
+    Initiated,
+    InitiatePayment,
+    Invoice,
+    ListTransactions,
+    PaymentDetail,
+    Phone,
+    Provider,
+    Reason,
+    ReceiptReference,
+    Refund,
+    RefundPayment,
+    TransactionPage,
+    TransactionStatus,
+    WebhookResult,
+)
+from simveb.bus import Bus
+from simveb.http.inputs import Input
+from simveb.http.security import requires
+from simveb.messages import Caller
+
+PUBLIC = {"public": True}
+Key = Annotated[
+    IdempotencyKey | None,
+    Parameter(header="Idempotency-Key", required=False, description="replays the first answer for 24 h"),
+]
+
+
+class InitiateIn(Input):
+    provider: Provider
+    payment_id: UUID | None = None
+    payable_id: UUID | None = None
+    payable_kind: str = "registration"
+    phone: Phone | None = None
+
+
+class ConfirmIn(Input):
+    transaction_id: str | None = None  # the KKiaPay widget's transactionId
+    method: CounterMethod | None = None  # counter payment (payments:confirm)
+    receipt_reference: ReceiptReference | None = None
+
+
+class CancelIn(Input):
+    reason: Reason = ""
+
+
+class RefundIn(Input):
+    amount_xof: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reason: Reason = ""
+
+
+class PaymentsController(Controller):
+    path = "/api/payments"
+    tags = ["payments"]
+
+    @post("/initiate", status_code=201)
+    async def initiate(self, bus: Bus, caller: Caller, data: InitiateIn, idempotency_key: Key = None) -> Initiated:
+        """Start paying: FedaPay answers a checkout URL, KKiaPay the widget parameters."""
+        return await bus.ask(
+            InitiatePayment(
+                caller=caller,
+                provider=data.provider,
+                payment_id=data.payment_id,
+                payable_id=data.payable_id,
+                payable_kind=data.payable_kind,
+                phone=data.phone,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    @get("/transactions")
+    async def transactions(
+        self,
+        bus: Bus,
+        caller: Caller,
+        status: TransactionStatus | None = None,
+        provider: str | None = None,
+        payment_id: UUID | None = None,
+        payer_id: UUID | None = None,
+        flagged: bool | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+    ) -> TransactionPage:
+        """The caller's transactions (everyone's with payments:read), newest first, cursor-paginated."""
+        return await bus.ask(
+            ListTransactions(
+                caller=caller,
+                status=status,
+                provider=provider,
+                payment_id=payment_id,
+                payer_id=payer_id,
+                flagged=flagged,
+                cursor=cursor,
+                limit=limit,
+            )
+        )
+
+    @get("/{payment_id:uuid}")
+    async def get_payment(self, bus: Bus, caller: Caller, payment_id: UUID) -> PaymentDetail:
+        """A payment (by its id or the paid thing's id) with its attempts and refunds."""
+        return await bus.ask(GetPayment(caller=caller, payment_id=payment_id))
+
+    @post("/{payment_id:uuid}/confirm", status_code=200)
+    async def confirm(
+        self, bus: Bus, caller: Caller, payment_id: UUID, data: ConfirmIn | None = None, idempotency_key: Key = None
+    ) -> PaymentDetail:
+        """Verify a provider payment now, or record a counter payment (payments:confirm)."""
+        body = data or ConfirmIn()
+        return await bus.ask(
+            ConfirmPayment(
+                caller=caller,
+                payment_id=payment_id,
+                transaction_id=body.transaction_id,
+                method=body.method,
+                receipt_reference=body.receipt_reference,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    @post("/{payment_id:uuid}/cancel", status_code=200)
+    async def cancel(
+        self, bus: Bus, caller: Caller, payment_id: UUID, data: CancelIn | None = None, idempotency_key: Key = None
+    ) -> PaymentDetail:
+        """Give up the pending attempts (the payment can be started again)."""
+        body = data or CancelIn()
+        return await bus.ask(
+            CancelPayment(caller=caller, payment_id=payment_id, reason=body.reason, idempotency_key=idempotency_key)
+        )
+
+    @post("/{payment_id:uuid}/refund", status_code=201, guards=[requires("payments:refund")])
+    async def refund(
+        self, bus: Bus, caller: Caller, payment_id: UUID, data: RefundIn | None = None, idempotency_key: Key = None
+    ) -> Refund:
+        """Refund a payment through its provider, in part or in full (payments:refund)."""
+        body = data or RefundIn()
+        return await bus.ask(
+            RefundPayment(
+                caller=caller,
+                payment_id=payment_id,
+                amount_xof=body.amount_xof,
+                reason=body.reason,
+                idempotency_key=idempotency_key,
+            )
+        )
+
+    @get("/invoice/{invoice_id:uuid}")
+    async def invoice(self, bus: Bus, caller: Caller, invoice_id: UUID) -> Invoice:
+        """An invoice (receipt) as JSON."""
+        return await bus.ask(GetInvoice(invoice_id=invoice_id, caller=caller))
+
+    @post("/webhooks/fedapay", opt=PUBLIC, status_code=200)
+    async def fedapay_webhook(self, bus: Bus, request: Request[Any, Any, Any]) -> WebhookResult:
+        """FedaPay events, proved by X-FEDAPAY-SIGNATURE over the raw body."""
+        body = await request.body()
+        return await bus.ask(
+            HandleWebhook(provider="fedapay", body=body, proof=request.headers.get("x-fedapay-signature"))
+        )
+
+    @post("/webhooks/kkiapay", opt=PUBLIC, status_code=200)
+    async def kkiapay_webhook(self, bus: Bus, request: Request[Any, Any, Any]) -> WebhookResult:
+        """KKiaPay events, proved by the x-kkiapay-secret header."""
+        body = await request.body()
+        return await bus.ask(
+            HandleWebhook(provider="kkiapay", body=body, proof=request.headers.get("x-kkiapay-secret"))
+        )
+
+
+CONTROLLERS = [PaymentsController]
