@@ -18,7 +18,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 
 from simveb.actors.payments.messages import (
     CancelPayment,
@@ -51,7 +51,7 @@ from simveb.messages import Caller
 PUBLIC = {"public": True}
 Key = Annotated[
     IdempotencyKey | None,
-    Parameter(header="Idempotency-Key", required=False, description="replays the first answer for 24 h"),
+    HeaderParameter(name="Idempotency-Key", required=False, description="replays the first answer for 24 h"),
 ]
 
 

@@ -84,7 +84,7 @@ class WebhookSender:
                 )
                 record["status"] = r.status_code
                 record["error"] = None
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 record["status"] = None
                 record["error"] = type(exc).__name__
             self.deliveries.append(record)

@@ -231,7 +231,10 @@ class PaymentsActor(Actor):
         by = msg.caller.sub
         async with self.db.transaction() as con:
             if msg.payment_id is not None:
+                # the id of the payment, or of what it pays for (the registration's id)
                 payment = await store.get_payment(con, msg.payment_id, lock=True)
+                if payment is None:
+                    payment = await store.get_payment_by_payable(con, msg.payable_kind, msg.payment_id, lock=True)
             else:
                 payment = await store.get_payment_by_payable(con, msg.payable_kind, msg.payable_id, lock=True)  # type: ignore[arg-type]
             # Only the payer starts a mobile money payment; anyone else sees nothing (404, not 403).

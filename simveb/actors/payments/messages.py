@@ -114,6 +114,7 @@ class Payment(Record):
     status: PaymentStatus
     provider: str | None = None
     provider_reference: str | None = None
+    paid_transaction_id: UUID | None = None
     paid_at: datetime | None = None
     refunded_xof: int = 0
     invoice_id: UUID | None = None

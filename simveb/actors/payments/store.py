@@ -317,7 +317,7 @@ async def refunds_of(con: asyncpg.Connection, payment_id: UUID) -> list[Refund]:
 async def refund_in_flight(con: asyncpg.Connection, payment_id: UUID) -> int:
     """What non-automatic refunds already claim of the paid amount (pending ones included)."""
     return await con.fetchval(
-        "SELECT coalesce(sum(amount_xof), 0) FROM payments.refunds"
+        "SELECT coalesce(sum(amount_xof), 0)::bigint FROM payments.refunds"
         " WHERE payment_id = $1 AND NOT automatic AND status = 'pending'",
         payment_id,
     )
