@@ -1,6 +1,17 @@
 """The `simveb` command line: `main` and one module of commands per domain (see `simveb.cli.app`)."""
 
-from simveb.cli import auth, config, integrations, notifications, registrations, server, users, vehicles
+from simveb.cli import auth, config, integrations, notifications, payments, registrations, server, users, vehicles
 from simveb.cli.app import main
 
-__all__ = ["auth", "config", "integrations", "main", "notifications", "registrations", "server", "users", "vehicles"]
+__all__ = [
+    "auth",
+    "config",
+    "integrations",
+    "main",
+    "notifications",
+    "payments",
+    "registrations",
+    "server",
+    "users",
+    "vehicles",
+]

@@ -39,7 +39,7 @@ def _registration(**fields: str) -> RegisterCitizen:
 
 async def test_seed_is_the_readme_grid_and_idempotent(runtime):
     added = await runtime.bus.ask(SeedUsers())
-    assert added == 8 + 28 + 65  # roles, permissions, role-permission pairs
+    assert added == 8 + 30 + 68  # roles, permissions, role-permission pairs
     assert await runtime.bus.ask(SeedUsers()) == 0
     assert await runtime.bus.ask(SeedUsers(only_if_empty=True)) == 0
     roles = {r.code: r.permissions for r in await runtime.bus.ask(ListRoles())}

@@ -46,6 +46,8 @@ PERMISSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "registrations:deliver": ("hand over the carte grise and plate, close requests", ("agent", "supervisor")),
     "registrations:plates": ("reserve and release plate numbers, see series", ("admin",)),
     "payments:confirm": ("confirm a payment made at the counter", ("agent", "supervisor")),
+    "payments:read": ("see every payment, transaction and invoice (finance)", ("supervisor", "admin")),
+    "payments:refund": ("refund a payment, in part or in full", ("supervisor",)),
 }
 
 
