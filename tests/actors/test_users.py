@@ -45,7 +45,7 @@ async def test_seed_is_the_readme_grid_and_idempotent(runtime):
     roles = {r.code: r.permissions for r in await runtime.bus.ask(ListRoles())}
     assert roles["citizen"] == ["registrations:submit"]
     assert roles["affiliate"] == ["registrations:submit", "vehicles:file"]
-    assert len(roles["admin"]) == 19
+    assert len(roles["admin"]) == 20
 
 
 async def test_resolve_login_by_email_phone_or_npi(runtime):
