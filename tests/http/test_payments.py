@@ -669,3 +669,65 @@ async def test_kkiapay_confirm_by_transaction_id_and_forged_secret(
         headers=headers,
     )
     assert r.status_code == 422 and r.json()["code"] == "transaction_mismatch"
+
+
+# --- end to end with registrations -------------------------------------------------------------------
+
+
+async def test_a_filed_registration_is_paid_on_the_checkout_page_and_becomes_paid(
+    api: httpx.AsyncClient, seeded: Runtime, sim_url: str
+) -> None:
+    from tests.registrations_support import FIRST_DOCS, new_vehicle, person
+
+    citizen = await person(seeded, "citizen")
+    await person(seeded, "agent")  # someone to assign the paid request to
+    supervisor = await person(seeded, "supervisor")
+    filed = await api.post(
+        "/api/immatriculations",
+        json={"vehicle": new_vehicle(model="406"), "declared_documents": FIRST_DOCS},
+        headers=citizen.headers,
+    )
+    assert filed.status_code == 201, filed.text
+    req = filed.json()
+    assert req["status"] == "waiting_for_payment"
+
+    # The payer names the request; the amount is the request's frozen fee, whatever the client says.
+    tampered = await api.post(
+        "/api/payments/initiate",
+        json={"payable_id": req["id"], "provider": "fedapay", "amount_xof": 1},
+        headers=citizen.headers,
+    )
+    assert tampered.status_code == 400  # unknown field: amounts are not the client's to give
+
+    async def started() -> Any:
+        r = await api.post(
+            "/api/payments/initiate", json={"payable_id": req["id"], "provider": "fedapay"}, headers=citizen.headers
+        )
+        return r if r.status_code == 201 else None  # the payable opens when the event is delivered
+
+    r = await wait_for(started, timeout=10)
+    assert r.json()["payment"]["amount_xof"] == req["fee_total_xof"]
+    await click(r.json()["checkout_url"], "approve")
+
+    async def request_status() -> Any:
+        got = await api.get(f"/api/immatriculations/{req['id']}", headers=citizen.headers)
+        return got.json() if got.json()["status"] not in ("waiting_for_payment",) else None
+
+    moved = await wait_for(request_status, timeout=15)
+    assert moved["status"] in ("paid", "assigned_to_staff")
+    pay = (await payment(api, citizen.headers, req["id"]))["payment"]
+    assert pay["status"] == "succeeded" and invoice_number_re().match(pay["invoice_number"])
+    assert moved["payment_id"] == pay["id"]
+
+    # A full refund by a supervisor goes back to the registration by event.
+    assert "payments:refund" in supervisor.permissions
+    refund = await api.post(
+        f"/api/payments/{pay['id']}/refund", json={"reason": "withdrawn"}, headers=supervisor.headers
+    )
+    assert refund.status_code == 201, refund.text
+
+    async def cancelled() -> Any:
+        got = await api.get(f"/api/immatriculations/{req['id']}", headers=citizen.headers)
+        return got.json()["status"] == "canceled" or None
+
+    await wait_for(cancelled, timeout=15)
