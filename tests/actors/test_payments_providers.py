@@ -41,8 +41,8 @@ def test_fedapay_signature_refusals(header: str | None, body: bytes) -> None:
     now = int(time.time())
     header = {
         "__good__": sign(BODY, secret="whsec", at=now),
-        "__stale__": sign(BODY, secret="whsec", at=now - 301),
-        "__future__": sign(BODY, secret="whsec", at=now + 301),
+        "__stale__": sign(BODY, secret="whsec", at=now - 310),
+        "__future__": sign(BODY, secret="whsec", at=now + 310),
         "__other_secret__": sign(BODY, secret="whsec2", at=now),
     }.get(header or "", header)
     with pytest.raises(SignatureError):

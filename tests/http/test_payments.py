@@ -281,8 +281,8 @@ async def test_stale_timestamp_and_modified_body_are_refused(
     user, headers = payer
     p, body = await _pending_with_approved_provider(api, runtime, headers, user, sim_url)
     url = "/api/payments/webhooks/fedapay"
-    stale = sign(body, at=int(time.time()) - 301)
-    future = sign(body, at=int(time.time()) + 301)
+    stale = sign(body, at=int(time.time()) - 310)
+    future = sign(body, at=int(time.time()) + 310)
     modified = body.replace(b"transaction.approved", b"transaction.declined")
     for content, header in [(body, stale), (body, future), (modified, sign(body)), (body + b" ", sign(body))]:
         r = await api.post(url, content=content, headers={"X-FEDAPAY-SIGNATURE": header})
