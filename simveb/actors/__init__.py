@@ -37,6 +37,6 @@ ASK_GRAPH: dict[str, set[str]] = {
     "auth": {"users", "notifications"},
     "vehicles": {"config"},
     "registrations": {"config", "vehicles", "users", "documents"},
-    "documents": {"vehicles", "users"},
+    "documents": {"vehicles", "users", "payments"},
     "payments": {"config"},
 }

@@ -298,3 +298,33 @@ async def test_concurrent_issuances_for_one_vehicle_leave_one_current_certificat
     while successors[seen[-1]] is not None:
         seen.append(successors[seen[-1]])
     assert len(seen) == 4 and seen[-1] == current[0]
+
+
+async def test_a_receipt_of_a_real_invoice_for_its_payer_only(runtime: Any, api: Any, auth: Any) -> None:
+    from simveb.actors.payments.messages import ConfirmPayment, GetInvoice
+    from simveb.messages import Caller
+    from tests.payments_support import request_payment
+
+    if not runtime.bus.handles(GetInvoice):
+        pytest.skip("no payments service in this process")
+    payer = await holder(runtime, last="Agossou", first="Rémi")
+    opened = await request_payment(runtime, payer.id)
+    agent = Caller(sub=str(uuid.uuid4()), permissions=frozenset({"payments:confirm", "payments:read"}))
+    detail = await runtime.bus.ask(
+        ConfirmPayment(caller=agent, payment_id=uuid.UUID(opened["payment_id"]), method="cash", receipt_reference="C-1")
+    )
+    invoice_id = detail.payment.invoice_id
+    assert invoice_id is not None
+    me = auth(sub=str(payer.id))
+    r = await api.post("/api/documents/generate-receipt", json={"invoice_id": str(invoice_id)}, headers=me)
+    assert r.status_code == 201, r.text
+    receipt = r.json()
+    again = await api.post("/api/documents/generate-receipt", json={"invoice_id": str(invoice_id)}, headers=me)
+    assert again.json()["document_id"] == receipt["document_id"]  # one receipt per invoice
+    stranger = auth(sub=str(uuid.uuid4()))
+    r = await api.post("/api/documents/generate-receipt", json={"invoice_id": str(invoice_id)}, headers=stranger)
+    assert r.status_code == 404
+    data = (await api.get(f"/api/documents/{receipt['document_id']}/download", headers=me)).content
+    text = pdf_text(data)
+    assert receipt["invoice_number"] in text and opened["reference"] in text and "AGOSSOU Rémi" in text
+    assert "60 000 FCFA" in text
