@@ -163,6 +163,12 @@ class NotificationsSettings(Section):
     # AES-GCM key (base64url, 32 bytes) sealing bodies that carry secret parameters until they are sent.
     # Empty: derived from security.signing_key when set, else generated into <data_dir>/keys.
     seal_key: str = ""
+    # Template rendering limits (admin-edited text runs in a worker process): deadline of one
+    # render, longest output, address space of the worker, worker processes.
+    template_timeout_s: PositiveFloat = 2.0
+    template_max_output: Positive = 100_000
+    template_memory_mb: NonNegative = 512
+    template_processes: Positive = 1
     smtp_host: str = "127.0.0.1"
     smtp_port: Port = 1025
     smtp_security: Literal["none", "starttls", "tls"] = "none"

@@ -65,7 +65,7 @@ from simveb.actors.notifications.messages import (
     UnregisterDevice,
     UpdateTemplate,
 )
-from simveb.actors.notifications.rendering import Sealer, check_syntax, masked, render
+from simveb.actors.notifications.rendering import Renderer, Sealer, check_syntax, masked
 from simveb.actors.users.messages import UserContactChanged
 from simveb.bus import Actor, current_event_id, handler
 from simveb.db import Listener
@@ -112,6 +112,7 @@ class NotificationsActor(Actor):
     async def on_start(self) -> None:
         s = self.settings.notifications
         self.sealer = Sealer.for_settings(self.settings)
+        self.renderer = Renderer.for_settings(self.settings)
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(s.send_timeout_s, connect=min(5.0, s.send_timeout_s)),
             limits=httpx.Limits(max_connections=max(10, s.workers * s.batch)),
@@ -147,6 +148,7 @@ class NotificationsActor(Actor):
             await asyncio.gather(*pending, return_exceptions=True)
         await self._listener.stop()
         await self.client.aclose()
+        await self.renderer.close()
 
     def _notified(self, payload: str) -> None:
         if payload != QUEUED:
@@ -177,15 +179,13 @@ class NotificationsActor(Actor):
             raise Invalid("in-app notifications are stored: they cannot carry secret parameters", code="secret_in_app")
         message_id = uuid.uuid4()
         shown = masked(params, sorted(secret)) if secret else params
-        subject = render(template.subject, shown, field="subject")
-        body = render(template.body, shown, field="body")
-        sealed = None
+        jobs = [(template.subject, shown, "subject"), (template.body, shown, "body")]
         if secret:
-            sealed = self.sealer.seal(
-                message_id,
-                render(template.subject, params, field="subject"),
-                render(template.body, params, field="body"),
-            )
+            jobs += [(template.subject, params, "subject"), (template.body, params, "body")]
+        # Off the event loop, with limits: a template is admin-edited text (see rendering.py).
+        texts = await self.renderer.render_many(jobs)
+        subject, body = texts[0], texts[1]
+        sealed = self.sealer.seal(message_id, texts[2], texts[3]) if secret else None
         saved = await store.insert_message(
             con,
             {
@@ -395,8 +395,10 @@ class NotificationsActor(Actor):
         if not msg.body.strip():
             raise Invalid("body: a template cannot be empty", code="empty_template")
         check_syntax(msg.body, "body")
+        await self.renderer.check(msg.body, "body")
         if msg.subject is not None:
             check_syntax(msg.subject, "subject")
+            await self.renderer.check(msg.subject, "subject")
         for name in msg.secret_params or []:
             if not PARAM.match(name):
                 raise Invalid(f"secret_params: {name!r} is not a parameter name", code="invalid_secret_param")
