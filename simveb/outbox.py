@@ -117,6 +117,27 @@ async def purge(con: asyncpg.Connection, retention_s: float) -> tuple[int, int]:
     return int(out.split()[-1]), int(inbox.split()[-1])
 
 
+REDACTED = {"redacted": True}
+
+
+async def redact_failed(con: asyncpg.Connection, retention_s: float) -> int:
+    """Blank the payload of dead and quarantined rows that failed longer ago than the retention.
+
+    Event payloads carry personal data (names, phone numbers, NPIs); delivered rows are purged,
+    and a row that never got delivered must not keep them for ever either. The row stays (id,
+    type, error, times) for operators; a redacted row can no longer be redriven: it would be
+    quarantined again, its payload no longer decoding.
+    """
+    status = await con.execute(
+        "UPDATE bus.outbox SET payload = $2::jsonb WHERE published_at IS NULL"
+        " AND coalesce(quarantined_at, dead_at) < now() - make_interval(secs => $1)"
+        " AND payload <> $2::jsonb",
+        retention_s,
+        REDACTED,
+    )
+    return int(status.split()[-1])
+
+
 # --- the relay ----------------------------------------------------------------------------------------
 
 
@@ -175,8 +196,11 @@ class OutboxRelay:
                     self._last_purge = time.monotonic()
                     async with self.db.connection() as con:
                         purged = await purge(con, settings.retention_s)
+                        redacted = await redact_failed(con, settings.retention_s)
                     if any(purged):
                         log.info("purged %d outbox and %d inbox rows", *purged)
+                    if redacted:
+                        log.info("redacted the payload of %d dead or quarantined outbox rows", redacted)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -206,9 +206,15 @@ def _user(request: Request[Any, Any, Any]) -> Caller:
 
 
 def viewer_of(user: Caller) -> Viewer:
-    """Staff and police see every vehicle, affiliates those they filed (and own), anyone else their own."""
+    """Staff see every vehicle, affiliates those they filed (and own), anyone else their own.
+
+    A caller holding the roadside lookup without `vehicles:read` (the police role) reads records
+    only through the lookup: full records, searches and histories are refused outright.
+    """
     if user.can("vehicles:read"):
         return Viewer(sub=user.sub, scope="all")
+    if user.can("vehicles:lookup"):
+        raise Forbidden("this role reads vehicles through the roadside lookup only", code="lookup_only")
     if user.can("vehicles:file"):
         return Viewer(sub=user.sub, scope="filed")
     return Viewer(sub=user.sub, scope="own")
@@ -394,9 +400,11 @@ class VehiclesController(Controller):
         return _with_etag(vehicle, 201, Location=f"/api/vehicles/{vehicle.id}")
 
     @get("/lookup", guards=[requires("vehicles:lookup")])
-    async def lookup(self, bus: Bus, plate: Annotated[str, Parameter(min_length=1, max_length=20)]) -> RoadsideCheck:
-        """Roadside check by plate: stolen, opposed, pledged, blacklisted, and only what a check needs."""
-        return await bus.ask(RoadsideLookup(plate=plate))
+    async def lookup(
+        self, bus: Bus, request: Request[Any, Any, Any], plate: Annotated[str, Parameter(min_length=1, max_length=20)]
+    ) -> RoadsideCheck:
+        """Roadside check by plate: stolen, opposed, pledged, blacklisted, and only what a check needs (recorded)."""
+        return await bus.ask(RoadsideLookup(plate=plate, by=_user(request).sub))
 
     @get("/export", guards=IMPORT)
     async def export(

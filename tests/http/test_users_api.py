@@ -158,7 +158,7 @@ async def test_roles_catalogue(client, world):
     roles = {x["code"]: x["permissions"] for x in r.json()}
     assert set(roles) == {"citizen", "company", "affiliate", "agent", "validator", "supervisor", "police", "admin"}
     assert "users:roles" in roles["admin"] and "users:roles" not in roles["supervisor"]
-    assert roles["police"] == ["vehicles:lookup", "vehicles:read"]
+    assert roles["police"] == ["vehicles:lookup"]
 
 
 # --- changes and mass assignment --------------------------------------------------------------------

@@ -28,7 +28,7 @@ PERMISSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "integrations:status": ("breaker and error-rate status", ("supervisor", "admin")),
     "notifications:send": ("send email / SMS / push through the API", ("agent", "supervisor", "admin")),
     "notifications:templates": ("edit templates", ("admin",)),
-    "vehicles:read": ("read and search every vehicle", ("agent", "validator", "supervisor", "police", "admin")),
+    "vehicles:read": ("read and search every vehicle", ("agent", "validator", "supervisor", "admin")),
     "vehicles:write": ("create, update, archive vehicles", ("agent", "supervisor", "admin")),
     "vehicles:standing": ("declare or lift pledges, oppositions, theft, blacklist", ("agent", "supervisor", "admin")),
     "vehicles:file": ("file vehicles on behalf of customers (sees those it filed)", ("affiliate",)),

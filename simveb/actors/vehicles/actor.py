@@ -88,6 +88,15 @@ from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
 
 log = logging.getLogger("simveb.vehicles")
 
+# What a roadside answer says for each blocking code (no free text, no person ids).
+_ROADSIDE_DETAIL = {
+    "archived": "the vehicle is archived",
+    "stolen": "the vehicle is declared stolen",
+    "pledge": "the vehicle is pledged",
+    "opposition": "an opposition is declared",
+    "blacklisted": "the owner or the vehicle is blacklisted",
+}
+
 _VIN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 _PLATE = re.compile(r"[A-Z0-9]+( [A-Z0-9]+)*")
 
@@ -559,11 +568,15 @@ class VehiclesActor(Actor):
         return await self._standing(con, vehicle, msg.persons)
 
     @handler
-    async def roadside(self, msg: RoadsideLookup, con: asyncpg.Connection) -> RoadsideCheck:
-        vehicle = await store.find_vehicle(con, plate_key=store.plate_key(msg.plate))
-        if vehicle is None or vehicle.plate is None:
+    async def roadside(self, msg: RoadsideLookup) -> RoadsideCheck:
+        key = store.plate_key(msg.plate)
+        # Its own transaction, committed even when no vehicle carries the plate: a miss is a lookup too.
+        async with self.db.transaction() as con:
+            vehicle = await store.find_vehicle(con, plate_key=key)
+            await store.record_lookup(con, msg.by, key, found=vehicle is not None and vehicle.plate is not None)
+            s = await self._standing(con, vehicle, []) if vehicle is not None and vehicle.plate is not None else None
+        if vehicle is None or vehicle.plate is None or s is None:
             raise NotFound(f"no vehicle carries plate {msg.plate.upper()}", code="unknown_plate")
-        s = await self._standing(con, vehicle, [])
         return RoadsideCheck(
             plate=vehicle.plate,
             vin=vehicle.vin,
@@ -579,7 +592,10 @@ class VehiclesActor(Actor):
             opposed=bool(s.oppositions),
             blacklisted=bool(s.blacklist),
             alert=vehicle.status != "active" or bool(s.oppositions or s.blacklist) or s.archived,
-            reasons=s.reasons,
+            # One fixed phrase per code: the free-text reasons and the ids in `s.reasons` stay here.
+            reasons=[
+                Block(code=r.code, detail=_ROADSIDE_DETAIL.get(r.code, f"the vehicle is {r.code}")) for r in s.reasons
+            ],
         )
 
     @handler

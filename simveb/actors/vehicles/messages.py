@@ -424,7 +424,11 @@ class VehicleStanding(Record):
 
 
 class RoadsideCheck(Record):
-    """What a roadside check needs and no more: no owners, no masses, no customs data."""
+    """What a roadside check needs and no more: no owners, no masses, no customs data.
+
+    `reasons` carry a code and a fixed phrase per code: never the free text an agent typed
+    (opposition reasons, creditors) nor a blacklisted person's id.
+    """
 
     plate: str
     vin: str
@@ -457,7 +461,10 @@ class GetVehicleStanding(Ask[VehicleStanding]):
 
 
 class RoadsideLookup(Ask[RoadsideCheck]):
+    """Recorded (who, when, plate, found) in vehicles.roadside_lookups, found or not."""
+
     plate: PlateText
+    by: str = ""
 
 
 class DeclareEncumbrance(Ask[Encumbrance]):

@@ -250,6 +250,12 @@ async def find_vehicle(
     return from_row(Vehicle, row)
 
 
+async def record_lookup(con: asyncpg.Connection, by: str, plate_key: str, *, found: bool) -> None:
+    await con.execute(
+        "INSERT INTO vehicles.roadside_lookups (by, plate, found) VALUES ($1, $2, $3)", by, plate_key, found
+    )
+
+
 async def plate_holder(con: asyncpg.Connection, plate_key: str) -> UUID | None:
     return await con.fetchval("SELECT id FROM vehicles.vehicles WHERE plate_key = $1", plate_key)
 
