@@ -1,11 +1,23 @@
 """The `simveb` command line: `main` and one module of commands per domain (see `simveb.cli.app`)."""
 
-from simveb.cli import auth, config, integrations, notifications, payments, registrations, server, users, vehicles
+from simveb.cli import (
+    auth,
+    config,
+    events,
+    integrations,
+    notifications,
+    payments,
+    registrations,
+    server,
+    users,
+    vehicles,
+)
 from simveb.cli.app import main
 
 __all__ = [
     "auth",
     "config",
+    "events",
     "integrations",
     "main",
     "notifications",
