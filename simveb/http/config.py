@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, get, post, put
 from litestar.params import Parameter
 
 from simveb.actors.config.messages import (
@@ -42,11 +42,12 @@ from simveb.actors.config.messages import (
 )
 from simveb.bus import Bus
 from simveb.http.inputs import Input
-from simveb.http.security import maybe_caller as principal
-from simveb.http.security import requires
+from simveb.http.security import requires, requires_any
+from simveb.messages import Caller
 
 PUBLIC = {"public": True}
 WRITE = [requires("config:write")]
+READ_HISTORY = [requires_any("config:read", "config:write")]
 
 
 class SettingIn(Input):
@@ -96,11 +97,6 @@ class FeatureState(msgspec.Struct, kw_only=True):
     enabled: bool
 
 
-def _who(request: Request[Any, Any, Any]) -> str:
-    user = principal(request)
-    return user.sub if user else "anonymous"
-
-
 def _service_fields(data: ServiceIn | ServiceUpdate) -> ServiceFields:
     return ServiceFields(
         label_fr=data.label_fr,
@@ -121,14 +117,13 @@ class ConfigController(Controller):
     tags = ["config"]
 
     @get("/settings", opt=PUBLIC)
-    async def list_settings(self, bus: Bus, request: Request[Any, Any, Any]) -> list[Setting]:
+    async def list_settings(self, bus: Bus, maybe_caller: Caller | None) -> list[Setting]:
         """Settings: the public ones, or all of them for a caller with config:read or config:write."""
-        user = principal(request)
-        private = bool(user and (user.can("config:read") or user.can("config:write")))
+        private = bool(maybe_caller and (maybe_caller.can("config:read") or maybe_caller.can("config:write")))
         return await bus.ask(ListSettings(include_private=private))
 
     @put("/settings/{key:str}", guards=WRITE)
-    async def put_setting(self, bus: Bus, request: Request[Any, Any, Any], key: str, data: SettingIn) -> Setting:
+    async def put_setting(self, bus: Bus, caller: Caller, key: str, data: SettingIn) -> Setting:
         """Create or change a setting (typed value)."""
         _ = msgspec.convert(key, Key)  # the path segment obeys the same rule as a body key
         return await bus.ask(
@@ -138,7 +133,7 @@ class ConfigController(Controller):
                 type=data.type,
                 public=data.public,
                 description=data.description,
-                by=_who(request),
+                by=caller.sub,
             )
         )
 
@@ -153,16 +148,14 @@ class ConfigController(Controller):
         return await bus.ask(GetService(code=code))
 
     @post("/services", guards=WRITE)
-    async def create_service(self, bus: Bus, request: Request[Any, Any, Any], data: ServiceIn) -> Service:
+    async def create_service(self, bus: Bus, caller: Caller, data: ServiceIn) -> Service:
         """Add a procedure to the catalogue."""
-        return await bus.ask(CreateService(code=data.code, fields=_service_fields(data), by=_who(request)))
+        return await bus.ask(CreateService(code=data.code, fields=_service_fields(data), by=caller.sub))
 
     @put("/services/{code:str}", guards=WRITE)
-    async def update_service(
-        self, bus: Bus, request: Request[Any, Any, Any], code: str, data: ServiceUpdate
-    ) -> Service:
+    async def update_service(self, bus: Bus, caller: Caller, code: str, data: ServiceUpdate) -> Service:
         """Replace a procedure's labels, documents, workflow or active flag."""
-        return await bus.ask(UpdateService(code=code, fields=_service_fields(data), by=_who(request)))
+        return await bus.ask(UpdateService(code=code, fields=_service_fields(data), by=caller.sub))
 
     @get("/fees", opt=PUBLIC)
     async def list_fees(self, bus: Bus, service: str | None = None) -> list[Fee]:
@@ -189,14 +182,14 @@ class ConfigController(Controller):
         )
 
     @post("/fees", guards=WRITE)
-    async def create_fee(self, bus: Bus, request: Request[Any, Any, Any], data: FeeIn) -> Fee:
+    async def create_fee(self, bus: Bus, caller: Caller, data: FeeIn) -> Fee:
         """Add a base cost or an adjustment."""
-        return await bus.ask(CreateFee(fields=_fee_fields(data), by=_who(request)))
+        return await bus.ask(CreateFee(fields=_fee_fields(data), by=caller.sub))
 
     @put("/fees/{fee_id:uuid}", guards=WRITE)
-    async def update_fee(self, bus: Bus, request: Request[Any, Any, Any], fee_id: UUID, data: FeeIn) -> Fee:
+    async def update_fee(self, bus: Bus, caller: Caller, fee_id: UUID, data: FeeIn) -> Fee:
         """Change a fee line."""
-        return await bus.ask(UpdateFee(fee_id=fee_id, fields=_fee_fields(data), by=_who(request)))
+        return await bus.ask(UpdateFee(fee_id=fee_id, fields=_fee_fields(data), by=caller.sub))
 
     @get("/features", opt=PUBLIC)
     async def list_features(self, bus: Bus) -> list[FeatureFlag]:
@@ -210,7 +203,7 @@ class ConfigController(Controller):
         return FeatureState(key=key, subject=subject, enabled=enabled)
 
     @put("/features/{key:str}", guards=WRITE)
-    async def put_feature(self, bus: Bus, request: Request[Any, Any, Any], key: str, data: FeatureIn) -> FeatureFlag:
+    async def put_feature(self, bus: Bus, caller: Caller, key: str, data: FeatureIn) -> FeatureFlag:
         """Switch a flag on or off, with an optional rollout percentage."""
         _ = msgspec.convert(key, Key)
         return await bus.ask(
@@ -219,11 +212,11 @@ class ConfigController(Controller):
                 enabled=data.enabled,
                 rollout_percent=data.rollout_percent,
                 description=data.description,
-                by=_who(request),
+                by=caller.sub,
             )
         )
 
-    @get("/history", guards=WRITE)
+    @get("/history", guards=READ_HISTORY)
     async def history(
         self, bus: Bus, entity: str | None = None, key: str | None = None, limit: int = 100
     ) -> list[HistoryEntry]:

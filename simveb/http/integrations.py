@@ -7,10 +7,10 @@ breakers and recent error rates. Identifier format errors come back from the act
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, get, post
 
 from simveb.actors.integrations.messages import (
     CheckTax,
@@ -22,8 +22,8 @@ from simveb.actors.integrations.messages import (
 )
 from simveb.bus import Bus
 from simveb.http.inputs import Input
-from simveb.http.security import maybe_caller as principal
 from simveb.http.security import requires
+from simveb.messages import Caller
 
 LOOKUP = [requires("integrations:lookup")]
 STATUS = [requires("integrations:status")]
@@ -44,17 +44,12 @@ class CheckTaxIn(Input):
     ifu: Identifier
 
 
-def _who(request: Request[Any, Any, Any]) -> str | None:
-    user = principal(request)
-    return user.sub if user else None
-
-
 class IntegrationsController(Controller):
     path = "/api/integrations"
     tags = ["integrations"]
 
     @post("/anip/verify-npi", guards=LOOKUP, status_code=200)
-    async def verify_npi(self, bus: Bus, request: Request[Any, Any, Any], data: VerifyNpiIn) -> CitizenVerification:
+    async def verify_npi(self, bus: Bus, caller: Caller, data: VerifyNpiIn) -> CitizenVerification:
         """Look an NPI up in ANIP and compare the given names and birth date with the registry's."""
         return await bus.ask(
             VerifyCitizen(
@@ -62,14 +57,14 @@ class IntegrationsController(Controller):
                 last_name=data.last_name,
                 first_name=data.first_name,
                 birth_date=data.birth_date,
-                requested_by=_who(request),
+                requested_by=caller.sub,
             )
         )
 
     @post("/dgi/check-tax", guards=LOOKUP, status_code=200)
-    async def check_tax(self, bus: Bus, request: Request[Any, Any, Any], data: CheckTaxIn) -> TaxCheck:
+    async def check_tax(self, bus: Bus, caller: Caller, data: CheckTaxIn) -> TaxCheck:
         """Look an IFU up in DGI: the taxpayer and whether their tax standing is active."""
-        return await bus.ask(CheckTax(ifu=data.ifu, requested_by=_who(request)))
+        return await bus.ask(CheckTax(ifu=data.ifu, requested_by=caller.sub))
 
     @get("/status", guards=STATUS)
     async def status(self, bus: Bus) -> IntegrationsStatus:

@@ -6,9 +6,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
+from litestar import Controller, delete, get, post, put
 
 from simveb.actors.notifications.messages import (
     Accepted,
@@ -33,23 +31,17 @@ from simveb.actors.notifications.messages import (
     UpdateTemplate,
 )
 from simveb.bus import Bus
-from simveb.errors import BadRequest, Forbidden, Unauthorized
+from simveb.errors import BadRequest
 from simveb.http.inputs import Input
-from simveb.http.security import maybe_caller as principal
-from simveb.http.security import requires
+from simveb.http.security import requires, requires_any
+from simveb.messages import Caller
 
 SEND = [requires("notifications:send")]
 TEMPLATES = [requires("notifications:templates")]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
 
-
-async def read_templates(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-    """Guard: template editors and staff who send messages may read the templates."""
-    user = principal(connection)
-    if user is None:
-        raise Unauthorized("this route needs a bearer token")
-    if not (user.can("notifications:templates") or user.can("notifications:send")):
-        raise Forbidden("needs permission notifications:templates or notifications:send", code="missing_permission")
+# Template editors and staff who send messages may read the templates.
+READ_TEMPLATES = [requires_any("notifications:templates", "notifications:send")]
 
 
 class EmailIn(Input):
@@ -96,25 +88,14 @@ class DeviceIn(Input):
     platform: Platform = "android"
 
 
-def _who(request: Request[Any, Any, Any]) -> str:
-    user = principal(request)
-    return user.sub if user else "anonymous"
-
-
-def _me(request: Request[Any, Any, Any]) -> UUID:
+def inbox_of(caller: Caller) -> UUID:
     """The caller's user id (the token's `sub`); service tokens without a user have no inbox."""
-    user = principal(request)
-    if user is None:
-        raise Unauthorized("this route needs a bearer token")
-    try:
-        return UUID(user.sub)
-    except ValueError:
-        raise BadRequest("this route needs a user's token (sub is not a user id)", code="not_a_user") from None
+    if caller.user_id is None:
+        raise BadRequest("this route needs a user's token (sub is not a user id)", code="not_a_user")
+    return caller.user_id
 
 
-def _send(
-    request: Request[Any, Any, Any], data: EmailIn | SmsIn | PushIn, channel: Channel, **recipient: Any
-) -> SendNotification:
+def _send(caller: Caller, data: EmailIn | SmsIn | PushIn, channel: Channel, **recipient: Any) -> SendNotification:
     """The send asked by one of the channel routes; `recipient` is `to=` or `user_id=`."""
     return SendNotification(
         channel=channel,
@@ -122,7 +103,7 @@ def _send(
         params=data.params,
         language=data.language,
         idempotency_key=data.idempotency_key,
-        by=_who(request),
+        by=caller.sub,
         **recipient,
     )
 
@@ -132,43 +113,45 @@ class NotificationsController(Controller):
     tags = ["notifications"]
 
     @post("/email", guards=SEND, status_code=202)
-    async def send_email(self, bus: Bus, request: Request[Any, Any, Any], data: EmailIn) -> Accepted:
+    async def send_email(self, bus: Bus, caller: Caller, data: EmailIn) -> Accepted:
         """Queue an email rendered from a template."""
-        return await bus.ask(_send(request, data, "email", to=data.to))
+        return await bus.ask(_send(caller, data, "email", to=data.to))
 
     @post("/sms", guards=SEND, status_code=202)
-    async def send_sms(self, bus: Bus, request: Request[Any, Any, Any], data: SmsIn) -> Accepted:
+    async def send_sms(self, bus: Bus, caller: Caller, data: SmsIn) -> Accepted:
         """Queue an SMS rendered from a template."""
-        return await bus.ask(_send(request, data, "sms", to=data.to))
+        return await bus.ask(_send(caller, data, "sms", to=data.to))
 
     @post("/push", guards=SEND, status_code=202)
-    async def send_push(self, bus: Bus, request: Request[Any, Any, Any], data: PushIn) -> Accepted:
+    async def send_push(self, bus: Bus, caller: Caller, data: PushIn) -> Accepted:
         """Queue a push notification to every device of a user."""
-        return await bus.ask(_send(request, data, "push", user_id=data.user_id))
+        return await bus.ask(_send(caller, data, "push", user_id=data.user_id))
 
     @get("/")
     async def mine(
-        self, bus: Bus, request: Request[Any, Any, Any], limit: int = 20, offset: int = 0, unread: bool = False
+        self, bus: Bus, caller: Caller, limit: int = 20, offset: int = 0, unread: bool = False
     ) -> NotificationPage:
         """The caller's in-app notifications, newest first, with the unread count."""
-        return await bus.ask(ListMyNotifications(user_id=_me(request), limit=limit, offset=offset, unread_only=unread))
+        return await bus.ask(
+            ListMyNotifications(user_id=inbox_of(caller), limit=limit, offset=offset, unread_only=unread)
+        )
 
     @post("/{notification_id:uuid}/read", status_code=200)
-    async def read(self, bus: Bus, request: Request[Any, Any, Any], notification_id: UUID) -> Notification:
+    async def read(self, bus: Bus, caller: Caller, notification_id: UUID) -> Notification:
         """Mark one of the caller's notifications read."""
-        return await bus.ask(MarkRead(user_id=_me(request), notification_id=notification_id))
+        return await bus.ask(MarkRead(user_id=inbox_of(caller), notification_id=notification_id))
 
     @post("/devices", status_code=201)
-    async def register_device(self, bus: Bus, request: Request[Any, Any, Any], data: DeviceIn) -> Device:
+    async def register_device(self, bus: Bus, caller: Caller, data: DeviceIn) -> Device:
         """Register the caller's push device token (FCM registration token)."""
-        return await bus.ask(RegisterDevice(user_id=_me(request), token=data.token, platform=data.platform))
+        return await bus.ask(RegisterDevice(user_id=inbox_of(caller), token=data.token, platform=data.platform))
 
     @delete("/devices/{token:str}", status_code=204)
-    async def unregister_device(self, bus: Bus, request: Request[Any, Any, Any], token: str) -> None:
+    async def unregister_device(self, bus: Bus, caller: Caller, token: str) -> None:
         """Forget one of the caller's push device tokens."""
-        await bus.ask(UnregisterDevice(user_id=_me(request), token=token))
+        await bus.ask(UnregisterDevice(user_id=inbox_of(caller), token=token))
 
-    @get("/templates", guards=[read_templates])
+    @get("/templates", guards=READ_TEMPLATES)
     async def list_templates(
         self, bus: Bus, event: str | None = None, channel: Channel | None = None
     ) -> list[Template]:
@@ -176,9 +159,7 @@ class NotificationsController(Controller):
         return await bus.ask(ListTemplates(event=event, channel=channel))
 
     @put("/templates/{template_id:uuid}", guards=TEMPLATES)
-    async def update_template(
-        self, bus: Bus, request: Request[Any, Any, Any], template_id: UUID, data: TemplateIn
-    ) -> Template:
+    async def update_template(self, bus: Bus, caller: Caller, template_id: UUID, data: TemplateIn) -> Template:
         """Replace a template's text (checked before it is saved)."""
         return await bus.ask(
             UpdateTemplate(
@@ -187,7 +168,7 @@ class NotificationsController(Controller):
                 subject=data.subject,
                 secret_params=data.secret_params,
                 description=data.description,
-                by=_who(request),
+                by=caller.sub,
             )
         )
 

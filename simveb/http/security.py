@@ -138,6 +138,19 @@ def requires(*permissions: str) -> Guard:
     return guard
 
 
+def requires_any(*permissions: str) -> Guard:
+    """Guard: the caller's token must carry at least one of these permissions."""
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+        user = connection.scope.get("user")
+        if not isinstance(user, Caller):
+            raise Unauthorized("this route needs a bearer token")
+        if not any(user.can(p) for p in permissions):
+            raise Forbidden(f"needs one of the permissions {', '.join(permissions)}", code="missing_permission")
+
+    return guard
+
+
 def maybe_caller(request: Request[Any, Any, Any]) -> Caller | None:
     """The caller if the request carries a valid token (public routes), None otherwise."""
     user = request.scope.get("user")

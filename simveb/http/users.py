@@ -66,9 +66,7 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Bus
-from simveb.errors import Unauthorized
 from simveb.http.inputs import Input
-from simveb.http.security import maybe_caller as principal
 from simveb.http.security import requires
 
 log = logging.getLogger("simveb.http.users")
@@ -160,17 +158,6 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         ) from None
 
 
-def caller_of(user: Caller) -> Caller:
-    return Caller(sub=user.sub, permissions=user.permissions)
-
-
-def _caller(request: Request[Any, Any, Any]) -> Caller:
-    user = principal(request)
-    if user is None:  # the app-wide guard already refused it; this keeps the type checker honest
-        raise Unauthorized("this route needs a bearer token")
-    return caller_of(user)
-
-
 def _client_ip(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
 
@@ -187,7 +174,7 @@ class UsersController(Controller):
         self,
         bus: Bus,
         state: State,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         limit: int | None = None,
         offset: int = 0,
         role: str | None = None,
@@ -201,7 +188,7 @@ class UsersController(Controller):
         size = max(1, min(limit or cfg.page_default, cfg.page_max))
         return await bus.ask(
             ListUsers(
-                caller=_caller(request),
+                caller=caller,
                 limit=size,
                 offset=max(0, offset),
                 role=role,
@@ -213,17 +200,18 @@ class UsersController(Controller):
         )
 
     @post("/", opt=PUBLIC, status_code=201)
-    async def create_user(self, bus: Bus, request: Request[Any, Any, Any]) -> Response[Any]:
+    async def create_user(
+        self, bus: Bus, maybe_caller: Caller | None, request: Request[Any, Any, Any]
+    ) -> Response[Any]:
         """Self-registration of a citizen (no token: 202, confirmed by OTP) or creation by an admin (users:write)."""
         body = await request.body()
-        user = principal(request)
-        if user is None:
+        if maybe_caller is None:
             return await self._register(bus, request, decode_body(body, RegistrationIn))
         await requires("users:write")(request, request.route_handler)
         data = decode_body(body, UserIn)
         fields = msgspec.structs.asdict(data)
         password = fields.pop("password")
-        created = await bus.ask(CreateAccount(user=CreateUser(caller=caller_of(user), **fields), password=password))
+        created = await bus.ask(CreateAccount(user=CreateUser(caller=maybe_caller, **fields), password=password))
         return Response(created.user, status_code=201)
 
     async def _register(self, bus: Bus, request: Request[Any, Any, Any], data: RegistrationIn) -> Response[Any]:
@@ -240,58 +228,52 @@ class UsersController(Controller):
         return Response(accepted, status_code=202)
 
     @get("/{user_id:uuid}")
-    async def get_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+    async def get_user(self, bus: Bus, caller: Caller, user_id: UUID) -> User:
         """One user: oneself, a company one represents, or anyone with users:read."""
-        return await bus.ask(GetUser(user_id=user_id, caller=_caller(request)))
+        return await bus.ask(GetUser(user_id=user_id, caller=caller))
 
     @put("/{user_id:uuid}")
-    async def update_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: UserUpdate) -> User:
+    async def update_user(self, bus: Bus, caller: Caller, user_id: UUID, data: UserUpdate) -> User:
         """Change contact details (email, phone, language): oneself or users:write."""
         return await bus.ask(
-            UpdateUser(
-                user_id=user_id, caller=_caller(request), email=data.email, phone=data.phone, language=data.language
-            )
+            UpdateUser(user_id=user_id, caller=caller, email=data.email, phone=data.phone, language=data.language)
         )
 
     @delete("/{user_id:uuid}", status_code=200)
-    async def deactivate_user(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+    async def deactivate_user(self, bus: Bus, caller: Caller, user_id: UUID) -> User:
         """Deactivate (nothing is erased; sessions are revoked): oneself or users:write."""
-        return await bus.ask(DeactivateUser(user_id=user_id, caller=_caller(request)))
+        return await bus.ask(DeactivateUser(user_id=user_id, caller=caller))
 
     @get("/{user_id:uuid}/profile")
-    async def get_profile(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> Profile:
+    async def get_profile(self, bus: Bus, caller: Caller, user_id: UUID) -> Profile:
         """The person or company profile, with address and representatives."""
-        return await bus.ask(GetProfile(user_id=user_id, caller=_caller(request)))
+        return await bus.ask(GetProfile(user_id=user_id, caller=caller))
 
     @put("/{user_id:uuid}/profile")
-    async def update_profile(
-        self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: ProfileIn
-    ) -> Profile:
+    async def update_profile(self, bus: Bus, caller: Caller, user_id: UUID, data: ProfileIn) -> Profile:
         """Change the profile; names and birth date are locked once verified against the registry."""
         fields = ProfileFields(**msgspec.structs.asdict(data))
-        return await bus.ask(UpdateProfile(user_id=user_id, caller=_caller(request), fields=fields))
+        return await bus.ask(UpdateProfile(user_id=user_id, caller=caller, fields=fields))
 
     @get("/{user_id:uuid}/roles")
-    async def get_roles(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> UserRoles:
+    async def get_roles(self, bus: Bus, caller: Caller, user_id: UUID) -> UserRoles:
         """The user's roles, the permissions they give, and the history of role changes."""
-        return await bus.ask(GetUserRoles(user_id=user_id, caller=_caller(request)))
+        return await bus.ask(GetUserRoles(user_id=user_id, caller=caller))
 
     @put("/{user_id:uuid}/roles", guards=[requires("users:roles")])
-    async def set_roles(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: RolesIn) -> UserRoles:
+    async def set_roles(self, bus: Bus, caller: Caller, user_id: UUID, data: RolesIn) -> UserRoles:
         """Replace the user's roles (users:roles; never one's own). Their sessions are revoked."""
-        return await bus.ask(SetUserRoles(user_id=user_id, caller=_caller(request), roles=data.roles))
+        return await bus.ask(SetUserRoles(user_id=user_id, caller=caller, roles=data.roles))
 
     @post("/{user_id:uuid}/verify-npi", status_code=200)
-    async def verify_npi(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID) -> User:
+    async def verify_npi(self, bus: Bus, caller: Caller, user_id: UUID) -> User:
         """Match the profile against ANIP: 409 naming the fields that differ, 503 when the registry is down."""
-        return await bus.ask(VerifyNpi(user_id=user_id, caller=_caller(request)))
+        return await bus.ask(VerifyNpi(user_id=user_id, caller=caller))
 
     @post("/{user_id:uuid}/kyc", status_code=200, guards=[requires("users:kyc")])
-    async def validate_kyc(
-        self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: KycIn | None = None
-    ) -> User:
+    async def validate_kyc(self, bus: Bus, caller: Caller, user_id: UUID, data: KycIn | None = None) -> User:
         """An agent validates the file of an NPI-verified user: kyc_verified (users:kyc)."""
-        return await bus.ask(ValidateKyc(user_id=user_id, caller=_caller(request), note=data.note if data else ""))
+        return await bus.ask(ValidateKyc(user_id=user_id, caller=caller, note=data.note if data else ""))
 
 
 class RolesController(Controller):

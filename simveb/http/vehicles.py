@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.response import File, Stream
 
@@ -89,29 +87,15 @@ from simveb.actors.vehicles.messages import (
 )
 from simveb.bus import Bus
 from simveb.config import Settings
-from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from simveb.http.inputs import Input
-from simveb.http.security import maybe_caller as principal
-from simveb.http.security import requires
+from simveb.http.security import requires, requires_any
 from simveb.messages import Caller
 
 PUBLIC = {"public": True}
 CATALOGUE_WRITE = [requires("config:write")]
 STANDING = [requires("vehicles:standing")]
 IMPORT = [requires("vehicles:import")]
-
-
-def requires_any(*permissions: str) -> Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]:
-    """Guard: the caller's token must carry at least one of these permissions."""
-
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
-        user = connection.scope.get("user")
-        if not isinstance(user, Caller):
-            raise Unauthorized("this route needs a bearer token")
-        if not any(user.can(p) for p in permissions):
-            raise Forbidden(f"needs one of the permissions {', '.join(permissions)}", code="missing_permission")
-
-    return guard
 
 
 WRITE_OR_FILE = [requires_any("vehicles:write", "vehicles:file")]
@@ -198,31 +182,23 @@ class BlacklistIn(Input):
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def _user(request: Request[Any, Any, Any]) -> Caller:
-    user = principal(request)
-    if user is None:
-        raise Unauthorized("this route needs a bearer token")
-    return user
+def viewer_of(caller: Caller, *, writing: bool = False) -> Viewer:
+    """The one place a vehicles `Viewer` is built from the caller.
 
-
-def viewer_of(user: Caller) -> Viewer:
-    """Staff see every vehicle, affiliates those they filed (and own), anyone else their own.
-
-    A caller holding the roadside lookup without `vehicles:read` (the police role) reads records
-    only through the lookup: full records, searches and histories are refused outright.
+    Reading: staff see every vehicle, affiliates those they filed (and own), anyone else their own.
+    A caller holding the roadside lookup without `vehicles:read` (the police role) reads records only
+    through the lookup: full records, searches and histories are refused outright. Writing: writers
+    change any vehicle, an affiliate without vehicles:write only what it filed.
     """
-    if user.can("vehicles:read"):
-        return Viewer(sub=user.sub, scope="all")
-    if user.can("vehicles:lookup"):
+    if writing:
+        return Viewer(sub=caller.sub, scope="all" if caller.can("vehicles:write") else "filed")
+    if caller.can("vehicles:read"):
+        return Viewer(sub=caller.sub, scope="all")
+    if caller.can("vehicles:lookup"):
         raise Forbidden("this role reads vehicles through the roadside lookup only", code="lookup_only")
-    if user.can("vehicles:file"):
-        return Viewer(sub=user.sub, scope="filed")
-    return Viewer(sub=user.sub, scope="own")
-
-
-def _writer_viewer(user: Caller) -> Viewer | None:
-    """Writers see all; an affiliate without vehicles:write may change only what it filed."""
-    return None if user.can("vehicles:write") else Viewer(sub=user.sub, scope="filed")
+    if caller.can("vehicles:file"):
+        return Viewer(sub=caller.sub, scope="filed")
+    return Viewer(sub=caller.sub, scope="own")
 
 
 def etag(vehicle: Vehicle) -> str:
@@ -283,9 +259,9 @@ class VehiclesController(Controller):
         return await bus.ask(ListBrands(include_inactive=include_inactive))
 
     @post("/brands", guards=CATALOGUE_WRITE)
-    async def create_brand(self, bus: Bus, request: Request[Any, Any, Any], data: BrandIn) -> Brand:
+    async def create_brand(self, bus: Bus, caller: Caller, data: BrandIn) -> Brand:
         """Add a brand (config:write)."""
-        return await bus.ask(CreateBrand(code=data.code, name=data.name, country=data.country, by=_user(request).sub))
+        return await bus.ask(CreateBrand(code=data.code, name=data.name, country=data.country, by=caller.sub))
 
     @get("/models", opt=PUBLIC)
     async def models(self, bus: Bus, brand: str | None = None, include_inactive: bool = False) -> list[VehicleModel]:
@@ -293,12 +269,10 @@ class VehiclesController(Controller):
         return await bus.ask(ListModels(brand=brand, include_inactive=include_inactive))
 
     @post("/models", guards=CATALOGUE_WRITE)
-    async def create_model(self, bus: Bus, request: Request[Any, Any, Any], data: ModelIn) -> VehicleModel:
+    async def create_model(self, bus: Bus, caller: Caller, data: ModelIn) -> VehicleModel:
         """Add a model to a brand (config:write)."""
         return await bus.ask(
-            CreateModel(
-                brand_code=data.brand_code, name=data.name, vehicle_type=data.vehicle_type, by=_user(request).sub
-            )
+            CreateModel(brand_code=data.brand_code, name=data.name, vehicle_type=data.vehicle_type, by=caller.sub)
         )
 
     @get("/types", opt=PUBLIC)
@@ -307,11 +281,9 @@ class VehiclesController(Controller):
         return await bus.ask(ListVehicleTypes())
 
     @post("/types", guards=CATALOGUE_WRITE)
-    async def create_type(self, bus: Bus, request: Request[Any, Any, Any], data: TypeIn) -> VehicleType:
+    async def create_type(self, bus: Bus, caller: Caller, data: TypeIn) -> VehicleType:
         """Add a vehicle type (config:write)."""
-        return await bus.ask(
-            CreateVehicleType(code=data.code, label=data.label, category=data.category, by=_user(request).sub)
-        )
+        return await bus.ask(CreateVehicleType(code=data.code, label=data.label, category=data.category, by=caller.sub))
 
     @get("/categories", opt=PUBLIC)
     async def categories(self, bus: Bus) -> list[Category]:
@@ -329,9 +301,7 @@ class VehiclesController(Controller):
         return await bus.ask(ListCharacteristics())
 
     @post("/characteristics", guards=CATALOGUE_WRITE)
-    async def create_characteristic(
-        self, bus: Bus, request: Request[Any, Any, Any], data: CharacteristicIn
-    ) -> CharacteristicValue:
+    async def create_characteristic(self, bus: Bus, caller: Caller, data: CharacteristicIn) -> CharacteristicValue:
         """Add a characteristic value (and its category when new) (config:write)."""
         return await bus.ask(
             CreateCharacteristic(
@@ -339,7 +309,7 @@ class VehiclesController(Controller):
                 category_label=data.category_label,
                 code=data.code,
                 label=data.label,
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
 
@@ -349,6 +319,7 @@ class VehiclesController(Controller):
     async def search(
         self,
         bus: Bus,
+        caller: Caller,
         request: Request[Any, Any, Any],
         q: Q = None,
         vin: str | None = None,
@@ -364,7 +335,6 @@ class VehiclesController(Controller):
         limit: Annotated[int | None, Parameter(ge=1, le=1000)] = None,
     ) -> VehiclePage:
         """Search the vehicles the caller may see; next_cursor fetches the next page."""
-        user = _user(request)
         settings: Settings = request.app.state.settings
         filt = _filter(
             q=q,
@@ -381,36 +351,40 @@ class VehiclesController(Controller):
         return await bus.ask(
             SearchVehicles(
                 filter=filt,
-                viewer=viewer_of(user),
+                viewer=viewer_of(caller),
                 cursor=cursor,
                 limit=limit or settings.vehicles.search_default_limit,
             )
         )
 
     @post("/", guards=WRITE_OR_FILE)
-    async def register(self, bus: Bus, request: Request[Any, Any, Any], data: VehicleIn) -> Response[Vehicle]:
+    async def register(self, bus: Bus, caller: Caller, data: VehicleIn) -> Response[Vehicle]:
         """Register a vehicle (vehicles:write; an affiliate with vehicles:file files it for its customers)."""
-        user = _user(request)
-        filed_by = None if user.can("vehicles:write") else user.sub
+        filed_by = None if caller.can("vehicles:write") else caller.sub
         vehicle = await bus.ask(
             RegisterVehicle(
-                vin=data.vin, fields=_fields(data), owners=data.owners, plate=data.plate, filed_by=filed_by, by=user.sub
+                vin=data.vin,
+                fields=_fields(data),
+                owners=data.owners,
+                plate=data.plate,
+                filed_by=filed_by,
+                by=caller.sub,
             )
         )
         return _with_etag(vehicle, 201, Location=f"/api/vehicles/{vehicle.id}")
 
     @get("/lookup", guards=[requires("vehicles:lookup")])
     async def lookup(
-        self, bus: Bus, request: Request[Any, Any, Any], plate: Annotated[str, Parameter(min_length=1, max_length=20)]
+        self, bus: Bus, caller: Caller, plate: Annotated[str, Parameter(min_length=1, max_length=20)]
     ) -> RoadsideCheck:
         """Roadside check by plate: stolen, opposed, pledged, blacklisted, and only what a check needs (recorded)."""
-        return await bus.ask(RoadsideLookup(plate=plate, by=_user(request).sub))
+        return await bus.ask(RoadsideLookup(plate=plate, by=caller.sub))
 
     @get("/export", guards=IMPORT)
     async def export(
         self,
         bus: Bus,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         q: Q = None,
         vin: str | None = None,
         plate: str | None = None,
@@ -435,7 +409,7 @@ class VehiclesController(Controller):
             year_max=year_max,
             include_archived=include_archived,
         )
-        export_id = await bus.ask(OpenExport(filter=filt, viewer=viewer_of(_user(request))))
+        export_id = await bus.ask(OpenExport(filter=filt, viewer=viewer_of(caller)))
 
         async def body() -> AsyncIterator[bytes]:
             done = False
@@ -456,7 +430,7 @@ class VehiclesController(Controller):
         )
 
     @post("/import", guards=IMPORT, status_code=202, request_max_body_size=None)
-    async def start_import(self, bus: Bus, request: Request[Any, Any, Any]) -> ImportJob:
+    async def start_import(self, bus: Bus, caller: Caller, request: Request[Any, Any, Any]) -> ImportJob:
         """Upload a CSV (request body, UTF-8, header line first) and import it in the background."""
         settings: Settings = request.app.state.settings
         folder = import_dir(settings)
@@ -476,9 +450,7 @@ class VehiclesController(Controller):
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        return await bus.ask(
-            StartImport(path=str(path), error_path=str(folder / f"{name}.errors.csv"), by=_user(request).sub)
-        )
+        return await bus.ask(StartImport(path=str(path), error_path=str(folder / f"{name}.errors.csv"), by=caller.sub))
 
     @get("/import/{job_id:uuid}", guards=IMPORT)
     async def import_status(self, bus: Bus, job_id: UUID) -> ImportJob:
@@ -500,31 +472,28 @@ class VehiclesController(Controller):
         return await bus.ask(ListBlacklist(include_lifted=include_lifted))
 
     @post("/blacklist", guards=STANDING)
-    async def blacklist_add(self, bus: Bus, request: Request[Any, Any, Any], data: BlacklistIn) -> BlacklistEntry:
+    async def blacklist_add(self, bus: Bus, caller: Caller, data: BlacklistIn) -> BlacklistEntry:
         """Blacklist a vehicle (by id) or a person (by user id): every procedure is then blocked."""
         return await bus.ask(
-            AddToBlacklist(
-                subject_kind=data.subject_kind, subject=data.subject, reason=data.reason, by=_user(request).sub
-            )
+            AddToBlacklist(subject_kind=data.subject_kind, subject=data.subject, reason=data.reason, by=caller.sub)
         )
 
     @post("/blacklist/{entry_id:uuid}/lift", guards=STANDING, status_code=200)
-    async def blacklist_lift(self, bus: Bus, request: Request[Any, Any, Any], entry_id: UUID) -> BlacklistEntry:
+    async def blacklist_lift(self, bus: Bus, caller: Caller, entry_id: UUID) -> BlacklistEntry:
         """Lift a blacklist entry (it stays on record)."""
-        return await bus.ask(LiftBlacklist(entry_id=entry_id, by=_user(request).sub))
+        return await bus.ask(LiftBlacklist(entry_id=entry_id, by=caller.sub))
 
     @get("/{vehicle_id:uuid}")
-    async def get_vehicle(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> Response[Vehicle]:
+    async def get_vehicle(self, bus: Bus, caller: Caller, vehicle_id: UUID) -> Response[Vehicle]:
         """One vehicle, with its ETag (the version to send back in If-Match)."""
-        vehicle = await bus.ask(GetVehicle(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+        vehicle = await bus.ask(GetVehicle(vehicle_id=vehicle_id, viewer=viewer_of(caller)))
         return _with_etag(vehicle)
 
     @put("/{vehicle_id:uuid}", guards=WRITE_OR_FILE)
     async def update(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: VehicleUpdate
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], vehicle_id: UUID, data: VehicleUpdate
     ) -> Response[Vehicle]:
         """Replace the carte grise fields; needs If-Match (412 when the vehicle changed meanwhile)."""
-        user = _user(request)
         version = expected_version(request, data.version, required=True)
         assert version is not None
         vehicle = await bus.ask(
@@ -532,38 +501,40 @@ class VehiclesController(Controller):
                 vehicle_id=vehicle_id,
                 fields=_fields(data),
                 expected_version=version,
-                viewer=_writer_viewer(user),
+                viewer=viewer_of(caller, writing=True),
                 reason=data.reason,
-                by=user.sub,
+                by=caller.sub,
             )
         )
         return _with_etag(vehicle)
 
     @delete("/{vehicle_id:uuid}", guards=WRITE, status_code=200)
-    async def archive(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> Response[Vehicle]:
+    async def archive(
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], vehicle_id: UUID
+    ) -> Response[Vehicle]:
         """Archive a vehicle: hidden from searches, never erased (If-Match honoured when sent)."""
         vehicle = await bus.ask(
             ArchiveVehicle(
                 vehicle_id=vehicle_id,
                 expected_version=expected_version(request, None, required=False),
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
         return _with_etag(vehicle)
 
     @get("/{vehicle_id:uuid}/history")
-    async def history(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> list[HistoryEntry]:
+    async def history(self, bus: Bus, caller: Caller, vehicle_id: UUID) -> list[HistoryEntry]:
         """Every change of the vehicle: who, when, field, old -> new (ownership, plate, standing included)."""
-        return await bus.ask(GetVehicleHistory(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+        return await bus.ask(GetVehicleHistory(vehicle_id=vehicle_id, viewer=viewer_of(caller)))
 
     @get("/{vehicle_id:uuid}/standing")
-    async def standing(self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID) -> VehicleStanding:
+    async def standing(self, bus: Bus, caller: Caller, vehicle_id: UUID) -> VehicleStanding:
         """Pledges, oppositions, status and blacklist, and whether a transfer or registration is blocked."""
-        return await bus.ask(GetVehicleStanding(vehicle_id=vehicle_id, viewer=viewer_of(_user(request))))
+        return await bus.ask(GetVehicleStanding(vehicle_id=vehicle_id, viewer=viewer_of(caller)))
 
     @post("/{vehicle_id:uuid}/transfer", guards=WRITE, status_code=200)
     async def transfer(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: TransferIn
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], vehicle_id: UUID, data: TransferIn
     ) -> Response[Vehicle]:
         """Change the owners; refused (409) while a pledge, opposition, theft or blacklist blocks it."""
         vehicle = await bus.ask(
@@ -572,24 +543,20 @@ class VehiclesController(Controller):
                 owners=data.owners,
                 expected_version=expected_version(request, data.version, required=False),
                 reason=data.reason,
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
         return _with_etag(vehicle)
 
     @put("/{vehicle_id:uuid}/plate", guards=WRITE)
-    async def plate(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: PlateIn
-    ) -> Response[Vehicle]:
+    async def plate(self, bus: Bus, caller: Caller, vehicle_id: UUID, data: PlateIn) -> Response[Vehicle]:
         """Set or clear the current plate (normally done by the registration service)."""
-        vehicle = await bus.ask(
-            AssignPlate(vehicle_id=vehicle_id, plate=data.plate, reason=data.reason, by=_user(request).sub)
-        )
+        vehicle = await bus.ask(AssignPlate(vehicle_id=vehicle_id, plate=data.plate, reason=data.reason, by=caller.sub))
         return _with_etag(vehicle)
 
     @post("/{vehicle_id:uuid}/status", guards=STANDING, status_code=200)
     async def set_status(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: StatusIn
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], vehicle_id: UUID, data: StatusIn
     ) -> Response[Vehicle]:
         """Report the vehicle stolen, recovered (active), destroyed or exported."""
         vehicle = await bus.ask(
@@ -598,30 +565,26 @@ class VehiclesController(Controller):
                 status=data.status,
                 expected_version=expected_version(request, data.version, required=False),
                 reason=data.reason,
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
         return _with_etag(vehicle)
 
     @post("/{vehicle_id:uuid}/pledges", guards=STANDING)
-    async def declare_pledge(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: EncumbranceIn
-    ) -> Encumbrance:
+    async def declare_pledge(self, bus: Bus, caller: Caller, vehicle_id: UUID, data: EncumbranceIn) -> Encumbrance:
         """Declare a pledge (gage): the vehicle cannot be transferred until it is lifted."""
-        return await _declare(bus, request, vehicle_id, "pledge", data)
+        return await _declare(bus, caller, vehicle_id, "pledge", data)
 
     @post("/{vehicle_id:uuid}/oppositions", guards=STANDING)
-    async def declare_opposition(
-        self, bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, data: EncumbranceIn
-    ) -> Encumbrance:
+    async def declare_opposition(self, bus: Bus, caller: Caller, vehicle_id: UUID, data: EncumbranceIn) -> Encumbrance:
         """Declare an opposition: transfer and registration are blocked until it is lifted."""
-        return await _declare(bus, request, vehicle_id, "opposition", data)
+        return await _declare(bus, caller, vehicle_id, "opposition", data)
 
     @post("/{vehicle_id:uuid}/pledges/{encumbrance_id:uuid}/lift", guards=STANDING, status_code=200)
     async def lift_pledge(
         self,
         bus: Bus,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         vehicle_id: UUID,
         encumbrance_id: UUID,
         data: LiftIn | None = None,
@@ -633,7 +596,7 @@ class VehiclesController(Controller):
                 encumbrance_id=encumbrance_id,
                 kind="pledge",
                 reason=data.reason if data else "",
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
 
@@ -641,7 +604,7 @@ class VehiclesController(Controller):
     async def lift_opposition(
         self,
         bus: Bus,
-        request: Request[Any, Any, Any],
+        caller: Caller,
         vehicle_id: UUID,
         encumbrance_id: UUID,
         data: LiftIn | None = None,
@@ -653,14 +616,12 @@ class VehiclesController(Controller):
                 encumbrance_id=encumbrance_id,
                 kind="opposition",
                 reason=data.reason if data else "",
-                by=_user(request).sub,
+                by=caller.sub,
             )
         )
 
 
-async def _declare(
-    bus: Bus, request: Request[Any, Any, Any], vehicle_id: UUID, kind: Any, data: EncumbranceIn
-) -> Encumbrance:
+async def _declare(bus: Bus, caller: Caller, vehicle_id: UUID, kind: Any, data: EncumbranceIn) -> Encumbrance:
     return await bus.ask(
         DeclareEncumbrance(
             vehicle_id=vehicle_id,
@@ -668,7 +629,7 @@ async def _declare(
             holder=data.holder,
             reference=data.reference,
             reason=data.reason,
-            by=_user(request).sub,
+            by=caller.sub,
         )
     )
 
