@@ -195,7 +195,7 @@ class BenchDatabase:
 def bench_settings(url: str, data_dir: Path) -> Settings:
     return with_overrides(
         Settings(),
-        server={"data_dir": str(data_dir), "log_level": "WARNING", "sandbox": False},
+        server={"data_dir": str(data_dir), "log_level": "WARNING"},
         database={"url": url, "migrate_on_start": False, "pool_min": 2, "pool_max": 10},
         ratelimit={"enabled": False},
         bus={"ask_timeout_s": 3600.0},

@@ -98,7 +98,8 @@ class IntegrationsSettings(Section):
     """X-Road client, timeouts, retries and circuit breakers (issue 3)."""
 
     # Base URL of the organisation's X-Road security server (REST `/r1/...` paths are appended).
-    xroad_url: str = "http://127.0.0.1:8000/sandbox/xroad"
+    # A path ("/sandbox/xroad") means this server itself: resolved from server.host and server.port.
+    xroad_url: str = "/sandbox/xroad"
     # X-Road instance of the client and of the services (Benin: BJ).
     xroad_instance: str = "BJ"
     # Our own X-Road client subsystem, sent as `X-Road-Client: INSTANCE/CLASS/MEMBER/SUBSYSTEM`.
@@ -176,11 +177,12 @@ class NotificationsSettings(Section):
     smtp_password: str = ""
     smtp_from: str = "SIMVEB <no-reply@simveb.bj>"
     sms_provider: Literal["http_json"] = "http_json"
-    sms_url: str = "http://127.0.0.1:8000/sandbox/sms"
+    # `*_url` paths ("/sandbox/...") mean this server itself: resolved from server.host and server.port.
+    sms_url: str = "/sandbox/sms"
     sms_api_key: str = ""
     sms_sender: str = "SIMVEB"
-    fcm_url: str = "http://127.0.0.1:8000/sandbox/fcm"
-    fcm_token_url: str = "http://127.0.0.1:8000/sandbox/fcm/token"
+    fcm_url: str = "/sandbox/fcm"
+    fcm_token_url: str = "/sandbox/fcm/token"
     fcm_project: str = "simveb-dev"
     # Service-account key (the JSON file's content). Empty in development: a throwaway RSA key is made.
     fcm_service_account: str = ""
@@ -363,6 +365,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     documents: DocumentsSettings = msgspec.field(default_factory=DocumentsSettings)
     payments: PaymentsSettings = msgspec.field(default_factory=PaymentsSettings)
 
+    def __post_init__(self) -> None:
+        # Provider URLs given as a path ("/sandbox/sms") follow the address this server listens on,
+        # so `simveb serve --port 9000` reaches its own simulators without touching any other setting.
+        origin = local_origin(self.server)
+        for section, name, value in url_settings(self):
+            if value.startswith("/"):
+                setattr(getattr(self, section), name, origin + value)
+
     @property
     def data_dir(self) -> Path:
         return Path(self.server.data_dir).expanduser().resolve()
@@ -440,6 +450,49 @@ def _describe(exc: msgspec.ValidationError) -> str:
     return f"invalid settings: {message}"
 
 
+def local_origin(server: ServerSettings) -> str:
+    """How this process reaches its own HTTP server: `http://host:port`, a wildcard address as loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(server.host, server.host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{server.port}"
+
+
+def url_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """Every `*_url` setting as (section, key, value)."""
+    found = []
+    for section in msgspec.structs.fields(settings):
+        value = getattr(settings, section.name)
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if field.name.endswith("url") and isinstance(item, str):
+                found.append((section.name, field.name, item))
+    return found
+
+
+def own_sandbox_urls(settings: Settings) -> list[str]:
+    """`*_url` settings that point at this server's own /sandbox (resolved from a path, or written out)."""
+    own = local_origin(settings.server) + "/sandbox"
+    return [
+        f"{section}.{name}"
+        for section, name, value in url_settings(settings)
+        if value == own or value.startswith(own + "/")
+    ]
+
+
+def check_providers_reachable(settings: Settings) -> None:
+    """Refuse to start when a provider URL points at this server's /sandbox but the simulators are not
+    mounted there (server.sandbox false): every call would answer 404, far from the cause."""
+    if settings.server.sandbox:
+        return
+    pointing = own_sandbox_urls(settings)
+    if pointing:
+        raise ConfigError(
+            f"{pointing[0]} points at this server's /sandbox, but server.sandbox is false so the simulators"
+            " are not mounted: set server.sandbox = true, or give the provider's URL"
+        )
+
+
 def sandbox_urls(settings: Settings) -> list[str]:
     """Every `*_url` setting that points at the built-in simulators."""
     found = []
@@ -481,8 +534,15 @@ def check_safety(settings: Settings, environ: Mapping[str, str] | None = None) -
 
 
 def with_overrides(settings: Settings, **sections: Mapping[str, Any]) -> Settings:
-    """A copy of settings with some keys replaced, e.g. with_overrides(s, server={"port": 0})."""
+    """A copy of settings with some keys replaced, e.g. with_overrides(s, server={"port": 0}).
+
+    A URL that points at this server's own /sandbox keeps following the server: with a new host or
+    port it points at the new address.
+    """
     raw = msgspec.to_builtins(settings)
+    own = local_origin(settings.server)
+    for section, name in (key.split(".") for key in own_sandbox_urls(settings)):
+        raw[section][name] = raw[section][name].removeprefix(own)
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     try:

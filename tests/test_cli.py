@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -99,3 +100,102 @@ def test_serve_on_a_fresh_data_dir_becomes_ready(tmp_path: Path) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def _wait_ready(proc: subprocess.Popen[str], base: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "server exited"
+        time.sleep(0.3)
+    raise AssertionError(f"{base} never became ready")
+
+
+def test_serve_on_another_port_reaches_its_own_simulators(settings, tmp_path: Path) -> None:
+    """`simveb serve --port N` with the default provider URLs: the OTP SMS and the NPI lookup go to the
+    simulators of this server on port N (they used to name port 8000 whatever the server listened on)."""
+    import asyncio
+
+    from simveb.sandbox.xroad import fake_citizen
+    from tests.conftest import truncate_all
+    from tests.users_support import npi, phone
+
+    asyncio.run(truncate_all(settings.database.url))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.endswith("_URL") or k == "SIMVEB_DATABASE__URL"},
+        "SIMVEB_CONFIG": str(ROOT / "config.toml"),
+        "SIMVEB_DATABASE__URL": settings.database.url,
+        "SIMVEB_SERVER__DATA_DIR": str(tmp_path / "data"),
+        "SIMVEB_SERVER__LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simveb.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_ready(proc, base)
+        while (number := npi())[-2:] in ("00", "01"):  # those the simulated registry does not know
+            pass
+        citizen = fake_citizen(number)
+        mobile = phone()
+        body = {
+            "npi": number,
+            "phone": mobile,
+            "last_name": citizen["nom"],
+            "first_name": citizen["prenoms"],
+            "birth_date": citizen["date_naissance"],
+        }
+        r = httpx.post(f"{base}/api/users", json=body, timeout=10)
+        assert r.status_code == 202, r.text
+        code = None
+        deadline = time.monotonic() + 20
+        while code is None and time.monotonic() < deadline:
+            sms = httpx.get(f"{base}/sandbox/sms/messages", params={"to": mobile}, timeout=5).json()
+            found = re.search(r"\b(\d{6})\b", sms[-1]["text"]) if sms else None
+            code = found.group(1) if found else time.sleep(0.2)
+        assert code, "the one-time code never reached this server's SMS simulator"
+        r = httpx.post(
+            f"{base}/api/auth/verify-otp", json={"challenge_id": r.json()["challenge_id"], "code": code}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        me = {"Authorization": f"Bearer {r.json()['tokens']['access_token']}"}
+        user_id = httpx.get(f"{base}/api/auth/me", headers=me, timeout=5).json()["user_id"]
+        r = httpx.post(f"{base}/api/users/{user_id}/verify-npi", headers=me, timeout=20)
+        assert r.status_code == 200, r.text
+        assert r.json()["kyc_status"] == "npi_verified"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_serve_refuses_provider_urls_at_its_own_unmounted_sandbox(settings, tmp_path: Path) -> None:
+    done = simveb(settings, "serve", "--port", str(free_port()), env={"SIMVEB_SERVER__SANDBOX": "false"})
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "simveb: error: integrations.xroad_url points at this server's /sandbox, but server.sandbox is false"
+        " so the simulators are not mounted: set server.sandbox = true, or give the provider's URL"
+    )
+    # With the providers' real addresses it gets past that check (here: it only prints its address).
+    real = {
+        "SIMVEB_SERVER__SANDBOX": "false",
+        "SIMVEB_INTEGRATIONS__XROAD_URL": "https://xroad.example.bj",
+        "SIMVEB_NOTIFICATIONS__SMS_URL": "https://sms.example.bj",
+        "SIMVEB_NOTIFICATIONS__FCM_URL": "https://fcm.googleapis.com",
+        "SIMVEB_NOTIFICATIONS__FCM_TOKEN_URL": "https://oauth2.googleapis.com/token",
+    }
+    from simveb.config import check_providers_reachable, load_settings
+
+    check_providers_reachable(load_settings(ROOT / "config.toml", real))

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from simveb.cli.app import CliError, fail_cleanly, main, run, settings_of, with_runtime
-from simveb.config import Settings, with_overrides
+from simveb.config import Settings, check_providers_reachable, with_overrides
 
 # --- serve --------------------------------------------------------------------------------------------
 
@@ -28,7 +28,9 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     settings = settings_of(ctx)
     overrides = {k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
     if overrides:
+        # Provider URLs at this server's own /sandbox follow the new host and port (see simveb.config).
         settings = with_overrides(settings, server=overrides)
+    check_providers_reachable(settings)
     from simveb.keys import KeyRing
 
     KeyRing.for_settings(settings)  # create the development key before workers race to do it

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 import simveb
 from simveb import migrate
 from simveb.bus import Bus
-from simveb.config import Settings
+from simveb.config import Settings, check_providers_reachable
 from simveb.errors import DomainError
 from simveb.http import auth as auth_http
 from simveb.http import config as config_http
@@ -231,7 +231,13 @@ def _controllers(settings: Settings) -> Sequence[Any]:
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litestar:
-    """The application. With `runtime` given (tests, benchmarks) the caller owns its life cycle."""
+    """The application. With `runtime` given (tests, benchmarks) the caller owns its life cycle.
+
+    Provider URLs written as a path (`/sandbox/sms`) were resolved against server.host and
+    server.port when the settings were made; one that points at this server's /sandbox while the
+    simulators are not mounted is refused here (ConfigError), not discovered at the first SMS.
+    """
+    check_providers_reachable(settings)
     configure_logging(settings.server.log_level)
     registry = CollectorRegistry()
     owns_runtime = runtime is None
