@@ -9,7 +9,9 @@ with the same httpx concurrency:
 The two request kinds are measured twice, interleaved, to even out drift. The target is
 me/baseline >= 0.8; logins are bounded by argon2 (m=19 MiB, t=2) and only reported.
 
-    python bench/auth.py [--seconds 3] [--concurrency 32]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/auth.py [--seconds 3] [--concurrency 32]
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Prints the p50/p99 overhead per ask in microseconds and the throughput ratio. Th
 same trivial work in both cases, so the difference is the price of the mailbox, the envelope, the
 future and the timeout timer. Runs on uvloop when installed (as the server does), else asyncio.
 
-    python bench/bus.py [--asks 50000] [--loop uvloop|asyncio]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/bus.py [--asks 50000] [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Both paths deliver the same messages to the SMS gateway simulator over real HTTP
 The ratio queued/direct is the price of durability. Runs standalone on the embedded PostgreSQL, or
 on the server named by SIMVEB_TEST_DATABASE_URL (a scratch database is created and dropped).
 
-    python bench/notifications.py [--messages 2000]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/notifications.py [--messages 2000]
 """
 
 from __future__ import annotations

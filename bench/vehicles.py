@@ -1,6 +1,8 @@
 """Vehicle registry benchmark: bulk import and searches at national scale.
 
-    python bench/vehicles.py [--rows N] [--database-url URL]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/vehicles.py [--rows N] [--database-url URL]
 
 Generates a CSV of N plausible vehicles (mostly motorcycles) and reports, each against a baseline
 measured in the same run on the same database:
