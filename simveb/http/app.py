@@ -37,6 +37,7 @@ from simveb.http import payments as payments_http
 from simveb.http import registrations as registrations_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
+from simveb.http.inputs import field_of
 from simveb.http.logs import configure_logging, flush_logs, request_id_var
 from simveb.http.security import attach_verifier, caller, load_deny_list, maybe_caller, token
 from simveb.http.shell import HttpMetrics, Shell
@@ -98,7 +99,12 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         body["code"] = "validation_error"
         body["type"] = "https://simveb.bj/problems/validation-error"
         body["errors"] = exc.extra if isinstance(exc.extra, list) else [exc.extra]
-        fields = [e.get("key") for e in body["errors"] if isinstance(e, dict) and e.get("key")]
+        # Litestar names the whole body "data"; the msgspec message names the field itself.
+        fields = [
+            (field_of(str(e.get("message", ""))) or e.get("key")) if e.get("key") == "data" else e.get("key")
+            for e in body["errors"]
+            if isinstance(e, dict) and e.get("key")
+        ]
         if fields:
             body["detail"] = f"{exc.detail} ({', '.join(str(f) for f in fields)})"
     elif status == 413:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import msgspec
@@ -10,14 +10,12 @@ from litestar import Controller, get, post, put
 from litestar.params import Parameter
 
 from simveb.actors.config.messages import (
-    Amount,
     Code,
     CreateFee,
     CreateService,
     FeatureFlag,
     Fee,
     FeeFields,
-    FeeKind,
     GetService,
     HistoryEntry,
     IsFeatureEnabled,
@@ -27,7 +25,6 @@ from simveb.actors.config.messages import (
     ListHistory,
     ListServices,
     ListSettings,
-    Percent,
     PutFeature,
     PutSetting,
     Quote,
@@ -35,13 +32,11 @@ from simveb.actors.config.messages import (
     Service,
     ServiceFields,
     Setting,
-    SettingType,
     UpdateFee,
     UpdateService,
-    WorkflowStep,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import Input
+from simveb.http.inputs import body_of, record_of
 from simveb.http.security import requires, requires_any
 from simveb.messages import Caller
 
@@ -50,66 +45,27 @@ WRITE = [requires("config:write")]
 READ_HISTORY = [requires_any("config:read", "config:write")]
 
 
-class SettingIn(Input):
-    value: Any
-    type: SettingType | None = None
-    public: bool | None = None
-    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+SettingIn = body_of(PutSetting, exclude=("key", "by"), name="SettingIn")
+FeatureIn = body_of(PutFeature, exclude=("key", "by"), name="FeatureIn")
 
 
-class ServiceIn(Input):
+class ServiceUpdate(ServiceFields, forbid_unknown_fields=True):
+    """A procedure's labels, documents, workflow and active flag: the message's own struct (see
+    simveb.http.inputs)."""
+
+
+class ServiceIn(ServiceUpdate):
     code: Code
-    label_fr: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    label_en: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
-    required_documents: list[Code] = []
-    workflow: list[WorkflowStep] = []
-    active: bool = True
 
 
-class ServiceUpdate(Input):
-    label_fr: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    label_en: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
-    required_documents: list[Code] = []
-    workflow: list[WorkflowStep] = []
-    active: bool = True
-
-
-class FeeIn(Input):
-    service_code: Code
-    kind: FeeKind
-    match: Annotated[str, msgspec.Meta(max_length=100)] = ""
-    label: Annotated[str, msgspec.Meta(max_length=200)] = ""
-    amount: Amount
-    active: bool = True
-
-
-class FeatureIn(Input):
-    enabled: bool
-    rollout_percent: Percent | None = None
-    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+class FeeIn(FeeFields, forbid_unknown_fields=True):
+    """A fee line: the message's own struct (see simveb.http.inputs)."""
 
 
 class FeatureState(msgspec.Struct, kw_only=True):
     key: str
     subject: str | None
     enabled: bool
-
-
-def _service_fields(data: ServiceIn | ServiceUpdate) -> ServiceFields:
-    return ServiceFields(
-        label_fr=data.label_fr,
-        label_en=data.label_en,
-        description=data.description,
-        required_documents=data.required_documents,
-        workflow=data.workflow,
-        active=data.active,
-    )
-
-
-def _fee_fields(data: FeeIn) -> FeeFields:
-    return FeeFields(**msgspec.structs.asdict(data))
 
 
 class ConfigController(Controller):
@@ -126,16 +82,7 @@ class ConfigController(Controller):
     async def put_setting(self, bus: Bus, caller: Caller, key: str, data: SettingIn) -> Setting:
         """Create or change a setting (typed value)."""
         _ = msgspec.convert(key, Key)  # the path segment obeys the same rule as a body key
-        return await bus.ask(
-            PutSetting(
-                key=key,
-                value=data.value,
-                type=data.type,
-                public=data.public,
-                description=data.description,
-                by=caller.sub,
-            )
-        )
+        return await bus.ask(PutSetting(key=key, by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/services", opt=PUBLIC)
     async def list_services(self, bus: Bus, include_inactive: bool = False) -> list[Service]:
@@ -150,12 +97,12 @@ class ConfigController(Controller):
     @post("/services", guards=WRITE)
     async def create_service(self, bus: Bus, caller: Caller, data: ServiceIn) -> Service:
         """Add a procedure to the catalogue."""
-        return await bus.ask(CreateService(code=data.code, fields=_service_fields(data), by=caller.sub))
+        return await bus.ask(CreateService(code=data.code, fields=record_of(data, ServiceFields), by=caller.sub))
 
     @put("/services/{code:str}", guards=WRITE)
     async def update_service(self, bus: Bus, caller: Caller, code: str, data: ServiceUpdate) -> Service:
         """Replace a procedure's labels, documents, workflow or active flag."""
-        return await bus.ask(UpdateService(code=code, fields=_service_fields(data), by=caller.sub))
+        return await bus.ask(UpdateService(code=code, fields=record_of(data, ServiceFields), by=caller.sub))
 
     @get("/fees", opt=PUBLIC)
     async def list_fees(self, bus: Bus, service: str | None = None) -> list[Fee]:
@@ -184,12 +131,12 @@ class ConfigController(Controller):
     @post("/fees", guards=WRITE)
     async def create_fee(self, bus: Bus, caller: Caller, data: FeeIn) -> Fee:
         """Add a base cost or an adjustment."""
-        return await bus.ask(CreateFee(fields=_fee_fields(data), by=caller.sub))
+        return await bus.ask(CreateFee(fields=record_of(data, FeeFields), by=caller.sub))
 
     @put("/fees/{fee_id:uuid}", guards=WRITE)
     async def update_fee(self, bus: Bus, caller: Caller, fee_id: UUID, data: FeeIn) -> Fee:
         """Change a fee line."""
-        return await bus.ask(UpdateFee(fee_id=fee_id, fields=_fee_fields(data), by=caller.sub))
+        return await bus.ask(UpdateFee(fee_id=fee_id, fields=record_of(data, FeeFields), by=caller.sub))
 
     @get("/features", opt=PUBLIC)
     async def list_features(self, bus: Bus) -> list[FeatureFlag]:
@@ -206,15 +153,7 @@ class ConfigController(Controller):
     async def put_feature(self, bus: Bus, caller: Caller, key: str, data: FeatureIn) -> FeatureFlag:
         """Switch a flag on or off, with an optional rollout percentage."""
         _ = msgspec.convert(key, Key)
-        return await bus.ask(
-            PutFeature(
-                key=key,
-                enabled=data.enabled,
-                rollout_percent=data.rollout_percent,
-                description=data.description,
-                by=caller.sub,
-            )
-        )
+        return await bus.ask(PutFeature(key=key, by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/history", guards=READ_HISTORY)
     async def history(

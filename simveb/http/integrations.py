@@ -6,9 +6,6 @@ breakers and recent error rates. Identifier format errors come back from the act
 
 from __future__ import annotations
 
-from datetime import date
-from typing import Annotated
-
 import msgspec
 from litestar import Controller, get, post
 
@@ -21,27 +18,14 @@ from simveb.actors.integrations.messages import (
     VerifyCitizen,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import Input
+from simveb.http.inputs import body_of
 from simveb.http.security import requires
 from simveb.messages import Caller
 
 LOOKUP = [requires("integrations:lookup")]
 STATUS = [requires("integrations:status")]
-# Long enough for any real input (the actor checks the exact format and answers 422), short enough
-# that nobody posts a novel.
-Identifier = Annotated[str, msgspec.Meta(max_length=32)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-
-
-class VerifyNpiIn(Input):
-    npi: Identifier
-    last_name: Name | None = None
-    first_name: Name | None = None
-    birth_date: date | None = None
-
-
-class CheckTaxIn(Input):
-    ifu: Identifier
+VerifyNpiIn = body_of(VerifyCitizen, exclude=("requested_by",), name="VerifyNpiIn")
+CheckTaxIn = body_of(CheckTax, exclude=("requested_by",), name="CheckTaxIn")
 
 
 class IntegrationsController(Controller):
@@ -51,20 +35,12 @@ class IntegrationsController(Controller):
     @post("/anip/verify-npi", guards=LOOKUP, status_code=200)
     async def verify_npi(self, bus: Bus, caller: Caller, data: VerifyNpiIn) -> CitizenVerification:
         """Look an NPI up in ANIP and compare the given names and birth date with the registry's."""
-        return await bus.ask(
-            VerifyCitizen(
-                npi=data.npi,
-                last_name=data.last_name,
-                first_name=data.first_name,
-                birth_date=data.birth_date,
-                requested_by=caller.sub,
-            )
-        )
+        return await bus.ask(VerifyCitizen(requested_by=caller.sub, **msgspec.structs.asdict(data)))
 
     @post("/dgi/check-tax", guards=LOOKUP, status_code=200)
     async def check_tax(self, bus: Bus, caller: Caller, data: CheckTaxIn) -> TaxCheck:
         """Look an IFU up in DGI: the taxpayer and whether their tax standing is active."""
-        return await bus.ask(CheckTax(ifu=data.ifu, requested_by=caller.sub))
+        return await bus.ask(CheckTax(requested_by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/status", guards=STATUS)
     async def status(self, bus: Bus) -> IntegrationsStatus:

@@ -20,7 +20,6 @@ from simveb.actors.notifications.messages import (
     Notification,
     NotificationPage,
     Params,
-    Platform,
     PutSubscription,
     RegisterDevice,
     SendNotification,
@@ -32,7 +31,7 @@ from simveb.actors.notifications.messages import (
 )
 from simveb.bus import Bus
 from simveb.errors import BadRequest
-from simveb.http.inputs import Input
+from simveb.http.inputs import Input, body_of
 from simveb.http.security import requires, requires_any
 from simveb.messages import Caller
 
@@ -68,24 +67,13 @@ class PushIn(Input):
     idempotency_key: IdempotencyKey | None = None
 
 
-class TemplateIn(Input):
-    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
-    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
-    secret_params: Annotated[list[str], msgspec.Meta(max_length=20)] | None = None
-    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+TemplateIn = body_of(UpdateTemplate, exclude=("template_id", "by"), name="TemplateIn")
 
 
-class SubscriptionIn(Input):
-    event_type: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")]
-    channel: Channel
-    template_event: TemplateEvent
-    recipient_field: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "user_id"
-    active: bool = True
+SubscriptionIn = body_of(PutSubscription, name="SubscriptionIn")
 
 
-class DeviceIn(Input):
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
-    platform: Platform = "android"
+DeviceIn = body_of(RegisterDevice, exclude=("user_id",), name="DeviceIn")
 
 
 def inbox_of(caller: Caller) -> UUID:
@@ -144,7 +132,7 @@ class NotificationsController(Controller):
     @post("/devices", status_code=201)
     async def register_device(self, bus: Bus, caller: Caller, data: DeviceIn) -> Device:
         """Register the caller's push device token (FCM registration token)."""
-        return await bus.ask(RegisterDevice(user_id=inbox_of(caller), token=data.token, platform=data.platform))
+        return await bus.ask(RegisterDevice(user_id=inbox_of(caller), **msgspec.structs.asdict(data)))
 
     @delete("/devices/{token:str}", status_code=204)
     async def unregister_device(self, bus: Bus, caller: Caller, token: str) -> None:
@@ -161,16 +149,7 @@ class NotificationsController(Controller):
     @put("/templates/{template_id:uuid}", guards=TEMPLATES)
     async def update_template(self, bus: Bus, caller: Caller, template_id: UUID, data: TemplateIn) -> Template:
         """Replace a template's text (checked before it is saved)."""
-        return await bus.ask(
-            UpdateTemplate(
-                template_id=template_id,
-                body=data.body,
-                subject=data.subject,
-                secret_params=data.secret_params,
-                description=data.description,
-                by=caller.sub,
-            )
-        )
+        return await bus.ask(UpdateTemplate(template_id=template_id, by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/subscriptions", guards=TEMPLATES)
     async def list_subscriptions(self, bus: Bus, event_type: str | None = None) -> list[Subscription]:

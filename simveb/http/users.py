@@ -21,10 +21,13 @@ asks users, and the ask graph must stay acyclic):
 
 from __future__ import annotations
 
+import functools
 import logging
-import re
-from datetime import date, datetime
-from typing import Annotated, Any, Literal, TypeVar
+import operator
+import typing
+from datetime import datetime
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union
 from uuid import UUID
 
 import msgspec
@@ -66,7 +69,7 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import Input
+from simveb.http.inputs import Input, body_of, field_of, record_of
 from simveb.http.security import requires
 
 log = logging.getLogger("simveb.http.users")
@@ -75,16 +78,11 @@ T = TypeVar("T")
 PUBLIC = {"public": True}
 
 
-class RegistrationIn(Input):
-    """A citizen registers with their NPI and phone; the account waits for the OTP."""
-
-    npi: Npi
-    phone: Phone
-    last_name: Name
-    first_name: Name
-    birth_date: date | None = None
-    email: Email | None = None
-    language: Language = "fr"
+RegistrationIn = body_of(
+    RegisterCitizen,
+    name="RegistrationIn",
+    doc="A citizen registers with their NPI and phone; the account waits for the OTP.",
+)
 
 
 class UserIn(Input):
@@ -103,12 +101,45 @@ class UserIn(Input):
     password: Annotated[str, msgspec.Meta(max_length=1024)] | None = None
 
 
-class UserUpdate(Input):
-    """Contact details; an absent field is left unchanged."""
+def either(name: str, doc: str, *variants: type[msgspec.Struct]) -> type[Input]:
+    """One body listing every field of the variants, each optional and unset by default: typed (OpenAPI
+    shows it), and the route then decodes what was sent strictly into the variant that applies."""
+    types: dict[str, Any] = {}
+    for variant in variants:
+        for f in msgspec.structs.fields(variant):
+            known = types.setdefault(f.name, [])
+            for t in typing.get_args(f.type) if typing.get_origin(f.type) in (Union, UnionType) else (f.type,):
+                if t not in known:
+                    known.append(t)
+    annotations = {n: functools.reduce(operator.or_, [*ts, msgspec.UnsetType]) for n, ts in types.items()}
+    namespace = {"__module__": __name__, "__doc__": doc, "__annotations__": annotations}
+    namespace.update(dict.fromkeys(annotations, msgspec.UNSET))
+    return type(Input)(name, (Input,), namespace)
 
-    email: Email | None = None
-    phone: Phone | None = None
-    language: Language | None = None
+
+AccountIn = either(
+    "AccountIn",
+    "Without a token: a citizen's registration (npi, phone, last_name, first_name, birth_date, email,"
+    " language; anything else is refused). With a token holding users:write: an account created by an"
+    " admin (roles, kind, contact details, names, company_name, ifu, language, password).",
+    RegistrationIn,
+    UserIn,
+)
+
+
+def sent_as(data: msgspec.Struct, variant: type[T]) -> T:
+    """The fields the client sent, decoded strictly as `variant`: a field of the other variant is a 400."""
+    sent = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+    try:
+        return msgspec.convert(sent, variant)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        raise ValidationException(
+            detail="Validation failed for POST /api/users", extra=[{"key": field_of(text) or "", "message": text}]
+        ) from None
+
+
+UserUpdate = body_of(UpdateUser, exclude=("user_id", "caller"), name="UserUpdate")
 
 
 class ProfileIn(ProfileFields, forbid_unknown_fields=True):
@@ -117,12 +148,8 @@ class ProfileIn(ProfileFields, forbid_unknown_fields=True):
     The message's own struct, refusing unknown fields like every HTTP body (see simveb.http.inputs)."""
 
 
-class RolesIn(Input):
-    roles: Annotated[list[RoleCode], msgspec.Meta(min_length=1, max_length=10)]
-
-
-class KycIn(Input):
-    note: Annotated[str, msgspec.Meta(max_length=500)] = ""
+RolesIn = body_of(SetUserRoles, exclude=("user_id", "caller"), name="RolesIn")
+KycIn = body_of(ValidateKyc, exclude=("user_id", "caller"), name="KycIn")
 
 
 class RegistrationAccepted(msgspec.Struct, kw_only=True):
@@ -139,23 +166,6 @@ class RegistrationAccepted(msgspec.Struct, kw_only=True):
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-_AT = re.compile(r" - at `\$\.?([^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
-
-
-def decode_body(body: bytes, type_: type[T]) -> T:
-    """Decode a JSON body into an Input struct; a 400 problem naming the field otherwise."""
-    try:
-        return msgspec.json.decode(body or b"{}", type=type_)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        text = str(exc)
-        found = _AT.search(text) or _UNKNOWN.search(text) or _MISSING.search(text)
-        key = found.group(1) if found else ""
-        raise ValidationException(
-            detail="Validation failed for POST /api/users", extra=[{"key": key, "message": text}]
-        ) from None
 
 
 def _client_ip(request: Request[Any, Any, Any]) -> str | None:
@@ -201,20 +211,18 @@ class UsersController(Controller):
 
     @post("/", opt=PUBLIC, status_code=201)
     async def create_user(
-        self, bus: Bus, maybe_caller: Caller | None, request: Request[Any, Any, Any]
+        self, bus: Bus, maybe_caller: Caller | None, request: Request[Any, Any, Any], data: AccountIn
     ) -> Response[Any]:
         """Self-registration of a citizen (no token: 202, confirmed by OTP) or creation by an admin (users:write)."""
-        body = await request.body()
         if maybe_caller is None:
-            return await self._register(bus, request, decode_body(body, RegistrationIn))
+            return await self._register(bus, request, sent_as(data, RegistrationIn))
         await requires("users:write")(request, request.route_handler)
-        data = decode_body(body, UserIn)
-        fields = msgspec.structs.asdict(data)
+        fields = msgspec.structs.asdict(sent_as(data, UserIn))
         password = fields.pop("password")
         created = await bus.ask(CreateAccount(user=CreateUser(caller=maybe_caller, **fields), password=password))
         return Response(created.user, status_code=201)
 
-    async def _register(self, bus: Bus, request: Request[Any, Any, Any], data: RegistrationIn) -> Response[Any]:
+    async def _register(self, bus: Bus, request: Request[Any, Any, Any], data: Any) -> Response[Any]:
         await bus.ask(RegisterCitizen(**msgspec.structs.asdict(data)))
         accepted = RegistrationAccepted()
         if bus.handles(RequestOtp):
@@ -252,7 +260,7 @@ class UsersController(Controller):
     @put("/{user_id:uuid}/profile")
     async def update_profile(self, bus: Bus, caller: Caller, user_id: UUID, data: ProfileIn) -> Profile:
         """Change the profile; names and birth date are locked once verified against the registry."""
-        fields = ProfileFields(**msgspec.structs.asdict(data))
+        fields = record_of(data, ProfileFields)
         return await bus.ask(UpdateProfile(user_id=user_id, caller=caller, fields=fields))
 
     @get("/{user_id:uuid}/roles")

@@ -88,7 +88,7 @@ from simveb.actors.vehicles.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from simveb.http.inputs import Input
+from simveb.http.inputs import Input, record_of
 from simveb.http.security import requires, requires_any
 from simveb.messages import Caller
 
@@ -227,11 +227,6 @@ def expected_version(request: Request[Any, Any, Any], body_version: int | None, 
     return None
 
 
-def _fields(data: FieldsIn) -> VehicleFields:
-    # Same constraints as the body, already validated when Litestar decoded it.
-    return VehicleFields(**{f: getattr(data, f) for f in VehicleFields.__struct_fields__})
-
-
 def _filter(**values: Any) -> VehicleFilter:
     try:
         return msgspec.convert({k: v for k, v in values.items() if v is not None}, VehicleFilter)
@@ -364,7 +359,7 @@ class VehiclesController(Controller):
         vehicle = await bus.ask(
             RegisterVehicle(
                 vin=data.vin,
-                fields=_fields(data),
+                fields=record_of(data, VehicleFields),
                 owners=data.owners,
                 plate=data.plate,
                 filed_by=filed_by,
@@ -499,7 +494,7 @@ class VehiclesController(Controller):
         vehicle = await bus.ask(
             UpdateVehicle(
                 vehicle_id=vehicle_id,
-                fields=_fields(data),
+                fields=record_of(data, VehicleFields),
                 expected_version=version,
                 viewer=viewer_of(caller, writing=True),
                 reason=data.reason,

@@ -162,7 +162,7 @@ class PutSetting(Ask[Setting]):
     value: Any
     type: SettingType | None = None  # required when the setting is new
     public: bool | None = None
-    description: str | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     by: str
 
 
@@ -211,7 +211,7 @@ class PutFeature(Ask[FeatureFlag]):
     key: Key
     enabled: bool
     rollout_percent: Percent | None = None
-    description: str | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     by: str
 
 

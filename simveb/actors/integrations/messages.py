@@ -10,9 +10,16 @@ background try succeeds or gives up, `CitizenLookupCompleted` / `CompanyLookupCo
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 from simveb.messages import Ask, Event, Record
+
+# Long enough for any real input (the actor checks the exact format and answers 422), short enough
+# that nobody posts a novel.
+Identifier = Annotated[str, msgspec.Meta(max_length=32)]
+PersonName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 ServiceName = Literal["anip", "dgi"]
 BreakerState = Literal["closed", "open", "half_open"]
@@ -119,9 +126,9 @@ class LookupCompany(Ask[Company]):
 class VerifyCitizen(Ask[CitizenVerification]):
     """Look an NPI up and compare the details a person declared with ANIP's (accents and case ignored)."""
 
-    npi: str
-    last_name: str | None = None
-    first_name: str | None = None
+    npi: Identifier
+    last_name: PersonName | None = None
+    first_name: PersonName | None = None
     birth_date: date | None = None
     requested_by: str | None = None
 
@@ -129,7 +136,7 @@ class VerifyCitizen(Ask[CitizenVerification]):
 class CheckTax(Ask[TaxCheck]):
     """Look an IFU up and say whether the taxpayer is active at DGI."""
 
-    ifu: str
+    ifu: Identifier
     requested_by: str | None = None
 
 

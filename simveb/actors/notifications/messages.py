@@ -151,10 +151,10 @@ class UpdateTemplate(Ask[Template]):
     """Replace a template's text; Invalid (naming the problem) when it does not compile."""
 
     template_id: UUID
-    body: str
-    subject: str | None = None
-    secret_params: list[str] | None = None
-    description: str | None = None
+    body: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
+    subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+    secret_params: Annotated[list[str], msgspec.Meta(max_length=20)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=500)] | None = None
     by: str
 
 
@@ -165,10 +165,10 @@ class ListSubscriptions(Ask[list[Subscription]]):
 class PutSubscription(Ask[Subscription]):
     """Add (or switch on/off) a subscription: later services add rows, not code."""
 
-    event_type: str
+    event_type: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")]
     channel: Channel
-    template_event: str
-    recipient_field: str = "user_id"
+    template_event: TemplateEvent
+    recipient_field: Annotated[str, msgspec.Meta(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "user_id"
     active: bool = True
 
 
@@ -190,7 +190,7 @@ class RegisterDevice(Ask[Device]):
     """Register (or move to this user) a push device token."""
 
     user_id: UUID
-    token: str
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     platform: Platform = "android"
 
 

@@ -331,7 +331,7 @@ class SetUserRoles(Ask[UserRoles]):
 
     user_id: UUID
     caller: Caller
-    roles: list[RoleCode]
+    roles: Annotated[list[RoleCode], msgspec.Meta(min_length=1, max_length=10)]
 
 
 class VerifyNpi(Ask[User]):
