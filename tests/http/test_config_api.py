@@ -247,3 +247,19 @@ async def test_config_changes_are_published_through_the_outbox(client, seeded, a
             await con.close()
 
     await wait_for(published)
+
+
+async def test_a_supervisor_reads_the_config_history_with_config_read(client, seeded, auth) -> None:
+    """README: `config:read` reads private settings and the config history (supervisors have it)."""
+    from simveb.actors.users.messages import ListRoles
+
+    await client.put("/api/config/features/online_payment", json={"enabled": False}, headers=auth(*ADMIN))
+    roles = {r.code: r.permissions for r in await seeded.bus.ask(ListRoles())}
+    supervisor = auth(*roles["supervisor"], sub="supervisor-1", roles=("supervisor",))
+    assert "config:read" in roles["supervisor"] and "config:write" not in roles["supervisor"]
+    r = await client.get("/api/config/history", params={"key": "online_payment"}, headers=supervisor)
+    assert r.status_code == 200, r.text
+    assert r.json()[0]["key"] == "online_payment"
+    # Still closed to a caller with neither config:read nor config:write.
+    problem(await client.get("/api/config/history", headers=auth("vehicles:read")), 403)
+    problem(await client.get("/api/config/history"), 401)
