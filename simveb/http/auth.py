@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import jwt
@@ -56,9 +56,6 @@ from simveb.errors import DomainError, Invalid, Unauthorized
 from simveb.http.inputs import Input
 from simveb.http.security import DenyList, Token, requires, user_id_of
 from simveb.messages import Caller
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("simveb.http.auth")
 
@@ -212,7 +209,7 @@ class AuthController(Controller):
         )
 
     @get("/sessions")
-    async def sessions(self, caller: Caller, bus: Bus, request: Request[Any, Any, Any]) -> list[Session]:
+    async def sessions(self, caller: Caller, bus: Bus) -> list[Session]:
         """The caller's live sessions."""
         return await bus.ask(ListSessions(user_id=user_id_of(caller)))
 
@@ -223,7 +220,7 @@ class AuthController(Controller):
         await _denials_changed(request)
 
     @post("/2fa/setup", status_code=200, cache_control=NO_STORE)
-    async def totp_setup(self, caller: Caller, bus: Bus, request: Request[Any, Any, Any]) -> TotpSetup:
+    async def totp_setup(self, caller: Caller, bus: Bus) -> TotpSetup:
         """Start TOTP: the otpauth URI and its QR code (SVG) for an authenticator app."""
         user_id = user_id_of(caller)
         name = str(user_id)

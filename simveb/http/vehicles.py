@@ -36,7 +36,6 @@ from simveb.actors.vehicles.messages import (
     CharacteristicCategory,
     CharacteristicValue,
     CloseExport,
-    Code,
     CreateBrand,
     CreateCharacteristic,
     CreateModel,
@@ -59,7 +58,6 @@ from simveb.actors.vehicles.messages import (
     ListEnergies,
     ListModels,
     ListVehicleTypes,
-    Name,
     OpenExport,
     PlateText,
     PreconditionRequired,
@@ -70,8 +68,6 @@ from simveb.actors.vehicles.messages import (
     SearchVehicles,
     SetVehicleStatus,
     StartImport,
-    SubjectKind,
-    Text200,
     Text1000,
     UpdateVehicle,
     Vehicle,
@@ -88,7 +84,7 @@ from simveb.actors.vehicles.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from simveb.http.inputs import Input, record_of
+from simveb.http.inputs import Input, body_of, record_of
 from simveb.http.security import requires, requires_any
 from simveb.messages import Caller
 
@@ -102,29 +98,16 @@ WRITE_OR_FILE = [requires_any("vehicles:write", "vehicles:file")]
 WRITE = [requires("vehicles:write")]
 
 
-class BrandIn(Input):
-    code: Code
-    name: Name
-    country: Annotated[str, msgspec.Meta(max_length=100)] = ""
+BrandIn = body_of(CreateBrand, exclude=("by",), name="BrandIn")
 
 
-class ModelIn(Input):
-    brand_code: Code
-    name: Name
-    vehicle_type: Code
+ModelIn = body_of(CreateModel, exclude=("by",), name="ModelIn")
 
 
-class TypeIn(Input):
-    code: Code
-    label: Name
-    category: Code
+TypeIn = body_of(CreateVehicleType, exclude=("by",), name="TypeIn")
 
 
-class CharacteristicIn(Input):
-    category_code: Code
-    category_label: Name | None = None
-    code: Code
-    label: Name
+CharacteristicIn = body_of(CreateCharacteristic, exclude=("by",), name="CharacteristicIn")
 
 
 class FieldsIn(VehicleFields, forbid_unknown_fields=True):
@@ -163,20 +146,14 @@ class StatusIn(Input):
     reason: Text1000 = ""
 
 
-class EncumbranceIn(Input):
-    holder: Text200 = ""
-    reference: Annotated[str, msgspec.Meta(max_length=100)] = ""
-    reason: Text1000 = ""
+EncumbranceIn = body_of(DeclareEncumbrance, exclude=("vehicle_id", "kind", "by"), name="EncumbranceIn")
 
 
 class LiftIn(Input):
     reason: Text1000 = ""
 
 
-class BlacklistIn(Input):
-    subject_kind: SubjectKind
-    subject: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+BlacklistIn = body_of(AddToBlacklist, exclude=("by",), name="BlacklistIn")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -256,7 +233,7 @@ class VehiclesController(Controller):
     @post("/brands", guards=CATALOGUE_WRITE)
     async def create_brand(self, bus: Bus, caller: Caller, data: BrandIn) -> Brand:
         """Add a brand (config:write)."""
-        return await bus.ask(CreateBrand(code=data.code, name=data.name, country=data.country, by=caller.sub))
+        return await bus.ask(CreateBrand(by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/models", opt=PUBLIC)
     async def models(self, bus: Bus, brand: str | None = None, include_inactive: bool = False) -> list[VehicleModel]:
@@ -266,9 +243,7 @@ class VehiclesController(Controller):
     @post("/models", guards=CATALOGUE_WRITE)
     async def create_model(self, bus: Bus, caller: Caller, data: ModelIn) -> VehicleModel:
         """Add a model to a brand (config:write)."""
-        return await bus.ask(
-            CreateModel(brand_code=data.brand_code, name=data.name, vehicle_type=data.vehicle_type, by=caller.sub)
-        )
+        return await bus.ask(CreateModel(by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/types", opt=PUBLIC)
     async def types(self, bus: Bus) -> list[VehicleType]:
@@ -278,7 +253,7 @@ class VehiclesController(Controller):
     @post("/types", guards=CATALOGUE_WRITE)
     async def create_type(self, bus: Bus, caller: Caller, data: TypeIn) -> VehicleType:
         """Add a vehicle type (config:write)."""
-        return await bus.ask(CreateVehicleType(code=data.code, label=data.label, category=data.category, by=caller.sub))
+        return await bus.ask(CreateVehicleType(by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/categories", opt=PUBLIC)
     async def categories(self, bus: Bus) -> list[Category]:
@@ -298,15 +273,7 @@ class VehiclesController(Controller):
     @post("/characteristics", guards=CATALOGUE_WRITE)
     async def create_characteristic(self, bus: Bus, caller: Caller, data: CharacteristicIn) -> CharacteristicValue:
         """Add a characteristic value (and its category when new) (config:write)."""
-        return await bus.ask(
-            CreateCharacteristic(
-                category_code=data.category_code,
-                category_label=data.category_label,
-                code=data.code,
-                label=data.label,
-                by=caller.sub,
-            )
-        )
+        return await bus.ask(CreateCharacteristic(by=caller.sub, **msgspec.structs.asdict(data)))
 
     # --- vehicles ----------------------------------------------------------------------------------
 
@@ -469,9 +436,7 @@ class VehiclesController(Controller):
     @post("/blacklist", guards=STANDING)
     async def blacklist_add(self, bus: Bus, caller: Caller, data: BlacklistIn) -> BlacklistEntry:
         """Blacklist a vehicle (by id) or a person (by user id): every procedure is then blocked."""
-        return await bus.ask(
-            AddToBlacklist(subject_kind=data.subject_kind, subject=data.subject, reason=data.reason, by=caller.sub)
-        )
+        return await bus.ask(AddToBlacklist(by=caller.sub, **msgspec.structs.asdict(data)))
 
     @post("/blacklist/{entry_id:uuid}/lift", guards=STANDING, status_code=200)
     async def blacklist_lift(self, bus: Bus, caller: Caller, entry_id: UUID) -> BlacklistEntry:
@@ -618,14 +583,7 @@ class VehiclesController(Controller):
 
 async def _declare(bus: Bus, caller: Caller, vehicle_id: UUID, kind: Any, data: EncumbranceIn) -> Encumbrance:
     return await bus.ask(
-        DeclareEncumbrance(
-            vehicle_id=vehicle_id,
-            kind=kind,
-            holder=data.holder,
-            reference=data.reference,
-            reason=data.reason,
-            by=caller.sub,
-        )
+        DeclareEncumbrance(vehicle_id=vehicle_id, kind=kind, by=caller.sub, **msgspec.structs.asdict(data))
     )
 
 
