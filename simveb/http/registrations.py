@@ -36,7 +36,6 @@ from simveb.actors.registrations.messages import (
     Note,
     OwnerType,
     PrestigeText,
-    Reason,
     RejectRequest,
     ReleaseReservation,
     RequestFilter,
@@ -53,7 +52,7 @@ from simveb.actors.registrations.messages import Request as RegistrationRequest
 from simveb.bus import Bus
 from simveb.csvcells import safe_writer
 from simveb.errors import BadRequest
-from simveb.http.inputs import Input
+from simveb.http.inputs import Input, body_of
 from simveb.http.security import requires
 from simveb.http.vehicles import FieldsIn
 from simveb.messages import Caller
@@ -121,17 +120,13 @@ class StatusIn(Input):
     declared_documents: list[DocCode] | None = None
 
 
-class ValidateIn(Input):
-    note: Note = ""
+ValidateIn = body_of(ValidateRequest, exclude=("request_id", "caller", "idempotency"), name="ValidateIn")
 
 
-class RejectIn(Input):
-    reason: Reason
+RejectIn = body_of(RejectRequest, exclude=("request_id", "caller", "idempotency"), name="RejectIn")
 
 
-class AssignIn(Input):
-    assignee_id: UUID
-    note: Note = ""
+AssignIn = body_of(AssignRequest, exclude=("request_id", "caller", "idempotency"), name="AssignIn")
 
 
 class ReserveIn(Input):
