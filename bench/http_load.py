@@ -15,7 +15,9 @@ the medians of the rounds' ratios (the machine may be shared: a neighbour hurts 
 round alike). The only setting changed from the defaults is `ratelimit.per_minute`, raised so one
 load generator address is not refused: the limiter still runs on every API request.
 
-    python bench/http.py [--seconds 5] [--rounds 5] [--connections 32]
+Run it from a clean clone, with the project's `bench` extra and wrk (`apt-get install wrk`):
+
+    pip install -e ".[bench]" && python bench/http.py [--seconds 5] [--rounds 5] [--connections 32]
 
 (bench/http.py only starts this module: see there why.)
 

@@ -13,7 +13,9 @@ created and dropped), one runtime with every actor and the outbox relay:
   plain `UPDATE ... RETURNING` increment of a counter in its own table per allocation, with asyncpg
   and a pool of the same size. Each side runs twice, interleaved. Target ratio >= 0.5.
 
-    python bench/registrations.py [--registrations 200] [--workers 16] [--allocations 3000]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/registrations.py [--registrations 200] [--workers 16] [--allocations 3000]
 """
 
 from __future__ import annotations
