@@ -460,22 +460,10 @@ CHECKS = [
 # --- on this repository -------------------------------------------------------------------------------
 
 
-# A violation known and being removed right now (issue 8: account creation moves into the auth
-# actor, and the CLI sends it one message). Tolerated until it is gone; then the test below fails
-# until the entry is deleted, so an exemption never outlives its violation.
-PENDING = {"simveb/cli/users.py imports simveb.http.users: simveb/cli never imports simveb/http"}
-
-
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_the_repository_keeps_its_boundaries(check) -> None:  # type: ignore[no-untyped-def]
-    bad = [line for line in check(ROOT) if line not in PENDING]
+    bad = check(ROOT)
     assert not bad, "\n".join(bad)
-
-
-def test_every_pending_exemption_is_still_needed() -> None:
-    reported = {line for check in CHECKS for line in check(ROOT)}
-    fixed = PENDING - reported
-    assert not fixed, f"fixed, delete from PENDING in tests/test_architecture.py: {sorted(fixed)}"
 
 
 def test_the_declared_ask_graph_is_acyclic_and_names_the_running_actors() -> None:
