@@ -12,7 +12,9 @@ In the same run:
 Runs on the embedded PostgreSQL, or on the server named by SIMVEB_TEST_DATABASE_URL (a scratch
 database is created and dropped).
 
-    python bench/documents.py [--certificates 40] [--uploads 100]
+Run it from a clean clone, with the project's `bench` extra:
+
+    pip install -e ".[bench]" && python bench/documents.py [--certificates 40] [--uploads 100]
 """
 
 from __future__ import annotations
