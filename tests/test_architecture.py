@@ -572,14 +572,17 @@ def test_the_cli_and_http_importing_each_other_or_a_store_is_reported(tree: Path
 
 
 def test_a_missing_store_or_schema_of_a_new_actor_is_reported(tree: Path) -> None:
-    new = tree / "simveb/actors/payments"
-    (new / "actor.py").write_text('"""Payments."""\n\n\nclass PaymentsActor:\n    name = "payment"\n')
-    (tree / "migrations/payments").mkdir(exist_ok=True)
-    (tree / "migrations/payments/0001_init.sql").write_text("CREATE TABLE payment.x (id int);\n")
+    new = tree / "simveb/actors/fines"  # an actor that does not exist (yet)
+    new.mkdir()
+    (new / "__init__.py").write_text('"""Fines."""\n')
+    (new / "messages.py").write_text('"""Fines."""\n')
+    (new / "actor.py").write_text('"""Fines."""\n\n\nclass FinesActor:\n    name = "fine"\n')
+    (tree / "migrations/fines").mkdir()
+    (tree / "migrations/fines/0001_init.sql").write_text("CREATE TABLE fine.x (id int);\n")
     assert planted(check_actor_layout, tree) == [
-        "simveb/actors/payments has no store.py",
-        "simveb/actors/payments/actor.py declares name ['payment'], expected 'payments'",
-        "migrations/payments/0001_init.sql (first migration of payments) does not create schema payments",
+        "simveb/actors/fines has no store.py",
+        "simveb/actors/fines/actor.py declares name ['fine'], expected 'fines'",
+        "migrations/fines/0001_init.sql (first migration of fines) does not create schema fines",
     ]
 
 
