@@ -10,7 +10,9 @@ transaction fetches directly, in the same run.
 The ratio handled/baseline is what verification, storage and settlement cost on top of the one call
 to the provider that cannot be avoided. The simulator runs in a thread with its own event loop.
 
-    python bench/payments.py [--webhooks 500] [--in-flight 16]
+Run it from a clean clone, with the project's `bench` extra (uvicorn serves the simulator):
+
+    pip install -e ".[bench]" && python bench/payments.py [--webhooks 500] [--in-flight 16]
 """
 
 from __future__ import annotations
