@@ -197,6 +197,11 @@ class AuthSettings(Section):
     otp_ttl_s: Positive = 300
     otp_max_attempts: Positive = 5
     otp_resend_cooldown_s: NonNegative = 60
+    # Abuse budgets of code requests (each may send an SMS): per client address per hour, per
+    # identifier (phone, email, NPI) per day, and for the whole country per day; 0 = no budget.
+    otp_budget_address_hour: NonNegative = 10
+    otp_budget_identifier_day: NonNegative = 5
+    otp_budget_total_day: NonNegative = 50_000
     challenge_ttl_s: Positive = 300
     # Brute force: failures per account within the window lock it; per client address as well.
     max_failures: Positive = 5

@@ -41,6 +41,7 @@ RUNTIME = {
     "simveb.errors",
     "simveb.keys",
     "simveb.csvcells",
+    "simveb.metrics",
 }
 # The one place the CLI may import the HTTP layer: `simveb serve` and `simveb openapi` host the
 # application itself (its factory), they do not borrow HTTP logic.

@@ -41,6 +41,7 @@ from simveb.http.inputs import field_of
 from simveb.http.logs import configure_logging, flush_logs, request_id_var
 from simveb.http.security import attach_verifier, caller, load_deny_list, maybe_caller, token
 from simveb.http.shell import HttpMetrics, Shell
+from simveb.metrics import COLLECTORS as PROCESS_COLLECTORS
 from simveb.runtime import Runtime
 
 log = logging.getLogger("simveb.http")
@@ -301,6 +302,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     )
     registry.register(http_metrics)  # type: ignore[arg-type]
     registry.register(BusCollector(app))  # type: ignore[arg-type]
+    for collector in PROCESS_COLLECTORS:
+        registry.register(collector)
     if runtime is not None:
         attach_runtime(app, runtime)
     return app

@@ -92,6 +92,7 @@ from simveb.errors import (
     Unauthorized,
 )
 from simveb.keys import KeyRing, Sealer, load_private, sealing_key
+from simveb.metrics import ABUSE_BUDGET_HITS
 
 log = logging.getLogger("simveb.auth")
 
@@ -517,6 +518,7 @@ class AuthActor(Actor):
                 expires_at=recent.expires_at,
                 resend_after_s=max(1, math.ceil(recent.wait)),
             )
+        await self._within_budgets(account, msg.client_ip)
         authz = await self._resolve(msg.identifier)
         wanted_status = "pending" if msg.purpose == "register" else "active"
         eligible = authz is not None and authz.status == wanted_status and bool(authz.phone or authz.email)
@@ -537,6 +539,28 @@ class AuthActor(Actor):
             # Delivered in the background: the reply takes as long whether or not a code is sent.
             self._spawn(self._deliver(authz, code, msg.purpose, challenge_id))
         return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+
+    async def _within_budgets(self, account: str, client_ip: str | None) -> None:
+        """TooManyRequests when a code request would spend past an abuse budget (an SMS costs money
+        and a flood denies codes to everyone): per address per hour, per identifier per day, in total
+        per day. Every request counts, whether an account exists or not, so a refusal reveals nothing."""
+        async with self.db.connection() as con:
+            n = await store.count_code_requests(con, account, client_ip)
+        budgets = (
+            ("address_hour", n.address_hour, self.conf.otp_budget_address_hour, 3600),
+            ("identifier_day", n.identifier_day, self.conf.otp_budget_identifier_day, 86400),
+            ("total_day", n.total_day, self.conf.otp_budget_total_day, 3600),
+        )
+        for name, used, budget, retry_after in budgets:
+            if budget and used >= budget:
+                ABUSE_BUDGET_HITS.labels(budget=name).inc()
+                # The alert line operators watch for (a flood in progress); the identifier is not logged.
+                log.warning(
+                    "ALERT abuse budget hit: code requests %s %d/%d (client %s)", name, used, budget, client_ip or "-"
+                )
+                raise TooManyRequests(
+                    "too many code requests; try again later", code="code_budget_spent", retry_after=retry_after
+                )
 
     async def _deliver(self, authz: UserAuthz, code: str, purpose: str, challenge_id: UUID) -> None:
         if not self.bus.handles(SendOtp):

@@ -393,6 +393,29 @@ async def recent_challenge(
     return from_row(RecentChallenge, row)
 
 
+class CodeRequests(msgspec.Struct, frozen=True, kw_only=True):
+    """Code requests (second-factor challenges excluded) counted for the abuse budgets."""
+
+    address_hour: int
+    identifier_day: int
+    total_day: int
+
+
+async def count_code_requests(con: asyncpg.Connection, account: str, client_ip: str | None) -> CodeRequests:
+    row = await con.fetchrow(
+        "SELECT"
+        " count(*) FILTER (WHERE client_ip = $2 AND created_at > now() - interval '1 hour') AS address_hour,"
+        " count(*) FILTER (WHERE account = $1) AS identifier_day,"
+        " count(*) AS total_day"
+        " FROM auth.otp_verifications WHERE purpose <> 'two_factor' AND created_at > now() - interval '1 day'",
+        account,
+        client_ip,
+    )
+    counted = from_row(CodeRequests, row)
+    assert counted is not None  # an aggregate: always one row
+    return counted
+
+
 async def create_challenge(
     con: asyncpg.Connection,
     *,

@@ -1,0 +1,18 @@
+"""Process-wide Prometheus counters that actors and the HTTP layer both raise.
+
+The app registers these collectors in its own registry (`simveb.http.app`); they are created
+unregistered so several apps in one process (tests) can each expose them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+ABUSE_BUDGET_HITS = Counter(
+    "simveb_abuse_budget_hits",
+    "Code or registration requests refused because an abuse budget was spent",
+    labelnames=["budget"],
+    registry=None,
+)
+
+COLLECTORS = (ABUSE_BUDGET_HITS,)
