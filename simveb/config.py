@@ -40,6 +40,8 @@ class ServerSettings(Section):
     sandbox: bool = True
     # Production refuses the embedded database unless this is set on purpose (a single-box pilot).
     allow_embedded_db: bool = False
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For / Forwarded are believed.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
 
 
 class DatabaseSettings(Section):
@@ -92,6 +94,10 @@ class RateLimitSettings(Section):
     enabled: bool = True
     # Requests per minute per client address on the whole API.
     per_minute: Positive = 600
+    # The shared store (redis.url) must answer within this, else the request is limited locally,
+    # and the store is left alone for redis_retry_s (a slow store must not slow every request).
+    redis_timeout_s: PositiveFloat = 0.05
+    redis_retry_s: PositiveFloat = 5.0
 
 
 class IntegrationsSettings(Section):

@@ -15,4 +15,10 @@ ABUSE_BUDGET_HITS = Counter(
     registry=None,
 )
 
-COLLECTORS = (ABUSE_BUDGET_HITS,)
+RATELIMIT_LOCAL_FALLBACK = Counter(
+    "simveb_ratelimit_local_fallback",
+    "Requests limited by this process's own counts because the shared store (Redis) did not answer",
+    registry=None,
+)
+
+COLLECTORS = (ABUSE_BUDGET_HITS, RATELIMIT_LOCAL_FALLBACK)

@@ -15,6 +15,7 @@ collector at scrape time; the access line is handed to the log writer thread (si
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import math
@@ -27,7 +28,9 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
 from simveb.errors import DomainError, TooManyRequests, Unauthorized
+from simveb.http.forwarded import ClientAddresses
 from simveb.http.logs import AccessEntry, access_writer, quick_record, request_id_var
+from simveb.metrics import RATELIMIT_LOCAL_FALLBACK
 
 if TYPE_CHECKING:
     from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -135,15 +138,20 @@ class RateLimiter:
 class RedisRateLimiter(RateLimiter):
     """The same estimate on counters in Redis, shared by every worker and server (one round trip).
 
-    When Redis does not answer, requests are let through (logged at most once a minute): the auth
-    service's own lockouts still hold, and an outage of a counter store must not take the API down.
+    When Redis is slow or down, the request is limited by this process's own counts (the parent's
+    estimate), counted in `simveb_ratelimit_local_fallback_total` and logged at most once a minute;
+    after a failure Redis is left alone for `redis_retry_s`, so an outage costs one short timeout
+    per retry period, not one per request.
     """
 
-    def __init__(self, per_minute: int, url: str) -> None:
+    def __init__(self, per_minute: int, url: str, timeout_s: float = 0.05, retry_s: float = 5.0) -> None:
         super().__init__(per_minute)
         import redis.asyncio as aioredis
 
-        self.redis = aioredis.from_url(url)
+        self.redis = aioredis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self._skip_until = 0.0
         self._warned = 0.0
 
     async def hit(self, client: str, now: float) -> tuple[bool, int, int]:
@@ -151,17 +159,23 @@ class RedisRateLimiter(RateLimiter):
         window_id = int(window)
         key = f"simveb:ratelimit:{client}:"
         reset = max(1, math.ceil(60.0 - into))
+        if now < self._skip_until:
+            RATELIMIT_LOCAL_FALLBACK.inc()
+            return await super().hit(client, now)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(key + str(window_id))
-                pipe.expire(key + str(window_id), 180)
-                pipe.get(key + str(window_id - 1))
-                current, _, previous = await pipe.execute()
+            async with asyncio.timeout(self.timeout_s):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.incr(key + str(window_id))
+                    pipe.expire(key + str(window_id), 180)
+                    pipe.get(key + str(window_id - 1))
+                    current, _, previous = await pipe.execute()
         except Exception as exc:
+            self._skip_until = now + self.retry_s
+            RATELIMIT_LOCAL_FALLBACK.inc()
             if now - self._warned > 60:
                 self._warned = now
-                log.warning("rate limit store unreachable, requests are not limited: %s", exc)
-            return True, self.limit, reset
+                log.warning("rate limit store unreachable, limiting with local counts: %r", exc)
+            return await super().hit(client, now)
         estimate = int(previous or 0) * (1.0 - into / 60.0) + int(current)
         if estimate > self.limit:
             return False, 0, reset
@@ -185,9 +199,14 @@ class Shell:
         self.limiter: RateLimiter | None = None
         if settings.ratelimit.enabled:
             per_minute = settings.ratelimit.per_minute
+            rl = settings.ratelimit
             self.limiter = (
-                RedisRateLimiter(per_minute, settings.redis.url) if settings.redis.url else RateLimiter(per_minute)
+                RedisRateLimiter(per_minute, settings.redis.url, rl.redis_timeout_s, rl.redis_retry_s)
+                if settings.redis.url
+                else RateLimiter(per_minute)
             )
+        # Only when proxies are configured: no per-request cost otherwise.
+        self.addresses = ClientAddresses(settings.server.trusted_proxies) if settings.server.trusted_proxies else None
         self.limit_header = str(settings.ratelimit.per_minute).encode()
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
@@ -231,6 +250,9 @@ class Shell:
                 await send(message)
 
             path: str = scope["path"]
+            if shell.addresses is not None and (peer := scope.get("client")):
+                # Rate limits, lockouts and logs all read scope["client"]: the real client, not the proxy.
+                scope["client"] = (shell.addresses.resolve(peer[0], scope["headers"]), peer[1])
             try:
                 refusal = None
                 if origin is not None and scope["method"] == "OPTIONS":
