@@ -25,7 +25,7 @@ from simveb.actors.users.messages import (
 )
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound
 from simveb.runtime import Runtime
-from tests.users_support import make_user, npi, phone, seed_roles
+from tests.users_support import events, make_user, npi, phone, seed_roles
 
 
 def _registration(**fields: str) -> RegisterCitizen:
@@ -163,6 +163,8 @@ async def test_password_refused_once_the_account_exists_releases_it(runtime):
     (row,) = await _account_rows(rt, email)  # ... and nothing was erased
     assert (row["status"], row["released"], row["has_password"]) == ("inactive", True, False)
     assert row["actions"] == ["created", "creation_aborted"]
+    # Created pending by the saga, it was never active: nobody welcomes it.
+    assert [e for e in await events(rt, "UserRegistered") if e["user_id"] == str(row["id"])] == []
 
     # A plainly bad password creates nothing at all.
     with pytest.raises(Invalid):
@@ -178,6 +180,9 @@ async def test_password_refused_once_the_account_exists_releases_it(runtime):
     assert result.status == "authenticated"
     rows = await _account_rows(rt, email)
     assert [(r["status"], r["has_password"]) for r in rows] == [("inactive", False), ("active", True)]
+    assert rows[1]["actions"] == ["created", "registration_confirmed"]
+    welcomed = [e["user_id"] for e in await events(rt, "UserRegistered")]
+    assert welcomed == [str(created.user.id)]
 
 
 async def test_account_without_a_password(runtime):

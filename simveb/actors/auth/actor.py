@@ -35,6 +35,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 import pyotp
 import segno
 from argon2 import PasswordHasher
@@ -74,6 +75,7 @@ from simveb.actors.notifications.messages import SendOtp
 from simveb.actors.users.messages import (
     AbortCreation,
     ConfirmRegistration,
+    CreateUser,
     GetUserAuthz,
     ResolveLogin,
     UserAuthz,
@@ -294,12 +296,13 @@ class AuthActor(Actor):
 
     @handler
     async def create_account(self, msg: CreateAccount) -> AccountCreated:
-        """The account-creation saga: check, create (users), set the password, release on failure."""
-        if msg.password is not None:
-            await self._policy(msg.password, None)  # a plainly bad password creates nothing
-        user = await self.bus.ask(msg.user)
+        """The account-creation saga: check, create pending (users), set the password, confirm (users:
+        active and welcomed); release the account if a step after its creation fails."""
         if msg.password is None:
-            return AccountCreated(user=user, password_set=False)
+            return AccountCreated(user=await self.bus.ask(msg.user), password_set=False)
+        await self._policy(msg.password, None)  # a plainly bad password creates nothing
+        pending = CreateUser(**{**msgspec.structs.asdict(msg.user), "pending": True})
+        user = await self.bus.ask(pending)
         by = msg.user.caller.sub
         try:
             account = UserAuthz(
@@ -313,8 +316,9 @@ class AuthActor(Actor):
                 npi=user.npi,
             )
             await self._set_password(user.id, msg.password, by, account)
+            await self.bus.ask(ConfirmRegistration(user_id=user.id))
         except Exception as exc:
-            # Compensation: the account must not stay active without the password it was created with.
+            # Compensation: the account must not stay (nor ever become active) without its password.
             log.warning("password of new user %s could not be set (%s): releasing the account", user.id, exc)
             try:
                 await self.bus.ask(AbortCreation(user_id=user.id, by=by, reason="password not set"))
@@ -323,7 +327,7 @@ class AuthActor(Actor):
             if isinstance(exc, DomainError):
                 raise
             raise InternalError("the account could not be completed", code="creation_failed") from exc
-        return AccountCreated(user=user, password_set=True)
+        return AccountCreated(user=msgspec.structs.replace(user, status="active"), password_set=True)
 
     # --- lockouts ----------------------------------------------------------------------------------
 

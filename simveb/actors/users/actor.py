@@ -1,7 +1,8 @@
 """The users actor: accounts, profiles, roles and permissions as data, KYC, and their histories.
 
 Every change commits its row, an append-only history entry and its events (UserContactChanged,
-UserRegistered, UserDeactivated, UserRolesChanged) through the outbox in one transaction: handlers
+UserRegistered when an account becomes active the first time, UserDeactivated, UserRolesChanged)
+through the outbox in one transaction: handlers
 take the runtime's connection, except `VerifyNpi`, which asks the registry (through integrations)
 between a read and a re-checked write and so holds no connection while it waits. Object-level
 authorisation is decided here, where the data is: the HTTP layer and the CLI pass the `Caller` the
@@ -245,7 +246,9 @@ class UsersActor(Actor):
                 con,
                 _contact_event(await store.get_row(con, msg.user_id)),
                 UserRegistered(
-                    user_id=msg.user_id, kind=row.kind, name=_display_name(profile.first_name, profile.last_name)
+                    user_id=msg.user_id,
+                    kind=row.kind,
+                    name=profile.company_name or _display_name(profile.first_name, profile.last_name),
                 ),
             )
         return await store.authz(con, msg.user_id)  # type: ignore[return-value]
@@ -325,7 +328,7 @@ class UsersActor(Actor):
                 user_id = await store.insert_user(
                     con,
                     kind=msg.kind,
-                    status="active",
+                    status="pending" if msg.pending else "active",
                     email=msg.email.lower() if msg.email else None,
                     phone=msg.phone,
                     npi=msg.npi,
@@ -345,15 +348,10 @@ class UsersActor(Actor):
                     await store.put_identity(con, user_id, "ifu", msg.ifu)
                 await store.replace_roles(con, user_id, [], roles, by)
                 await store.record(con, user_id, by, "created", None, _public(msg))
-                await self.emit(
-                    con,
-                    _contact_event(await store.get_row(con, user_id)),
-                    UserRegistered(
-                        user_id=user_id,
-                        kind=msg.kind,
-                        name=msg.company_name or _display_name(msg.first_name, msg.last_name),
-                    ),
-                )
+                await self.emit(con, _contact_event(await store.get_row(con, user_id)))
+                if not msg.pending:  # a pending account is welcomed when it is confirmed
+                    name = msg.company_name or _display_name(msg.first_name, msg.last_name)
+                    await self.emit(con, UserRegistered(user_id=user_id, kind=msg.kind, name=name))
                 return await store.get_user(con, user_id)  # type: ignore[return-value]
         except asyncpg.UniqueViolationError as exc:
             field = _unique_field(exc)

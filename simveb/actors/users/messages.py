@@ -56,7 +56,8 @@ class GetUserAuthz(Ask[UserAuthz]):
 
 
 class ConfirmRegistration(Ask[UserAuthz]):
-    """Sent by auth once a self-registered citizen proved their phone with an OTP: pending -> active."""
+    """Sent by auth once a self-registered citizen proved their phone with an OTP, or once an account
+    created pending by its saga is complete: pending -> active (UserRegistered emitted)."""
 
     user_id: UUID
 
@@ -261,7 +262,12 @@ class RegisterCitizen(Ask[Registration]):
 
 
 class CreateUser(Ask[User]):
-    """Created by an admin (users:write): active at once; Conflict when an identifier is taken."""
+    """Created by an admin (users:write): active at once; Conflict when an identifier is taken.
+
+    With `pending`, the account is created pending and becomes active (and is welcomed) at
+    `ConfirmRegistration`: auth's account-creation saga does that once the password is set, so an
+    account whose creation is then aborted was never active nor welcomed.
+    """
 
     caller: Caller
     kind: UserKind = "staff"
@@ -274,6 +280,7 @@ class CreateUser(Ask[User]):
     company_name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     ifu: Ifu | None = None
     language: Language = "fr"
+    pending: bool = False
 
 
 class AbortCreation(Ask[None]):
