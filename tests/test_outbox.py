@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from simveb.bus import Actor, handler
+from simveb.bus import Actor, handler, reader
 from simveb.config import Settings, with_overrides
 from simveb.messages import Ask, Event
 from simveb.outbox import OutboxRelay
@@ -454,3 +454,35 @@ async def test_rows_claimed_by_a_relay_that_died_are_delivered_by_another_after_
         assert all(r["published_at"] is not None and r["claimed_by"] == relay_b.name for r in rows)
     finally:
         await alive.stop()
+
+
+class Look(Ask[bool]):
+    pass
+
+
+class Write(Ask[bool]):
+    pass
+
+
+class Transactions(Actor):
+    """Says whether the runtime gave it its connection inside a transaction."""
+
+    name = "transactions"
+
+    @reader
+    async def look(self, msg: Look, con: asyncpg.Connection) -> bool:
+        return con.is_in_transaction()
+
+    @handler
+    async def write(self, msg: Write, con: asyncpg.Connection) -> bool:
+        return con.is_in_transaction()
+
+
+async def test_a_reader_runs_outside_a_transaction_a_handler_inside(settings: Settings, scratch: str) -> None:
+    runtime = Runtime(settings, actors=[Transactions], graph={}, relay=False)
+    await runtime.start(migrate_first=False, seed_if_empty=False)
+    try:
+        assert await runtime.bus.ask(Look()) is False, "no BEGIN/COMMIT round trips for a read"
+        assert await runtime.bus.ask(Write()) is True
+    finally:
+        await runtime.stop()

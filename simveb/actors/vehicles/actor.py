@@ -83,7 +83,7 @@ from simveb.actors.vehicles.messages import (
     VehicleUpdated,
     Viewer,
 )
-from simveb.bus import Actor, handler
+from simveb.bus import Actor, handler, reader
 from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
 
 log = logging.getLogger("simveb.vehicles")
@@ -226,7 +226,7 @@ class VehiclesActor(Actor):
 
     # --- vehicles: reads ---------------------------------------------------------------------------
 
-    @handler
+    @reader  # one SELECT: no transaction round trips
     async def get_vehicle(self, msg: GetVehicle, con: asyncpg.Connection) -> Vehicle:
         vehicle = await store.get_vehicle(con, msg.vehicle_id)
         if vehicle is None or not visible(vehicle, msg.viewer):
