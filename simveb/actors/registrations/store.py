@@ -256,6 +256,14 @@ async def add_payment(
     )
 
 
+async def last_plate_assigned(con: asyncpg.Connection, vehicle_id: UUID) -> str | None:
+    """The plate this service assigned to the vehicle most recently, if any."""
+    return await con.fetchval(
+        "SELECT plate FROM registrations.plate_assignments WHERE vehicle_id = $1 ORDER BY id DESC LIMIT 1",
+        vehicle_id,
+    )
+
+
 async def add_plate_assignment(
     con: asyncpg.Connection, request_id: UUID, vehicle_id: UUID, plate: str, old_plate: str | None
 ) -> None:
