@@ -230,6 +230,9 @@ class AuthSettings(Section):
     code_secret: str = ""
     # Verifiers poll the deny list this often (cross-process revocation lag) and re-read keys on an unknown kid.
     deny_list_poll_s: PositiveFloat = 1.0
+    # A refresh token presented again this soon after its exchange (a lost answer) gets the same new
+    # pair again; later, a reuse revokes the whole session (a replay).
+    refresh_reuse_grace_s: NonNegative = 10
     key_reload_s: PositiveFloat = 5.0
 
 

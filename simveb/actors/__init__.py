@@ -34,7 +34,7 @@ ASK_GRAPH: dict[str, set[str]] = {
     "integrations": set(),
     "notifications": set(),
     "users": {"integrations"},
-    "auth": {"users", "notifications"},
+    "auth": {"users", "notifications", "config"},
     "vehicles": set(),
     "registrations": {"config", "vehicles", "users", "documents"},
     "documents": {"vehicles", "users", "payments"},

@@ -263,3 +263,68 @@ async def test_deny_list_pages_end_on_whole_transactions(runtime: Runtime) -> No
         seen |= {d.jti for d in page.items}
         cursor = page.cursor
     assert "after" in seen and len(seen) == 5004
+
+
+# --- 3. account takeover: refresh reuse grace, staff session limit ------------------------------------
+
+
+async def test_a_lost_refresh_answer_gets_the_same_pair_again_within_the_grace(runtime: Runtime) -> None:
+    bus = runtime.bus
+    assert bus is not None
+    user_id, email = await make_user(runtime)
+    first = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+    assert first is not None
+    second = (await bus.ask(RefreshSession(refresh_token=first.refresh_token))).tokens
+    again = (await bus.ask(RefreshSession(refresh_token=first.refresh_token))).tokens  # the answer was lost
+    assert again == second
+    assert [s.id for s in await bus.ask(ListSessions(user_id=user_id))] == [first.session_id]
+    assert second is not None and (await bus.ask(RefreshSession(refresh_token=second.refresh_token))).tokens
+
+
+async def test_a_refresh_replay_after_the_grace_still_revokes_the_family(base_settings: Settings) -> None:
+    """The thief replays a stolen refresh token the owner already exchanged: the session dies."""
+    async with runtime_with(base_settings, refresh_reuse_grace_s=1) as rt:
+        bus = rt.bus
+        assert bus is not None
+        user_id, email = await make_user(rt)
+        first = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+        assert first is not None
+        second = (await bus.ask(RefreshSession(refresh_token=first.refresh_token))).tokens
+        assert second is not None
+        await asyncio.sleep(1.3)
+        with pytest.raises(Unauthorized) as err:
+            await bus.ask(RefreshSession(refresh_token=first.refresh_token))
+        assert err.value.code == "refresh_token_reused"
+        with pytest.raises(Unauthorized):
+            await bus.ask(RefreshSession(refresh_token=second.refresh_token))
+        assert await bus.ask(ListSessions(user_id=user_id)) == []
+
+
+async def test_a_staff_session_ends_after_staff_session_minutes_however_often_refreshed(seeded: Runtime) -> None:
+    """A stolen staff refresh token cannot keep a session alive past security.staff_session_minutes."""
+    from simveb.actors.config.messages import PutSetting
+
+    bus = seeded.bus
+    assert bus is not None and seeded.db is not None
+    await bus.ask(PutSetting(key="security.staff_session_minutes", value=30, by="test"))
+    user_id, email = await make_user(seeded, "agent")
+    tokens = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+    assert tokens is not None and tokens.expires_in <= 900
+    left = (await db_fetch(seeded, "SELECT expires_at - created_at AS d FROM auth.sessions"))[0]["d"]
+    assert left.total_seconds() == pytest.approx(1800, abs=5)
+    # Eight hours of refreshing, compressed: the session is older than the limit.
+    async with seeded.db.transaction() as con:
+        await con.execute("UPDATE auth.sessions SET created_at = now() - interval '31 minutes'")
+    with pytest.raises(Unauthorized) as err:
+        await bus.ask(RefreshSession(refresh_token=tokens.refresh_token))
+    assert err.value.code in ("session_expired", "session_revoked")
+    assert await bus.ask(ListSessions(user_id=user_id)) == []
+    # Twenty-nine minutes in, a refresh works but its access token ends with the session.
+    fresh = (await bus.ask(Login(identifier=email, password=PASSWORD))).tokens
+    assert fresh is not None
+    async with seeded.db.transaction() as con:
+        await con.execute(
+            "UPDATE auth.sessions SET created_at = now() - interval '29 minutes' WHERE id = $1", fresh.session_id
+        )
+    renewed = (await bus.ask(RefreshSession(refresh_token=fresh.refresh_token))).tokens
+    assert renewed is not None and renewed.expires_in <= 61

@@ -21,6 +21,7 @@ Rules that hold everywhere below:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -71,6 +72,7 @@ from simveb.actors.auth.messages import (
     TwoFactorChallenge,
     VerifyOtp,
 )
+from simveb.actors.config.messages import GetSetting
 from simveb.actors.notifications.messages import SendOtp
 from simveb.actors.users.messages import (
     AbortCreation,
@@ -408,10 +410,12 @@ class AuthActor(Actor):
         limited: bool,
         mfa: bool,
         method: str,
+        max_ttl_s: float | None = None,
     ) -> TokenPair:
-        """Sign an access token and store it with a new refresh token, in the caller's transaction."""
+        """Sign an access token and store it with a new refresh token, in the caller's transaction.
+        `max_ttl_s` caps the access token's life (what is left of a staff session)."""
         now = int(time.time())
-        ttl = self.conf.access_ttl_s
+        ttl = self.conf.access_ttl_s if max_ttl_s is None else max(1, min(self.conf.access_ttl_s, int(max_ttl_s)))
         jti = uuid.uuid4().hex
         claims: dict[str, Any] = {
             "iss": self.settings.security.issuer,
@@ -436,10 +440,23 @@ class AuthActor(Actor):
             access_token=access, refresh_token=refresh, expires_in=ttl, session_id=session_id, limited=limited
         )
 
+    async def _staff_session_s(self) -> float:
+        """security.staff_session_minutes (config service), in seconds; the seeded 480 minutes when
+        no config service runs in this process."""
+        minutes = 480
+        if self.bus.handles(GetSetting):
+            with contextlib.suppress(NotFound):
+                minutes = int((await self.bus.ask(GetSetting(key="security.staff_session_minutes"))).value)
+        return float(max(1, minutes) * 60)
+
     async def _new_session(
         self, authz: UserAuthz, *, method: str, mfa: bool, client_ip: str | None, user_agent: str | None
     ) -> LoginResult:
         limited = self._needs_2fa(authz) and not mfa
+        session_ttl = float(self.conf.refresh_ttl_s)
+        staff_s = await self._staff_session_s() if authz.kind == "staff" else None
+        if staff_s is not None:
+            session_ttl = min(session_ttl, staff_s)
         session_id = uuid.uuid4()
         async with self.db.transaction() as con:
             await store.create_session(
@@ -451,9 +468,11 @@ class AuthActor(Actor):
                 limited=limited,
                 client_ip=client_ip,
                 user_agent=(user_agent or "")[:300] or None,
-                ttl_s=self.conf.refresh_ttl_s,
+                ttl_s=int(session_ttl),
             )
-            tokens = await self._issue(con, authz, session_id, limited=limited, mfa=mfa, method=method)
+            tokens = await self._issue(
+                con, authz, session_id, limited=limited, mfa=mfa, method=method, max_ttl_s=staff_s
+            )
         return LoginResult(status="authenticated", tokens=tokens)
 
     async def _signed_in(
@@ -680,14 +699,29 @@ class AuthActor(Actor):
         async with self.db.connection() as con:
             peek = await store.refresh_token(con, token_hash, lock=False)
         authz = None
+        staff_limit_s: float | None = None
         if peek is not None and peek.rotated_at is None and peek.revoked_at is None and not peek.expired:
             authz = await self.bus.ask(GetUserAuthz(user_id=peek.user_id))
+            if authz.kind == "staff":
+                staff_limit_s = await self._staff_session_s()
         refused: Unauthorized | None = None
         tokens: TokenPair | None = None
         async with self.db.transaction() as con:
             row = await store.refresh_token(con, token_hash)
             if row is None:
                 refused = Unauthorized("unknown refresh token", code="invalid_refresh_token")
+            elif (
+                row.rotated_at is not None
+                and row.successor_sealed is not None
+                and row.revoked_at is None
+                and not row.expired
+                and (row.rotated_age_s or 0.0) <= self.conf.refresh_reuse_grace_s
+            ):
+                # The answer to the exchange was lost (network, crash): the same new pair again.
+                # Nothing new is issued, so a thief replaying it gains nothing the owner did not get.
+                tokens = msgspec.json.decode(
+                    self._sealer.unseal(row.session_id, row.successor_sealed)[1], type=TokenPair
+                )
             elif row.rotated_at is not None:
                 # Reuse of an exchanged token: it was stolen or replayed. Revoke the whole family.
                 await store.revoke_sessions(con, [row.session_id], "refresh_token_reuse")
@@ -698,10 +732,18 @@ class AuthActor(Actor):
             elif authz.status != "active":
                 await store.revoke_sessions(con, [row.session_id], "user_inactive")
                 refused = Unauthorized("session ended; sign in again", code="session_revoked")
+            elif staff_limit_s is not None and row.session_age_s >= staff_limit_s:
+                # security.staff_session_minutes: a staff session ends however often it is refreshed.
+                await store.revoke_sessions(con, [row.session_id], "staff_session_expired")
+                refused = Unauthorized("staff session ended; sign in again", code="session_expired")
             else:
                 limited = self._needs_2fa(authz) and not row.mfa
-                await store.rotate(con, token_hash, row.session_id, limited)
-                tokens = await self._issue(con, authz, row.session_id, limited=limited, mfa=row.mfa, method=row.method)
+                left = None if staff_limit_s is None else staff_limit_s - row.session_age_s
+                tokens = await self._issue(
+                    con, authz, row.session_id, limited=limited, mfa=row.mfa, method=row.method, max_ttl_s=left
+                )
+                sealed = self._sealer.seal(row.session_id, "refresh", msgspec.json.encode(tokens).decode())
+                await store.rotate(con, token_hash, row.session_id, limited, sealed)
         if refused is not None:
             raise refused
         return LoginResult(status="authenticated", tokens=tokens)

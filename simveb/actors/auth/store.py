@@ -28,6 +28,9 @@ class RefreshRow(msgspec.Struct, frozen=True, kw_only=True):
     limited: bool
     revoked_at: datetime | None
     expired: bool
+    rotated_age_s: float | None = None  # seconds since it was exchanged
+    successor_sealed: bytes | None = None  # the pair it was exchanged for, within the grace window
+    session_age_s: float = 0.0
 
 
 class RecentChallenge(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,7 +152,9 @@ async def refresh_token(con: asyncpg.Connection, token_hash: bytes, *, lock: boo
     waits, then sees it used)."""
     row = await con.fetchrow(
         "SELECT r.token_hash, r.rotated_at, s.id AS session_id, s.user_id, s.method, s.mfa, s.limited,"
-        " s.revoked_at, s.expires_at <= now() AS expired"
+        " s.revoked_at, s.expires_at <= now() AS expired,"
+        " extract(epoch FROM now() - r.rotated_at)::float8 AS rotated_age_s, r.successor_sealed,"
+        " extract(epoch FROM now() - s.created_at)::float8 AS session_age_s"
         " FROM auth.refresh_tokens r JOIN auth.sessions s ON s.id = r.session_id"
         " WHERE r.token_hash = $1" + (" FOR UPDATE" if lock else ""),
         token_hash,
@@ -157,8 +162,14 @@ async def refresh_token(con: asyncpg.Connection, token_hash: bytes, *, lock: boo
     return from_row(RefreshRow, row)
 
 
-async def rotate(con: asyncpg.Connection, token_hash: bytes, session_id: UUID, limited: bool) -> None:
-    await con.execute("UPDATE auth.refresh_tokens SET rotated_at = now() WHERE token_hash = $1", token_hash)
+async def rotate(
+    con: asyncpg.Connection, token_hash: bytes, session_id: UUID, limited: bool, successor_sealed: bytes | None
+) -> None:
+    await con.execute(
+        "UPDATE auth.refresh_tokens SET rotated_at = now(), successor_sealed = $2 WHERE token_hash = $1",
+        token_hash,
+        successor_sealed,
+    )
     await con.execute("UPDATE auth.sessions SET last_used_at = now(), limited = $2 WHERE id = $1", session_id, limited)
 
 
@@ -546,3 +557,7 @@ async def purge(con: asyncpg.Connection) -> None:
     await con.execute("DELETE FROM auth.denied_tokens WHERE expires_at < now() - interval '1 minute'")
     await con.execute("DELETE FROM auth.access_tokens WHERE expires_at < now() - interval '1 minute'")
     await con.execute("DELETE FROM auth.otp_verifications WHERE expires_at < now() - interval '1 day'")
+    await con.execute(
+        "UPDATE auth.refresh_tokens SET successor_sealed = NULL"
+        " WHERE successor_sealed IS NOT NULL AND rotated_at < now() - interval '5 minutes'"
+    )
