@@ -328,3 +328,38 @@ async def test_a_staff_session_ends_after_staff_session_minutes_however_often_re
         )
     renewed = (await bus.ask(RefreshSession(refresh_token=fresh.refresh_token))).tokens
     assert renewed is not None and renewed.expires_in <= 61
+
+
+async def test_two_concurrent_requests_cannot_remove_the_last_two_admins(runtime: Runtime) -> None:
+    """Two admins, two requests at once: deactivate one, demote the other. One must be refused."""
+    from simveb.actors.users.messages import SYSTEM, DeactivateUser, SetUserRoles
+    from simveb.errors import Conflict
+
+    bus = runtime.bus
+    assert bus is not None
+    await make_user(runtime, "agent")  # seeds roles
+    for _ in range(5):  # the race is won or lost by timing: try it several times
+        a, _ = await make_user(runtime, "admin")
+        b, _ = await make_user(runtime, "admin")
+        rows = await db_fetch(
+            runtime,
+            "SELECT u.id FROM users.users u JOIN users.user_roles r ON r.user_id = u.id"
+            " WHERE r.role = 'admin' AND u.status = 'active' AND u.id <> ALL($1::uuid[])",
+            [a, b],
+        )
+        # Only these two are admins: earlier rounds' survivors are demoted by a third admin first.
+        for row in rows:
+            await bus.ask(SetUserRoles(user_id=row["id"], caller=SYSTEM, roles=["agent"]))
+        results = await asyncio.gather(
+            bus.ask(DeactivateUser(user_id=a, caller=SYSTEM, reason="race")),
+            bus.ask(SetUserRoles(user_id=b, caller=SYSTEM, roles=["agent"])),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, Conflict)]
+        assert len(refused) == 1 and refused[0].code == "last_admin", results
+        admins = await db_fetch(
+            runtime,
+            "SELECT count(*) AS n FROM users.users u JOIN users.user_roles r ON r.user_id = u.id"
+            " WHERE r.role = 'admin' AND u.status = 'active'",
+        )
+        assert admins[0]["n"] == 1

@@ -368,6 +368,10 @@ async def all_roles(con: asyncpg.Connection) -> list[RoleInfo]:
 
 
 async def active_admins(con: asyncpg.Connection) -> int:
+    """Active admins, counted under a transaction lock every admin removal takes first: two removals
+    at once (each seeing two admins under READ COMMITTED) would otherwise leave none. After the lock
+    this statement's snapshot sees what the other removal committed."""
+    await con.execute("SELECT pg_advisory_xact_lock(hashtextextended('users:last_admin', 0))")
     return await con.fetchval(
         "SELECT count(*) FROM users.users u JOIN users.user_roles ur ON ur.user_id = u.id"
         " WHERE ur.role = 'admin' AND u.status = 'active'"
