@@ -245,6 +245,9 @@ class UsersSettings(Section):
     # An unconfirmed self-registration holds its NPI and phone this long; after it, a new
     # registration with the same NPI or phone releases it (so a typo or a squatter cannot block).
     pending_ttl_h: Positive = 24
+    # Self-service NPI verifications allowed per account in the window (staff are not limited).
+    npi_verify_max_attempts: Positive = 5
+    npi_verify_window_h: Positive = 24
     page_default: Positive = 20
     page_max: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
 

@@ -93,24 +93,61 @@ async def test_npi_verification_happy_path_then_kyc(runtime, client, auth, sim):
     assert identity["source"] == "anip" and identity["verified_at"] is not None
 
 
-async def test_mismatch_is_409_naming_the_fields_only(runtime, client, auth, sim):
+async def test_mismatch_is_409_naming_the_fields_to_staff_only(runtime, client, auth, sim):
     await seed_roles(runtime)
     user, rec = await _citizen_like_registry(runtime, first_name="Wrongname")
     me = auth(sub=str(user.id))
+    agent = auth(*AGENT, sub="00000000-0000-0000-0000-00000000a9e7")
     born = date.fromisoformat(rec["date_naissance"]).replace(year=1949).isoformat()
     await _set_birth_date(client, user, me, born)
+    # The citizen learns only that it does not match (no field names: they would guide a probe).
     r = await client.post(f"/api/users/{user.id}/verify-npi", headers=me)
     assert r.status_code == 409 and r.headers["content-type"].startswith("application/problem+json")
     body = r.json()
-    assert body["code"] == "npi_mismatch" and body["fields"] == ["first_name", "birth_date"]
+    assert body["code"] == "npi_mismatch" and "fields" not in body
+    assert "first_name" not in r.text and "birth_date" not in r.text
+    # An agent sees which fields differ.
+    r = await client.post(f"/api/users/{user.id}/verify-npi", headers=agent)
+    body = r.json()
+    assert r.status_code == 409 and body["code"] == "npi_mismatch" and body["fields"] == ["first_name", "birth_date"]
     # The registry's values are never disclosed.
     assert rec["prenoms"] not in r.text and rec["date_naissance"] not in r.text
     assert (await client.get(f"/api/users/{user.id}", headers=me)).json()["kyc_status"] == "unverified"
-    # An unknown NPI is a mismatch of the NPI itself.
+    # An unknown NPI is a mismatch of the NPI itself (named to staff only).
     unknown, _ = await _citizen_like_registry(runtime, npi=npi()[:8] + "00")
     them = auth(sub=str(unknown.id))
     r = await client.post(f"/api/users/{unknown.id}/verify-npi", headers=them)
+    assert r.status_code == 409 and "fields" not in r.json()
+    r = await client.post(f"/api/users/{unknown.id}/verify-npi", headers=agent)
     assert r.status_code == 409 and r.json()["fields"] == ["npi"]
+
+
+async def test_a_birth_date_probe_hits_the_limit_and_never_learns_which_field_differs(runtime, client, auth, sim):
+    """The attacker owns the account (or a stolen token) and tries birth dates one after another."""
+    await seed_roles(runtime)
+    user, rec = await _citizen_like_registry(runtime)
+    me = auth(sub=str(user.id))
+    real = date.fromisoformat(rec["date_naissance"])
+    limit = runtime.settings.users.npi_verify_max_attempts
+    answers = []
+    for year in range(1940, 1940 + limit + 3):
+        guess = real.replace(year=year) if year != real.year else real.replace(year=year - 100)
+        await _set_birth_date(client, user, me, guess.isoformat())
+        r = await client.post(f"/api/users/{user.id}/verify-npi", headers=me)
+        answers.append(r)
+    codes = [r.status_code for r in answers]
+    assert codes[:limit] == [409] * limit and set(codes[limit:]) == {429}
+    # Every refusal reads the same: nothing says which field is wrong.
+    assert len({r.json()["detail"] for r in answers[:limit]}) == 1
+    assert all("birth_date" not in r.text and "fields" not in r.json() for r in answers)
+    # Even the right date is refused now: the probe cannot confirm a hit.
+    await _set_birth_date(client, user, me, rec["date_naissance"])
+    r = await client.post(f"/api/users/{user.id}/verify-npi", headers=me)
+    assert r.status_code == 429 and r.json()["code"] == "too_many_attempts"
+    # An agent can still verify the account.
+    agent = auth(*AGENT, sub="00000000-0000-0000-0000-00000000a9e7")
+    r = await client.post(f"/api/users/{user.id}/verify-npi", headers=agent)
+    assert r.status_code == 200 and r.json()["kyc_status"] == "npi_verified"
 
 
 async def test_someone_else_cannot_verify_my_npi(runtime, client, auth, sim):

@@ -57,9 +57,11 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Actor, handler
-from simveb.errors import Conflict, Forbidden, Invalid, NotFound
+from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 
 log = logging.getLogger("simveb.users")
+
+NO_MATCH = "the profile does not match the national registry"
 
 # Profile fields that come from the registry once the NPI is verified: editing them afterwards would
 # make the verification a lie, so they are locked (an admin edit resets the KYC status instead).
@@ -533,6 +535,19 @@ class UsersActor(Actor):
         if row.kyc_status != "unverified":
             async with self.db.connection() as con:
                 return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
+        # Self-service callers could find a birth date by trying: their attempts are limited, and a
+        # mismatch tells them only that it does not match. Staff (users:kyc) see which fields differ.
+        staff = caller.can("users:kyc")
+        if not staff:
+            conf = self.settings.users
+            async with self.db.transaction() as con:
+                attempts = await store.npi_attempt(con, msg.user_id, caller.sub, conf.npi_verify_window_h)
+            if attempts > conf.npi_verify_max_attempts:
+                raise TooManyRequests(
+                    "too many verification attempts; an agent can verify the account",
+                    retry_after=conf.npi_verify_window_h * 3600,
+                    code="too_many_attempts",
+                )
         # The lookup happens outside any transaction: a slow registry must not hold a row lock.
         try:
             citizen = await self.bus.ask(
@@ -540,8 +555,12 @@ class UsersActor(Actor):
                 timeout=self.settings.users.registry_timeout_s,
             )
         except NotFound:
+            if not staff:
+                raise Conflict(NO_MATCH, code="npi_mismatch") from None
             raise Conflict("the registry does not know this NPI", code="npi_mismatch", fields=["npi"]) from None
         differ = registry_mismatches(profile, citizen)
+        if differ and not staff:
+            raise Conflict(NO_MATCH, code="npi_mismatch")
         if differ:
             # Only the names of the fields: the registry's values are not disclosed to the caller.
             raise Conflict(

@@ -412,6 +412,21 @@ async def authz(con: asyncpg.Connection, user_id: UUID) -> UserAuthz | None:
 # --- history -----------------------------------------------------------------------------------------
 
 
+async def npi_attempt(con: asyncpg.Connection, user_id: UUID, by: str, window_h: int) -> int:
+    """Record a self-service NPI verification attempt (history) and return how many the window holds,
+    this one included. Serialised per user, so attempts sent at once cannot all pass the limit."""
+    await con.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('users:npi_attempt:' || $1::uuid::text, 0))", user_id
+    )
+    await record(con, user_id, by, "npi_verify_attempt", None, None)
+    return await con.fetchval(
+        "SELECT count(*) FROM users.user_history WHERE user_id = $1 AND action = 'npi_verify_attempt'"
+        " AND at > now() - make_interval(hours => $2)",
+        user_id,
+        window_h,
+    )
+
+
 async def record(con: asyncpg.Connection, user_id: UUID, by: str, action: str, old: Any, new: Any) -> None:
     """Append one change to users.user_history (old/new as plain JSON, None when not applicable)."""
     await con.execute(
