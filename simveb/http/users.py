@@ -55,6 +55,7 @@ from simveb.actors.users.messages import (
     Profile,
     ProfileFields,
     RegisterCitizen,
+    ReleaseNpi,
     RoleCode,
     RoleInfo,
     SetUserRoles,
@@ -150,6 +151,10 @@ class ProfileIn(ProfileFields, forbid_unknown_fields=True):
 
 RolesIn = body_of(SetUserRoles, exclude=("user_id", "caller"), name="RolesIn")
 KycIn = body_of(ValidateKyc, exclude=("user_id", "caller"), name="KycIn")
+
+
+class ReleaseIn(Input):
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
 
 
 class RegistrationAccepted(msgspec.Struct, kw_only=True):
@@ -277,6 +282,12 @@ class UsersController(Controller):
     async def verify_npi(self, bus: Bus, caller: Caller, user_id: UUID) -> User:
         """Match the profile against ANIP: 409 naming the fields that differ, 503 when the registry is down."""
         return await bus.ask(VerifyNpi(user_id=user_id, caller=caller))
+
+    @post("/{user_id:uuid}/release-npi", status_code=200, guards=[requires("users:write")])
+    async def release_npi(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: ReleaseIn) -> User:
+        """Free the NPI (and phone, email) an account holds, e.g. a squatted NPI: the account is
+        deactivated and released; the reason is kept in its history (users:write)."""
+        return await bus.ask(ReleaseNpi(user_id=user_id, caller=_caller(request), reason=data.reason))
 
     @post("/{user_id:uuid}/kyc", status_code=200, guards=[requires("users:kyc")])
     async def validate_kyc(self, bus: Bus, caller: Caller, user_id: UUID, data: KycIn | None = None) -> User:

@@ -363,3 +363,53 @@ async def test_two_concurrent_requests_cannot_remove_the_last_two_admins(runtime
             " WHERE r.role = 'admin' AND u.status = 'active'",
         )
         assert admins[0]["n"] == 1
+
+
+# --- 4. NPI squatting ----------------------------------------------------------------------------------
+
+
+async def test_a_deactivated_account_no_longer_holds_its_npi(runtime: Runtime) -> None:
+    """A squatter registers someone's NPI; once deactivated, the real owner can register it."""
+    from simveb.actors.users.messages import SYSTEM, ConfirmRegistration, DeactivateUser
+    from tests.actors.test_users import _registration
+    from tests.users_support import npi, seed_roles
+
+    bus = runtime.bus
+    assert bus is not None
+    await seed_roles(runtime)
+    n = npi()
+    squatter = await bus.ask(_registration(npi=n))
+    assert squatter.user_id is not None
+    await bus.ask(ConfirmRegistration(user_id=squatter.user_id))
+    assert (await bus.ask(_registration(npi=n))).user_id is None  # held
+    await bus.ask(DeactivateUser(user_id=squatter.user_id, caller=SYSTEM, reason="closed"))
+    owner = await bus.ask(_registration(npi=n))
+    assert owner.created and owner.user_id not in (None, squatter.user_id)
+
+
+async def test_an_admin_releases_a_squatted_npi_audited_and_an_agent_cannot(runtime: Runtime) -> None:
+    from simveb.actors.users.messages import ConfirmRegistration, ReleaseNpi
+    from tests.actors.test_users import _registration
+    from tests.users_support import npi, seed_roles
+
+    bus = runtime.bus
+    assert bus is not None
+    await seed_roles(runtime)
+    n = npi()
+    squatter = await bus.ask(_registration(npi=n))
+    assert squatter.user_id is not None
+    await bus.ask(ConfirmRegistration(user_id=squatter.user_id))
+    agent = Caller(sub=str(uuid.uuid4()), roles=("agent",), permissions=frozenset({"users:read", "users:kyc"}))
+    with pytest.raises(Forbidden):
+        await bus.ask(ReleaseNpi(user_id=squatter.user_id, caller=agent, reason="squatted"))
+    admin = Caller(sub="admin-2", roles=("admin",), permissions=frozenset({"users:write"}))
+    released = await bus.ask(ReleaseNpi(user_id=squatter.user_id, caller=admin, reason="owner came with papers"))
+    assert released.status == "inactive"
+    owner = await bus.ask(_registration(npi=n))
+    assert owner.created and owner.user_id != squatter.user_id
+    rows = await db_fetch(
+        runtime,
+        "SELECT actor, new_value->>'reason' AS reason FROM users.user_history WHERE user_id = $1 AND action = 'npi_released'",
+        squatter.user_id,
+    )
+    assert [(r["actor"], r["reason"]) for r in rows] == [("admin-2", "owner came with papers")]

@@ -39,6 +39,7 @@ from simveb.actors.users.messages import (
     ProfileFields,
     RegisterCitizen,
     Registration,
+    ReleaseNpi,
     ResolveLogin,
     RoleInfo,
     SeedUsers,
@@ -413,13 +414,40 @@ class UsersActor(Actor):
             roles = await store.roles_of(con, msg.user_id)
             if "admin" in roles and row.status == "active" and await store.active_admins(con) <= 1:
                 raise Conflict("the last active admin cannot be deactivated", code="last_admin")
-            await store.set_status(con, msg.user_id, "inactive", msg.caller.sub)
+            # Released too: a deactivated account must not hold its NPI, phone or email for ever.
+            await store.set_status(con, msg.user_id, "inactive", msg.caller.sub, release=True)
             await store.record(con, msg.user_id, msg.caller.sub, "deactivated", row.status, {"reason": msg.reason})
             await self.emit(
                 con,
                 UserDeactivated(user_id=msg.user_id, by=msg.caller.sub),
                 _contact_event(await store.get_row(con, msg.user_id)),
             )
+        return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
+
+    @handler
+    async def release_npi(self, msg: ReleaseNpi, con: asyncpg.Connection) -> User:
+        if not msg.caller.can("users:write"):
+            raise Forbidden("needs permission users:write", code="missing_permission")
+        row = await store.get_row(con, msg.user_id, lock=True)
+        if row is None:
+            raise _not_found(msg.user_id)
+        if row.status == "active" and "admin" in await store.roles_of(con, msg.user_id):
+            if await store.active_admins(con) <= 1:
+                raise Conflict("the last active admin cannot be released", code="last_admin")
+        await store.set_status(con, msg.user_id, "inactive", msg.caller.sub, release=True)
+        await store.record(
+            con,
+            msg.user_id,
+            msg.caller.sub,
+            "npi_released",
+            {"npi": row.npi, "status": row.status},
+            {"reason": msg.reason},
+        )
+        events: list[Any] = [_contact_event(await store.get_row(con, msg.user_id))]
+        if row.status != "inactive":
+            events.insert(0, UserDeactivated(user_id=msg.user_id, by=msg.caller.sub))
+        await self.emit(con, *events)
+        log.warning("NPI of user %s released by %s", msg.user_id, msg.caller.sub)
         return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     @handler

@@ -311,6 +311,15 @@ class DeactivateUser(Ask[User]):
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
+class ReleaseNpi(Ask[User]):
+    """An administrator (users:write) frees the NPI, phone and email an account holds (a squatted NPI):
+    the account is deactivated and released, the reason kept in its history."""
+
+    user_id: UUID
+    caller: Caller
+    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
+
+
 class ProfileFields(Record):
     """A profile change; a None field is left unchanged (representatives: None = unchanged)."""
 
