@@ -23,7 +23,7 @@ from simveb.actors.users.messages import (
     ResolveLogin,
     SeedUsers,
 )
-from simveb.errors import Conflict, Forbidden, Invalid, NotFound
+from simveb.errors import Forbidden, Invalid, NotFound
 from simveb.runtime import Runtime
 from tests.users_support import events, make_user, npi, phone, seed_roles
 
@@ -72,7 +72,7 @@ async def test_registration_confirmation_and_its_refusals(runtime):
     with pytest.raises(NotFound):
         await runtime.bus.ask(ConfirmRegistration(user_id=UUID(int=7)))
     await runtime.bus.ask(DeactivateUser(user_id=reg.user_id, caller=SYSTEM))
-    with pytest.raises(Conflict):
+    with pytest.raises(NotFound):  # deactivated and released: the account holds nothing any more
         await runtime.bus.ask(ConfirmRegistration(user_id=reg.user_id))
 
 

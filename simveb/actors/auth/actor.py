@@ -716,12 +716,12 @@ class AuthActor(Actor):
                 and row.revoked_at is None
                 and not row.expired
                 and (row.rotated_age_s or 0.0) <= self.conf.refresh_reuse_grace_s
+                and await store.unused(con, sha256((again := self._successor(row)).refresh_token))
             ):
-                # The answer to the exchange was lost (network, crash): the same new pair again.
-                # Nothing new is issued, so a thief replaying it gains nothing the owner did not get.
-                tokens = msgspec.json.decode(
-                    self._sealer.unseal(row.session_id, row.successor_sealed)[1], type=TokenPair
-                )
+                # The answer to the exchange was lost (network, crash): the same new pair again, as
+                # long as that pair was not used (then whoever holds the old token is not its owner).
+                # Nothing new is issued, so a replay gains nothing the owner did not get.
+                tokens = again
             elif row.rotated_at is not None:
                 # Reuse of an exchanged token: it was stolen or replayed. Revoke the whole family.
                 await store.revoke_sessions(con, [row.session_id], "refresh_token_reuse")
@@ -747,6 +747,10 @@ class AuthActor(Actor):
         if refused is not None:
             raise refused
         return LoginResult(status="authenticated", tokens=tokens)
+
+    def _successor(self, row: store.RefreshRow) -> TokenPair:
+        assert row.successor_sealed is not None
+        return msgspec.json.decode(self._sealer.unseal(row.session_id, row.successor_sealed)[1], type=TokenPair)
 
     # --- sessions ----------------------------------------------------------------------------------
 

@@ -173,6 +173,13 @@ async def rotate(
     await con.execute("UPDATE auth.sessions SET last_used_at = now(), limited = $2 WHERE id = $1", session_id, limited)
 
 
+async def unused(con: asyncpg.Connection, token_hash: bytes) -> bool:
+    """Is this refresh token still unexchanged?"""
+    return bool(
+        await con.fetchval("SELECT rotated_at IS NULL FROM auth.refresh_tokens WHERE token_hash = $1", token_hash)
+    )
+
+
 async def session_owner(con: asyncpg.Connection, session_id: UUID) -> UUID | None:
     return await con.fetchval(
         "SELECT user_id FROM auth.sessions WHERE id = $1 AND revoked_at IS NULL AND expires_at > now()", session_id
