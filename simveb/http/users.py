@@ -284,10 +284,10 @@ class UsersController(Controller):
         return await bus.ask(VerifyNpi(user_id=user_id, caller=caller))
 
     @post("/{user_id:uuid}/release-npi", status_code=200, guards=[requires("users:write")])
-    async def release_npi(self, bus: Bus, request: Request[Any, Any, Any], user_id: UUID, data: ReleaseIn) -> User:
+    async def release_npi(self, caller: Caller, bus: Bus, user_id: UUID, data: ReleaseIn) -> User:
         """Free the NPI (and phone, email) an account holds, e.g. a squatted NPI: the account is
         deactivated and released; the reason is kept in its history (users:write)."""
-        return await bus.ask(ReleaseNpi(user_id=user_id, caller=_caller(request), reason=data.reason))
+        return await bus.ask(ReleaseNpi(user_id=user_id, caller=caller, reason=data.reason))
 
     @post("/{user_id:uuid}/kyc", status_code=200, guards=[requires("users:kyc")])
     async def validate_kyc(self, bus: Bus, caller: Caller, user_id: UUID, data: KycIn | None = None) -> User:
