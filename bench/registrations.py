@@ -4,8 +4,9 @@ bare counter.
 On the embedded PostgreSQL, or on the server named by SIMVEB_TEST_DATABASE_URL (a scratch database is
 created and dropped), one runtime with every actor and the outbox relay:
 - registrations: a citizen files a first registration (new vehicle, documents declared), an agent
-  confirms the payment at the counter (the cheapest payment path: no provider round trip), verifies
-  and pre-validates, a validator validates (the plate is allocated in that transaction); the clock
+  records a cash payment at the payments counter (ConfirmPayment: the cheapest payment path, no
+  provider round trip; the invoice is issued and PaymentSucceeded moves the request to paid by event),
+  verifies and pre-validates, a validator validates (the plate is allocated in that transaction); the clock
   stops when every vehicle shows its plate (PlateAssigned delivered by the relay). Reported as
   registrations per second, `--workers` at a time.
 - plates: `--allocations` plates at 64-way concurrency through the bus (AllocatePlate: the series row
@@ -32,10 +33,19 @@ from typing import Any
 import asyncpg
 from common import database  # bench/common.py
 
-from simveb.actors.registrations.messages import AllocatePlate, ChangeStatus, FileRequest, NewVehicle, ValidateRequest
+from simveb.actors.payments.messages import ConfirmPayment
+from simveb.actors.registrations.messages import (
+    AllocatePlate,
+    ChangeStatus,
+    FileRequest,
+    GetRequest,
+    NewVehicle,
+    ValidateRequest,
+)
 from simveb.actors.users.messages import SYSTEM, CreateUser, GetUserAuthz
 from simveb.actors.vehicles.messages import GetVehicle, VehicleFields
 from simveb.config import Settings, with_overrides
+from simveb.errors import NotFound
 from simveb.messages import Caller
 from simveb.runtime import Runtime
 from simveb.seed import seed
@@ -60,6 +70,19 @@ async def person(rt: Runtime, role: str, n: int) -> Caller:
     user = await rt.bus.ask(CreateUser(caller=SYSTEM, roles=[role], **fields))
     authz = await rt.bus.ask(GetUserAuthz(user_id=user.id))
     return Caller(sub=str(user.id), roles=tuple(authz.roles), permissions=frozenset(authz.permissions))
+
+
+async def pay_at_counter(bus: Any, agent: Caller, request_id: Any, receipt: str) -> None:
+    """Record a cash payment for the request at the payments counter and wait for the request to
+    leave waiting_for_payment (PaymentRequested, then PaymentSucceeded, go through the relay)."""
+    while True:
+        try:
+            await bus.ask(ConfirmPayment(caller=agent, payment_id=request_id, method="cash", receipt_reference=receipt))
+            break
+        except NotFound:
+            await asyncio.sleep(0.005)  # the payable opens when PaymentRequested is delivered
+    while (await bus.ask(GetRequest(request_id=request_id, caller=agent))).status == "waiting_for_payment":  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
 
 
 async def registrations(rt: Runtime, total: int, workers: int) -> tuple[float, float]:
@@ -88,7 +111,7 @@ async def registrations(rt: Runtime, total: int, workers: int) -> tuple[float, f
                     declared_documents=DOCS,
                 )
             )
-            await bus.ask(ChangeStatus(request_id=req.id, to_status="paid", caller=agent))
+            await pay_at_counter(bus, agent, req.id, f"BENCH-{i:09d}")
             await bus.ask(ChangeStatus(request_id=req.id, to_status="verified", caller=agent))
             await bus.ask(ChangeStatus(request_id=req.id, to_status="pre_validated", caller=agent))
             done = await bus.ask(ValidateRequest(request_id=req.id, caller=validator))

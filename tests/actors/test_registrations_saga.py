@@ -19,7 +19,7 @@ from simveb.outbox import emit
 from simveb.runtime import Runtime
 from simveb.seed import seed
 from tests.conftest import fresh_runtime
-from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, vin
+from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, WITHOUT_PAYMENTS, vin
 from tests.support import wait_for
 from tests.users_support import make_user
 
@@ -163,8 +163,10 @@ async def test_underpayment_does_not_pay(seeded: Runtime) -> None:
 
 async def test_stop_after_commits_then_restart_ends_consistent(settings: Settings) -> None:
     """Runtime A has no relay: every event it commits stays in the outbox when it stops (a crash
-    between saga steps). Runtime B, on the same database, delivers them and everything converges."""
-    async with fresh_runtime(settings, relay=False, **DECLARED_ONLY) as a:
+    between saga steps). Runtime B, on the same database, delivers them and everything converges.
+    No payments service: with no relay it could not open the payable, so the agent's direct "paid"
+    (the fallback of that mode) stands for the payment."""
+    async with fresh_runtime(settings, relay=False, **WITHOUT_PAYMENTS) as a:
         await seed(a)
         assert a.bus is not None
         citizen = await caller_for(a, "citizen")
@@ -183,7 +185,7 @@ async def test_stop_after_commits_then_restart_ends_consistent(settings: Setting
             assert await con.fetchval("SELECT count(*) FROM notifications.messages") == 0
             pending = await con.fetchval("SELECT count(*) FROM bus.outbox WHERE source = 'registrations'")
         assert pending >= 8
-    b = Runtime(settings, **DECLARED_ONLY)
+    b = Runtime(settings, **WITHOUT_PAYMENTS)
     await b.start(migrate_first=False, seed_if_empty=False)
     try:
         assert b.bus is not None and b.db is not None

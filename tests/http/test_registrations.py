@@ -15,7 +15,7 @@ import pytest
 from simveb.config import Settings
 from simveb.runtime import Runtime
 from tests.conftest import fresh_runtime
-from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, Person, new_vehicle, person
+from tests.registrations_support import DECLARED_ONLY, FIRST_DOCS, Person, new_vehicle, pay_at_counter, person
 from tests.support import wait_for
 from tests.users_support import events
 
@@ -49,6 +49,8 @@ async def file_first(api: Any, who: Person, **over: Any) -> dict[str, Any]:
 
 
 async def move(api: Any, who: Person, rid: str, status: str, note: str = "") -> dict[str, Any]:
+    if status == "paid":
+        return await pay_at_counter(api, who, rid)  # payments runs here: paid only through it
     r = await api.put(f"/api/immatriculations/{rid}/status", json={"status": status, "note": note}, headers=who.headers)
     assert r.status_code == 200, r.text
     return r.json()
@@ -103,7 +105,8 @@ async def test_first_registration_whole_life(world: dict[str, Any]) -> None:
     assert mine["next"] == [] and mine["status"] == "closed"
     full = (await api.get(f"/api/immatriculations/{req['id']}/workflow", headers=agent.headers)).json()
     assert [s["to_status"] for s in full["steps"]][3:7] == ["paid", "assigned_to_staff", "verified", "pre_validated"]
-    assert full["steps"][3]["by"] == str(agent.id) and full["steps"][3]["note"] == "paid at the counter"
+    # Paid by the payments service's event (the agent's cash receipt there), not by a person's step.
+    assert full["steps"][3]["by"] == "payments:cash"
 
     # Notifications: one in-app message per visible change, none for the hidden ones.
     async def in_app() -> list[Any]:
@@ -139,6 +142,38 @@ async def test_workflow_tells_each_caller_what_they_may_do_next(world: dict[str,
     # The validator cannot see a request that waits for an agent's verification.
     r = await api.get(f"/api/immatriculations/{req['id']}", headers=validator.headers)
     assert r.status_code == 404
+
+
+async def test_an_agent_cannot_mark_paid_around_the_payments_service(world: dict[str, Any]) -> None:
+    """The attack: an agent with payments:confirm moves the request to paid directly, leaving the payable
+    open (no invoice, payable again by mobile money). Refused; the counter payment goes through payments."""
+    api, citizen, agent = world["client"], world["citizen"], world["agent"]
+    assert "payments:confirm" in agent.permissions
+    req = await file_first(api, citizen)
+    for key in (None, "mark-paid-1"):
+        headers = agent.headers if key is None else {**agent.headers, "Idempotency-Key": key}
+        r = await api.put(
+            f"/api/immatriculations/{req['id']}/status", json={"status": "paid", "note": "cash"}, headers=headers
+        )
+        assert r.status_code == 409, r.text
+        body = r.json()
+        assert body["code"] == "pay_through_payments"
+        assert f"/api/payments/{req['id']}/confirm" in body["detail"]
+    still = (await api.get(f"/api/immatriculations/{req['id']}", headers=citizen.headers)).json()
+    assert still["status"] == "waiting_for_payment" and still["amount_paid_xof"] == 0
+    # Paying at the payments counter moves it to paid (then to an agent) and issues an invoice.
+    paid = await pay_at_counter(api, agent, req["id"])
+    assert paid["status"] == "assigned_to_staff" and paid["amount_paid_xof"] == req["fee_total_xof"]
+    pay = (await api.get(f"/api/payments/{req['id']}", headers=citizen.headers)).json()["payment"]
+    assert pay["status"] == "succeeded" and pay["provider"] == "cash" and pay["invoice_number"]
+    assert paid["payment_id"] == pay["id"]
+    invoice = await api.get(f"/api/payments/invoice/{pay['invoice_id']}", headers=citizen.headers)
+    assert invoice.status_code == 200 and invoice.json()["total_xof"] == req["fee_total_xof"]
+    # The payable is closed: the payer cannot start a mobile-money payment for it afterwards.
+    again = await api.post(
+        "/api/payments/initiate", json={"payable_id": req["id"], "provider": "fedapay"}, headers=citizen.headers
+    )
+    assert again.status_code == 409, again.text
 
 
 async def test_illegal_transition_is_409_naming_current_and_allowed(world: dict[str, Any]) -> None:
@@ -428,9 +463,9 @@ async def test_supervisor_reassigns_sees_overdue_and_stats(world: dict[str, Any]
     a = await file_first(api, citizen)
     b = await file_first(api, citizen)
     c = await file_first(api, citizen)
-    ra = await move(api, agent, a["id"], "paid")
-    rb = await move(api, agent, b["id"], "paid")
-    rc = await move(api, agent, c["id"], "paid")
+    ra = await pay_at_counter(api, agent, a["id"], reader=citizen)
+    rb = await pay_at_counter(api, agent, b["id"], reader=citizen)
+    rc = await pay_at_counter(api, agent, c["id"], reader=citizen)
     # Fewest open requests: each verifier gets one.
     assert {ra["assignee_id"], rb["assignee_id"], rc["assignee_id"]} == {
         str(agent.id),

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from simveb.runtime import Runtime
 from tests.documents_support import pdf_bytes, upload
 from tests.http.test_documents_certificates import pdf_text, qr_of
-from tests.registrations_support import FIRST_DOCS, new_vehicle, person
+from tests.registrations_support import FIRST_DOCS, new_vehicle, pay_at_counter, person
 from tests.support import wait_for
 
 
@@ -44,7 +44,8 @@ async def test_upload_validate_register_and_verify_the_carte_grise(seeded: Runti
     r = await api.put(f"/api/immatriculations/{rid}/status", json={"status": "submitted"}, headers=citizen.headers)
     assert r.status_code == 200 and r.json()["status"] == "waiting_for_payment", r.text
 
-    for status in ("paid", "verified", "pre_validated"):
+    await pay_at_counter(api, agent, rid)
+    for status in ("verified", "pre_validated"):
         r = await api.put(f"/api/immatriculations/{rid}/status", json={"status": status}, headers=agent.headers)
         assert r.status_code == 200, r.text
     r = await api.post(f"/api/immatriculations/{rid}/validate", json={"note": "ok"}, headers=validator.headers)

@@ -28,6 +28,7 @@ import msgspec
 from simveb.actors.config.messages import GetService, QuoteFee
 from simveb.actors.documents.messages import CheckRequiredDocuments
 from simveb.actors.payments.messages import (
+    ConfirmPayment,
     FeeLine,
     PaymentFailed,
     PaymentRefunded,
@@ -756,6 +757,16 @@ class RegistrationsActor(Actor):
             req = await self._visible(con, caller, request_id)
             workflow = _transitions(await store.get_workflow_json(con, req.id))
         t = self._transition(caller, req, workflow, to_status)
+        if t.to_status == PAID and self.bus.handles(ConfirmPayment):
+            # With payments in the process a person's "paid" would bypass it: no invoice, the payable
+            # left open and payable again by mobile money. The counter payment is recorded there, and
+            # its PaymentSucceeded moves the request (on_payment_succeeded).
+            raise Conflict(
+                "a request is paid through the payments service: record the counter payment with "
+                f"POST /api/payments/{req.id}/confirm {{method, receipt_reference}}",
+                code="pay_through_payments",
+                route=f"/api/payments/{req.id}/confirm",
+            )
         first = workflow[0].from_status if workflow else req.status
         declared_now = sorted(set(req.declared_documents) | set(declared or ()))
         if req.status == first and t.to_status not in TERMINAL:
@@ -787,7 +798,8 @@ class RegistrationsActor(Actor):
             if declared is not None:
                 extra["declared_documents"] = declared_now
             if t.to_status == PAID:
-                # The counter confirmation (an agent with payments:confirm) stands for the payment.
+                # Only without a payments service in the process (refused above otherwise): the counter
+                # confirmation (an agent with payments:confirm) stands for the payment.
                 extra["amount_paid_xof"] = locked.fee_total_xof
                 await store.add_payment(con, locked.id, None, "counter", locked.fee_total_xof, "counter")
             req = await self._move(con, locked, t, caller.sub, note, pre, **extra)
