@@ -314,7 +314,10 @@ class RegistrationsController(Controller):
 
     @put("/{request_id:uuid}/status")
     async def change_status(self, request_id: UUID, data: StatusIn, caller: Caller, bus: Bus) -> RegistrationRequest:
-        """Take one transition of the request's workflow (409 names the current status and the allowed ones)."""
+        """Take one transition of the request's workflow (409 names the current status and the allowed ones).
+
+        With the payments service running, `paid` is refused (409 pay_through_payments): a counter payment
+        is recorded with POST /api/payments/{request_id}/confirm, whose PaymentSucceeded moves the request."""
         return await bus.ask(
             ChangeStatus(
                 request_id=request_id,
