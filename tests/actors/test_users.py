@@ -25,6 +25,7 @@ from simveb.actors.users.messages import (
 )
 from simveb.errors import Forbidden, Invalid, NotFound
 from simveb.runtime import Runtime
+from tests.support import ROOT
 from tests.users_support import events, make_user, npi, phone, seed_roles
 
 
@@ -37,15 +38,33 @@ def _registration(**fields: str) -> RegisterCitizen:
     )
 
 
+def readme_grid() -> dict[str, set[str]]:
+    """The "Roles and permissions" table of README.md as {role: {permission, ...}}."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Roles and permissions") :]
+    grid: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`") and ":" in cells[0]:
+            for role in cells[2].split(","):
+                grid.setdefault(role.strip(), set()).add(cells[0].strip("`"))
+        elif grid and not line.startswith("|"):
+            break
+    return grid
+
+
 async def test_seed_is_the_readme_grid_and_idempotent(runtime):
+    grid = readme_grid()
+    permissions = set().union(*grid.values())
     added = await runtime.bus.ask(SeedUsers())
-    assert added == 8 + 30 + 68  # roles, permissions, role-permission pairs
+    # roles, permissions, role-permission pairs: exactly what the README's grid lists
+    assert added == len(grid) + len(permissions) + sum(len(p) for p in grid.values())
     assert await runtime.bus.ask(SeedUsers()) == 0
     assert await runtime.bus.ask(SeedUsers(only_if_empty=True)) == 0
-    roles = {r.code: r.permissions for r in await runtime.bus.ask(ListRoles())}
-    assert roles["citizen"] == ["registrations:submit"]
-    assert roles["affiliate"] == ["registrations:submit", "vehicles:file"]
-    assert len(roles["admin"]) == 20
+    roles = {r.code: set(r.permissions) for r in await runtime.bus.ask(ListRoles())}
+    assert roles == grid
+    assert roles["citizen"] == {"registrations:submit"}
+    assert roles["police"] == {"vehicles:lookup"}
 
 
 async def test_resolve_login_by_email_phone_or_npi(runtime):
