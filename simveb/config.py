@@ -327,12 +327,12 @@ class PaymentsSettings(Section):
     """Mobile money providers (FedaPay, KKiaPay), webhooks, idempotency, reconciliation (issue 10)."""
 
     # FedaPay API base (`/v1/transactions` is appended); the built-in simulator in development.
-    fedapay_url: str = "http://127.0.0.1:8000/sandbox/fedapay"
+    fedapay_url: str = "/sandbox/fedapay"
     # Secret API key (Bearer) and webhook signing secret; set them in the environment.
     fedapay_secret_key: str = ""
     fedapay_webhook_secret: str = ""
     # KKiaPay API base (`/api/v1/transactions/...` is appended), keys and the webhook shared secret.
-    kkiapay_url: str = "http://127.0.0.1:8000/sandbox/kkiapay"
+    kkiapay_url: str = "/sandbox/kkiapay"
     kkiapay_public_key: str = ""
     kkiapay_private_key: str = ""
     kkiapay_secret: str = ""

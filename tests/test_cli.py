@@ -195,6 +195,8 @@ def test_serve_refuses_provider_urls_at_its_own_unmounted_sandbox(settings, tmp_
         "SIMVEB_NOTIFICATIONS__SMS_URL": "https://sms.example.bj",
         "SIMVEB_NOTIFICATIONS__FCM_URL": "https://fcm.googleapis.com",
         "SIMVEB_NOTIFICATIONS__FCM_TOKEN_URL": "https://oauth2.googleapis.com/token",
+        "SIMVEB_PAYMENTS__FEDAPAY_URL": "https://api.fedapay.com",
+        "SIMVEB_PAYMENTS__KKIAPAY_URL": "https://api.kkiapay.me",
     }
     from simveb.config import check_providers_reachable, load_settings
 
