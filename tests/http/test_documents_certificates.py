@@ -328,3 +328,19 @@ async def test_a_receipt_of_a_real_invoice_for_its_payer_only(runtime: Any, api:
     text = pdf_text(data)
     assert receipt["invoice_number"] in text and opened["reference"] in text and "AGOSSOU Rémi" in text
     assert "60 000 FCFA" in text
+
+
+async def test_a_killed_pdf_worker_does_not_break_rendering_for_good() -> None:
+    fields = {code: f"value {code}" for code, _ in pdf.CERTIFICATE_FIELDS}
+    fields["I.iso"] = "2026-12-02T10:00:00+00:00"
+    renderer = pdf.Renderer(1, None, None)
+    try:
+        first = await renderer.certificate(fields, "CG-2026-ABCDEFGH12", "x", False)
+        assert renderer._pool is not None
+        for process in list(renderer._pool._processes.values()):
+            process.kill()  # what the out-of-memory killer does to a worker
+            process.join()
+        again = await renderer.certificate(fields, "CG-2026-ABCDEFGH12", "x", False)
+        assert again == first
+    finally:
+        renderer.close()

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
+import logging
 import multiprocessing
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 # Field codes of the harmonised certificate, in print order, with their French labels.
@@ -41,6 +43,8 @@ CERTIFICATE_FIELDS: list[tuple[str, str]] = [
     ("Z", "Mentions"),
 ]
 FIXED_DATE = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+
+log = logging.getLogger("simveb.documents.pdf")
 
 
 def printable(text: str) -> str:
@@ -311,13 +315,22 @@ class Renderer:
             )
         return self._pool
 
-    async def certificate(self, fields: dict[str, str], number: str, qr_text: str, duplicate: bool) -> bytes:
+    async def _run(self, job: Any, *args: Any) -> bytes:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), certificate_job, fields, number, qr_text, duplicate)
+        try:
+            return await loop.run_in_executor(self._executor(), job, *args)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): a broken pool refuses every later job, so it is
+            # replaced and the job tried once more; a second failure is the caller's error.
+            log.warning("PDF worker pool broken; starting a new one")
+            self.close()
+            return await loop.run_in_executor(self._executor(), job, *args)
+
+    async def certificate(self, fields: dict[str, str], number: str, qr_text: str, duplicate: bool) -> bytes:
+        return await self._run(certificate_job, fields, number, qr_text, duplicate)
 
     async def receipt(self, data: dict[str, Any]) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor(), receipt_job, data)
+        return await self._run(receipt_job, data)
 
     def close(self) -> None:
         if self._pool is not None:
