@@ -197,8 +197,23 @@ class LatencyWindow:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class RemoteCell:
+    """An actor hosted in another process (`[placement]`): its asks and tells go through the remote
+    transport (`simveb.remote`); its event subscriptions are known here so the relay knows who else
+    must still receive an event."""
+
+    remote = True
+
+    def __init__(self, actor_cls: type[Actor]) -> None:
+        self.actor_cls = actor_cls
+        self.name = actor_cls.name
+        self.state = "remote"
+
+
 class Cell:
     """The runtime side of one actor: its mailbox, workers, current instance, state and counters."""
+
+    remote = False
 
     def __init__(self, bus: Bus, actor_cls: type[Actor], mailbox_size: int) -> None:
         self.bus = bus
@@ -412,7 +427,13 @@ class Bus:
         self.strict_connections = settings.bus.strict_connections and not settings.is_production
         self.context = ActorContext(bus=self, db=db, settings=settings)
         self.cells: dict[str, Cell] = {}
-        self._routes: dict[type, Cell] = {}
+        # Actors hosted by other processes, reached through `transport` (simveb.remote).
+        self.remote_cells: dict[str, RemoteCell] = {}
+        self.transport: Any = None
+        self._routes: dict[type, Cell | RemoteCell] = {}
+        # Every subscriber of an event type, hosted here or not, by name (the relay's "who must get it").
+        self._all_subscribers: dict[type, list[str]] = {}
+        self._all_wildcard: list[str] = []
         self._subscribers: dict[type, list[Cell]] = {}
         # Actors with a handler annotated with the base `Event` receive every event (notifications
         # decides from its subscription table which ones matter).
@@ -429,11 +450,26 @@ class Bus:
             raise BusError(f"two actors named {actor_cls.name}")
         cell = Cell(self, actor_cls, self.settings.mailbox_size)
         self.cells[actor_cls.name] = cell
-        for msg_type in actor_cls._handlers:
+        self._wire(cell)
+
+    def add_remote(self, actor_cls: type[Actor]) -> None:
+        """Know an actor another process hosts: requests to it go through the remote transport."""
+        if actor_cls.name in self.cells or actor_cls.name in self.remote_cells:
+            raise BusError(f"two actors named {actor_cls.name}")
+        cell = RemoteCell(actor_cls)
+        self.remote_cells[actor_cls.name] = cell
+        self._wire(cell)
+
+    def _wire(self, cell: Cell | RemoteCell) -> None:
+        for msg_type in cell.actor_cls._handlers:
             if msg_type is Event:
-                self._wildcard.append(cell)
+                self._all_wildcard.append(cell.name)
+                if isinstance(cell, Cell):
+                    self._wildcard.append(cell)
             elif issubclass(msg_type, Event):
-                self._subscribers.setdefault(msg_type, []).append(cell)
+                self._all_subscribers.setdefault(msg_type, []).append(cell.name)
+                if isinstance(cell, Cell):
+                    self._subscribers.setdefault(msg_type, []).append(cell)
             elif msg_type in self._routes:
                 raise BusError(f"{msg_type.__name__} is handled by {self._routes[msg_type].name} and {cell.name}")
             else:
@@ -444,7 +480,7 @@ class Bus:
         normalised = {name: frozenset(targets) for name, targets in graph.items()}
         for name, targets in normalised.items():
             for n in (name, *targets):
-                if n not in self.cells:
+                if n not in self.cells and n not in self.remote_cells:
                     raise BusError(f"ask graph names an unknown actor {n!r}")
         check_acyclic(normalised)
         self._graph = normalised
@@ -459,7 +495,8 @@ class Bus:
                 return
             seen.add(name)
             for target in sorted(self._graph.get(name, ())):
-                visit(target)
+                if target in self.cells:  # an actor hosted elsewhere starts in its own process
+                    visit(target)
             order.append(name)
 
         for name in self.cells:
@@ -482,7 +519,7 @@ class Bus:
 
     # sending --------------------------------------------------------------------------------------
 
-    def _target(self, message: Message) -> Cell:
+    def _target(self, message: Message) -> Any:
         cell = self._routes.get(type(message))
         if cell is None:
             self.dead_letters += 1
@@ -511,6 +548,8 @@ class Bus:
         if holding_connection.get():
             self._held_connection(message)
         cell = self._target(message)
+        if cell.remote:
+            return await self.transport.ask(cell.name, message, timeout or self.settings.ask_timeout_s)  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         limit = timeout or self.settings.ask_timeout_s
@@ -539,13 +578,20 @@ class Bus:
     async def tell(self, message: Tell | Ask[Any]) -> None:
         """Queue a message without waiting for it to be handled (waits only while the mailbox is full)."""
         cell = self._target(message)
+        if cell.remote:
+            await self.transport.tell(cell.name, message)
+            return
         await cell.queue.put(Envelope(message, None, current_actor.get()))
 
     def subscribers(self, event_type: type[Event]) -> list[Cell]:
         return list(dict.fromkeys([*self._subscribers.get(event_type, ()), *self._wildcard]))
 
+    def subscriber_names(self, event_type: type[Event]) -> list[str]:
+        """Every actor that must receive this event, hosted in this process or not."""
+        return list(dict.fromkeys([*self._all_subscribers.get(event_type, ()), *self._all_wildcard]))
+
     def handles(self, message_type: type[Message]) -> bool:
-        """Is there an actor in this process for this request type?"""
+        """Is there an actor for this request type, in this process or reachable in another?"""
         return message_type in self._routes
 
     async def publish(self, event: Event, *, event_id: uuid.UUID | None = None) -> int:
@@ -559,9 +605,15 @@ class Bus:
             await cell.queue.put(Envelope(event, None, current_actor.get(), eid))
         return len(cells)
 
-    async def deliver(self, event_id: uuid.UUID, event: Event, *, timeout: float | None = None) -> list[str]:
-        """Deliver one outbox event to every subscriber and wait; return the names that failed."""
+    async def deliver(
+        self, event_id: uuid.UUID, event: Event, *, timeout: float | None = None, only: Iterable[str] | None = None
+    ) -> list[str]:
+        """Deliver one outbox event to every subscriber hosted here (or those named in `only`) and
+        wait; return the names that failed."""
         cells = self.subscribers(type(event))
+        if only is not None:
+            wanted = set(only)
+            cells = [cell for cell in cells if cell.name in wanted]
         loop = asyncio.get_running_loop()
         waits = []
         for cell in cells:

@@ -81,6 +81,26 @@ class BusSettings(Section):
     strict_connections: bool = True
 
 
+class PlacementSettings(Section):
+    """Which actors this process hosts, and the transport to those hosted elsewhere (issue 14)."""
+
+    # Actor names this process hosts; empty = every actor (`simveb serve --actors a,b` overrides it).
+    actors: list[str] = msgspec.field(default_factory=list)
+    # Redis URL of the transport to actors hosted in other processes; empty = one process hosts all.
+    redis_url: str = ""
+    # Prefix of the request and reply streams (several deployments, or test runs, on one Redis).
+    stream_prefix: str = "simveb:"
+    # A request left pending this long by a consumer that went silent is taken over (XAUTOCLAIM).
+    reclaim_idle_s: PositiveFloat = 15.0
+    reclaim_interval_s: PositiveFloat = 2.0
+    # A tell not taken by a host within this is dropped (an ask uses its own timeout).
+    tell_ttl_s: PositiveFloat = 300.0
+    # Stream entries older than this are trimmed; a dead process's reply stream expires after it.
+    stream_retention_s: PositiveFloat = 3600.0
+    # Remote requests this process handles at once (the actors' mailboxes still order them).
+    max_in_flight: Positive = 256
+
+
 class SecuritySettings(Section):
     issuer: str = "simveb"
     audience: str = "simveb-api"
@@ -371,6 +391,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
     redis: RedisSettings = msgspec.field(default_factory=RedisSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
+    placement: PlacementSettings = msgspec.field(default_factory=PlacementSettings)
     security: SecuritySettings = msgspec.field(default_factory=SecuritySettings)
     ratelimit: RateLimitSettings = msgspec.field(default_factory=RateLimitSettings)
     integrations: IntegrationsSettings = msgspec.field(default_factory=IntegrationsSettings)

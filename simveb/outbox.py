@@ -10,6 +10,11 @@ transaction, and settles each row on its own:
 - a payload that does not decode: quarantined with its error, and the rest of the batch flows;
 - a type this process does not know (a newer process's event during a rolling deploy): never claimed
   here, left for a process that knows it;
+- delivery is per subscriber: the row's `pending` lists the subscribers still to reach (every actor
+  that subscribes, in this process or another, filled at the first claim). A relay claims only rows
+  with a subscriber it hosts (or not yet fanned out), delivers to those, and removes them from
+  `pending`; a row whose remaining subscribers live in other processes is left to their relays
+  (with a NOTIFY to wake them), and is published once `pending` is empty;
 - a subscriber failed: retried with exponential backoff (capped at `bus.event_backoff_max_s`) until
   `bus.event_retry_horizon_s` has passed since the first failure; then dead, listed by
   `simveb events dead` and delivered again by `simveb events redrive`.
@@ -159,6 +164,7 @@ class OutboxRelay:
         self.retried = 0
         self.dead = 0
         self.quarantined = 0
+        self.handed_on = 0  # rows delivered here and left for subscribers hosted in other processes
 
     async def start(self) -> None:
         self._listener = self.db.listener(CHANNEL, self._notified)
@@ -221,13 +227,14 @@ class OutboxRelay:
                 " WHERE id IN (SELECT id FROM bus.outbox"
                 "   WHERE published_at IS NULL AND dead_at IS NULL AND quarantined_at IS NULL"
                 "   AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())"
-                "   AND type = ANY($2::text[])"
+                "   AND type = ANY($2::text[]) AND (pending IS NULL OR pending && $5::text[])"
                 "   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, event_id, type, payload::text AS payload, attempts",
+                " RETURNING id, event_id, type, payload::text AS payload, attempts, pending",
                 settings.relay_batch,
                 self._refresh_types(),
                 settings.relay_lease_s,
                 self.name,
+                list(self.bus.cells),
             )
         rows = sorted(rows, key=lambda r: r["id"])
         lease_end = time.monotonic() + settings.relay_lease_s
@@ -264,7 +271,22 @@ class OutboxRelay:
             self.quarantined += 1
             self.bus.dead_letters += 1
             return
-        failed = await self.bus.deliver(row["event_id"], event)
+        # Who must still get it: the row's list, or (first claim) every subscriber of the type wherever
+        # it is hosted. This relay delivers to those hosted here; the others are left to their relays.
+        pending = row["pending"] if row["pending"] is not None else self.bus.subscriber_names(type(event))
+        here = [name for name in pending if name in self.bus.cells]
+        elsewhere = [name for name in pending if name not in self.bus.cells]
+        failed = await self.bus.deliver(row["event_id"], event, only=here) if here else []
+        if not failed and elsewhere:
+            await self._settle(
+                "UPDATE bus.outbox SET pending = $3, lease_until = NULL WHERE id = $1 AND claimed_by = $2",
+                row["id"],
+                elsewhere,
+            )
+            async with self.db.connection() as con:
+                await con.execute("SELECT pg_notify($1, '')", CHANNEL)
+            self.handed_on += 1
+            return
         if not failed:
             await self._settle(
                 "UPDATE bus.outbox SET published_at = now(), lease_until = NULL WHERE id = $1 AND claimed_by = $2",
@@ -274,7 +296,7 @@ class OutboxRelay:
             return
         # Retry with backoff from the first failure until the horizon; then dead until redriven.
         dead = await self._settle(
-            "UPDATE bus.outbox SET attempts = attempts + 1, last_error = $3, lease_until = NULL,"
+            "UPDATE bus.outbox SET attempts = attempts + 1, last_error = $3, lease_until = NULL, pending = $6,"
             " retry_from = coalesce(retry_from, now()),"
             " next_attempt_at = now() + make_interval(secs => least($4::float8, 2 ^ least(attempts, 30))),"
             " dead_at = CASE WHEN coalesce(retry_from, now()) + make_interval(secs => $5) <= now()"
@@ -284,6 +306,7 @@ class OutboxRelay:
             "subscriber failed: " + ", ".join(failed),
             settings.event_backoff_max_s,
             settings.event_retry_horizon_s,
+            [*failed, *elsewhere],
         )
         if dead:
             log.error("dead letter: event %s (%s) failed at %s", row["event_id"], row["type"], failed)

@@ -40,6 +40,7 @@ RUNTIME = {
     "simveb.config",
     "simveb.errors",
     "simveb.keys",
+    "simveb.remote",
     "simveb.csvcells",
     "simveb.metrics",
 }

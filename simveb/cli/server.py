@@ -19,9 +19,10 @@ from simveb.config import Settings, check_providers_reachable, with_overrides
 @click.option("--host", help="address to listen on (server.host)")
 @click.option("--port", type=int, help="port (server.port)")
 @click.option("--workers", type=int, help="worker processes (server.workers)")
+@click.option("--actors", help="comma-separated actors this process hosts (placement.actors; default all)")
 @click.pass_context
 @fail_cleanly
-def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, workers: int | None, actors: str | None) -> None:
     """Run the API (granian) on the configured database; migrates and seeds first when configured."""
     from simveb.db import DatabaseProvider
 
@@ -30,13 +31,19 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
     if overrides:
         # Provider URLs at this server's own /sandbox follow the new host and port (see simveb.config).
         settings = with_overrides(settings, server=overrides)
+    if actors is not None:
+        names = [name.strip() for name in actors.split(",") if name.strip()]
+        settings = with_overrides(settings, placement={"actors": names})
+        os.environ["SIMVEB_PLACEMENT__ACTORS"] = ",".join(names)
+    _check_placement(settings)
     check_providers_reachable(settings)
     from simveb.keys import KeyRing
 
     KeyRing.for_settings(settings)  # create the development key before workers race to do it
     with DatabaseProvider(settings) as url:
-        # Migrate and seed once, here, before the workers start (they skip both).
-        prepared = with_overrides(settings, database={"url": url})
+        # Migrate and seed once, here, before the workers start (they skip both). The preparation
+        # hosts every actor in-process, whatever this server's placement: it only migrates and seeds.
+        prepared = with_overrides(settings, database={"url": url}, placement={"actors": [], "redis_url": ""})
         run(_prepare(prepared))
         os.environ["SIMVEB_DATABASE__URL"] = url
         os.environ["SIMVEB_DATABASE__MIGRATE_ON_START"] = "false"
@@ -46,6 +53,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None, workers: int |
             os.environ[f"SIMVEB_SERVER__{key.upper()}"] = str(value)
         click.echo(f"simveb: serving on http://{settings.server.host}:{settings.server.port}", err=True)
         granian_server("simveb.http.app:app_from_env", settings).serve()
+
+
+def _check_placement(settings: Settings) -> None:
+    """Refuse an unknown actor name or a partial placement without a transport, before anything starts."""
+    from simveb.runtime import Runtime
+
+    try:
+        Runtime(settings)
+    except Exception as exc:  # ConfigError, one line naming the key
+        raise CliError(str(exc)) from None
 
 
 def granian_server(target: str, settings: Settings, **extra: Any) -> Any:

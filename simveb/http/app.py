@@ -21,7 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 import simveb
 from simveb import migrate
@@ -165,6 +165,33 @@ class BusCollector:
         dead = CounterMetricFamily("simveb_bus_dead_letters", "Messages and events nobody could handle")
         dead.add_metric([], bus.dead_letters)
         yield from (depth, up, processed, failures, restarts, asks, ask_sum, quant, dead)
+        hosted = GaugeMetricFamily("simveb_actor_hosted", "1 when this process hosts the actor", labels=["actor"])
+        for name in bus.cells:
+            hosted.add_metric([name], 1.0)
+        for name in bus.remote_cells:
+            hosted.add_metric([name], 0.0)
+        yield hosted
+        transport = runtime.transport
+        if transport is not None:
+            from simveb.remote import LATENCY_BUCKETS
+
+            remote = HistogramMetricFamily(
+                "simveb_remote_ask_seconds", "Latency of asks to actors hosted in another process", labels=["actor"]
+            )
+            for name, counts in transport.latency.buckets.items():
+                buckets = [(str(bound), float(n)) for bound, n in zip(LATENCY_BUCKETS, counts, strict=True)]
+                buckets.append(("+Inf", float(transport.latency.counts[name])))
+                remote.add_metric([name], buckets, transport.latency.sums[name])
+            yield remote
+            served = CounterMetricFamily("simveb_remote_served", "Requests from other processes answered here")
+            served.add_metric([], transport.served)
+            reclaimed = CounterMetricFamily(
+                "simveb_remote_reclaimed", "Requests taken over from a silent consumer (XAUTOCLAIM)"
+            )
+            reclaimed.add_metric([], transport.reclaimed)
+            late = CounterMetricFamily("simveb_remote_late_replies", "Remote answers that came after the timeout")
+            late.add_metric([], transport.late_replies)
+            yield from (served, reclaimed, late)
         if runtime.relay is not None:
             delivered = CounterMetricFamily("simveb_outbox_delivered", "Outbox events delivered")
             delivered.add_metric([], runtime.relay.delivered)
@@ -192,6 +219,14 @@ class HealthController(Controller):
         checks["database"] = "ok" if db_ok else "unreachable"
         down = runtime.bus.down() if runtime.bus is not None else ["bus"]
         checks["actors"] = "ok" if not down else {"down": down}
+        # Where actors live (placement): this process's own, and those it reaches over Redis.
+        placement: dict[str, Any] = {}
+        if runtime.bus is not None:
+            placement["hosted"] = sorted(runtime.bus.cells)
+            placement["remote"] = sorted(runtime.bus.remote_cells)
+            if runtime.transport is not None:
+                latency = runtime.transport.latency
+                placement["remote_ask_p50_s"] = {name: latency.quantile(name, 0.5) for name in latency.counts}
         pending = None
         if db_ok:
             async with runtime.db.pool.acquire() as con:  # type: ignore[union-attr]
@@ -199,7 +234,8 @@ class HealthController(Controller):
         checks["migrations"] = "ok" if pending == 0 else {"pending": pending}
         ready = db_ok and not down and pending == 0
         return Response(
-            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+            {"status": "ready" if ready else "not_ready", "checks": checks, "placement": placement},
+            status_code=200 if ready else 503,
         )
 
 

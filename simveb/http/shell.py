@@ -200,9 +200,12 @@ class Shell:
         if settings.ratelimit.enabled:
             per_minute = settings.ratelimit.per_minute
             rl = settings.ratelimit
+            # Split or replicated processes share one budget per client: the counters go to Redis
+            # when any Redis is configured (the rate-limit store, else the actors' transport).
+            shared = settings.redis.url or settings.placement.redis_url
             self.limiter = (
-                RedisRateLimiter(per_minute, settings.redis.url, rl.redis_timeout_s, rl.redis_retry_s)
-                if settings.redis.url
+                RedisRateLimiter(per_minute, shared, rl.redis_timeout_s, rl.redis_retry_s)
+                if shared
                 else RateLimiter(per_minute)
             )
         # Only when proxies are configured: no per-request cost otherwise.
