@@ -358,9 +358,25 @@ class AuthActor(Actor):
         async with self.db.transaction() as con:
             # Serialise the count-then-lock of one account so concurrent failures lock it once.
             await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", key)
+            if client_ip:
+                # And those of one address, across accounts: a burst of parallel guesses from one
+                # address must not each count the others as uncommitted and all slip under the limit.
+                # Always account then address, so two failures never wait on each other in a cycle.
+                await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 8))", f"address:{client_ip}")
             await store.record_attempt(con, key, user_id, client_ip, kind, False)
-            failures = await store.recent_failures(con, scope, key, self.conf.failure_window_s)
-            if failures >= limit:
+            # A guess that was in flight when a parallel one locked the account or the address is
+            # refused as locked too (the lock only counts failures after it, so it would pass).
+            already = [
+                left
+                for left in (
+                    await store.active_lockout(con, scope, key),
+                    await store.active_lockout(con, "address", client_ip) if client_ip else None,
+                )
+                if left is not None
+            ]
+            if already:
+                locked = max(already)
+            elif (failures := await store.recent_failures(con, scope, key, self.conf.failure_window_s)) >= limit:
                 await store.add_lockout(
                     con,
                     scope,
@@ -372,7 +388,7 @@ class AuthActor(Actor):
                 )
                 locked = self.conf.lockout_s
                 log.warning("account locked after %d failures", failures, extra={"account": key, "ip": client_ip})
-            if client_ip:
+            if client_ip and not already:
                 by_address = await store.recent_failures(con, "address", client_ip, self.conf.failure_window_s)
                 if by_address >= self.conf.address_max_failures:
                     await store.add_lockout(
@@ -388,7 +404,7 @@ class AuthActor(Actor):
                     log.warning("client address locked after %d failures", by_address, extra={"ip": client_ip})
         if locked is not None:
             raise TooManyRequests(
-                "too many failed attempts; try again later", retry_after=int(locked), code="locked_out"
+                "too many failed attempts; try again later", retry_after=max(1, math.ceil(locked)), code="locked_out"
             )
 
     async def _succeeded(
@@ -517,6 +533,9 @@ class AuthActor(Actor):
         if not ok or authz is None:
             await self._failed(key, authz.user_id if authz else None, msg.client_ip, "password")
             raise Unauthorized(INVALID_CREDENTIALS, code="invalid_credentials")
+        # Again after the hash: a parallel guess may have locked the account or the address while
+        # this one was verified, and a right guess then is refused like a wrong one (nothing learnt).
+        await self._check_locks(key, msg.client_ip)
         if HASHER.check_needs_rehash(hashed):  # type: ignore[arg-type]
             new = await asyncio.to_thread(HASHER.hash, password)
             async with self.db.connection() as con:
