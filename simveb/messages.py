@@ -8,10 +8,12 @@ HTTP layer (the token) or the CLI knows it; messages that need an identity carry
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
 
 import msgspec
+
+from simveb.errors import DomainError
 
 R = TypeVar("R")
 
@@ -34,7 +36,14 @@ class Message(msgspec.Struct, metaclass=KwOnlyMeta, frozen=True, tag=True, tag_f
 
 
 class Ask(Message, Generic[R]):
-    """A request answered with an R (or a DomainError)."""
+    """A request answered with an R (or a DomainError).
+
+    `errors` declares the DomainErrors its handler answers with (part of the contract: the HTTP
+    layer documents them on every route that asks this message). An ask timeout (Unavailable) is
+    always possible and need not be listed.
+    """
+
+    errors: ClassVar[tuple[type[DomainError], ...]] = ()
 
 
 class Tell(Message):

@@ -19,7 +19,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, SecurityScheme, Tag
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -30,6 +30,7 @@ from simveb.config import Settings, check_providers_reachable
 from simveb.errors import DomainError
 from simveb.http import auth as auth_http
 from simveb.http import config as config_http
+from simveb.http import contract
 from simveb.http import documents as documents_http
 from simveb.http import integrations as integrations_http
 from simveb.http import notifications as notifications_http
@@ -40,27 +41,37 @@ from simveb.http import vehicles as vehicles_http
 from simveb.http.inputs import field_of
 from simveb.http.logs import configure_logging, flush_logs, request_id_var
 from simveb.http.security import attach_verifier, caller, load_deny_list, maybe_caller, token
-from simveb.http.shell import HttpMetrics, Shell
+from simveb.http.shell import OPEN_PREFIXES, HttpMetrics, Shell
 from simveb.metrics import COLLECTORS as PROCESS_COLLECTORS
 from simveb.runtime import Runtime
 
 log = logging.getLogger("simveb.http")
 
-PROBLEM = "application/problem+json"
-_TITLES = {
-    400: "Bad request",
-    401: "Authentication required",
-    403: "Forbidden",
-    404: "Not found",
-    405: "Method not allowed",
-    409: "Conflict",
-    413: "Payload too large",
-    415: "Unsupported media type",
-    422: "Invalid input",
-    429: "Too many requests",
-    500: "Internal error",
-    503: "Service unavailable",
-}
+PROBLEM = contract.PROBLEM
+_TITLES = contract.TITLES
+
+# The groups of operations in the OpenAPI document, one per service.
+TAGS = [
+    Tag(name="auth", description="Sign-in (password, one-time code, TOTP), tokens, sessions, password reset, JWKS."),
+    Tag(name="users", description="Accounts, person and company profiles, roles, KYC and NPI verification."),
+    Tag(
+        name="vehicles",
+        description="The vehicle catalogue, vehicles and their carte grise fields, owners, standing, search, import and export.",
+    ),
+    Tag(name="registrations", description="Immatriculation requests: filing, workflow steps, validation, plates."),
+    Tag(
+        name="documents",
+        description="Uploaded papers, issued certificates and receipts, public certificate verification.",
+    ),
+    Tag(
+        name="payments",
+        description="Payables, mobile-money and counter payments, refunds, invoices, provider webhooks.",
+    ),
+    Tag(name="config", description="Settings, the procedure catalogue, the fee grid and feature flags."),
+    Tag(name="notifications", description="Templates, subscriptions, devices and in-app messages."),
+    Tag(name="integrations", description="ANIP and DGI registry lookups over X-Road, and their status."),
+    Tag(name="health", description="Liveness and readiness probes."),
+]
 
 
 # --- problem+json -----------------------------------------------------------------------------------
@@ -329,13 +340,23 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
             components=Components(
-                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT (EdDSA)")}
+                security_schemes={
+                    contract.BEARER: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT (EdDSA)",
+                        description="An access token from POST /api/auth/login (or verify-otp, refresh).",
+                    )
+                }
             ),
-            security=[{"bearer": []}],
+            # No document-wide requirement: each operation declares its own (none on public routes).
+            tags=TAGS,
+            use_handler_docstrings=True,
         ),
         state=State({"settings": settings, "metrics_registry": registry, "shell": shell}),
         debug=False,
     )
+    contract.document(app, open_prefixes=OPEN_PREFIXES)
     registry.register(http_metrics)  # type: ignore[arg-type]
     registry.register(BusCollector(app))  # type: ignore[arg-type]
     for collector in PROCESS_COLLECTORS:

@@ -121,7 +121,8 @@ class TokenVerifier:
 
 
 # Guards are coroutines on purpose: Litestar runs a plain-function guard in a worker thread, a thread
-# hop per request that cost more than the check itself.
+# hop per request that cost more than the check itself. Each says what it needs (`guard.describes`),
+# which the OpenAPI document shows on its routes (simveb/http/contract.py).
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
@@ -135,6 +136,9 @@ def requires(*permissions: str) -> Guard:
         if not user.can(*permissions):
             raise Forbidden(f"needs permission {', '.join(permissions)}", code="missing_permission")
 
+    guard.describes = (
+        f"needs the permission{'s' if len(permissions) > 1 else ''} {' and '.join(f'`{p}`' for p in permissions)}"  # type: ignore[attr-defined]
+    )
     return guard
 
 
@@ -148,6 +152,7 @@ def requires_any(*permissions: str) -> Guard:
         if not any(user.can(p) for p in permissions):
             raise Forbidden(f"needs one of the permissions {', '.join(permissions)}", code="missing_permission")
 
+    guard.describes = f"needs one of the permissions {' or '.join(f'`{p}`' for p in permissions)}"  # type: ignore[attr-defined]
     return guard
 
 
