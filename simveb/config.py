@@ -268,15 +268,11 @@ class UsersSettings(Section):
     # Self-service NPI verifications allowed per account in the window (staff are not limited).
     npi_verify_max_attempts: Positive = 5
     npi_verify_window_h: Positive = 24
-    page_default: Positive = 20
-    page_max: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
 
 
 class VehiclesSettings(Section):
     """Vehicle registry: search, import, export (issue 5)."""
 
-    search_default_limit: Positive = 50
-    search_max_limit: Positive = 200
     # Rows per chunk of a streamed CSV export (one server-side cursor fetch each).
     export_batch_rows: Positive = 2000
     # An export whose client went away without closing it gives its connection back after this long.

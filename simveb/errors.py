@@ -51,6 +51,15 @@ class BadRequest(DomainError):
     title = "Bad request"
 
 
+class InvalidCursor(BadRequest):
+    """A list's `cursor` that this list did not give (garbled, edited, or another list's)."""
+
+    code = "invalid_cursor"
+
+    def __init__(self, detail: str = "cursor: not a cursor this list gave; start again without one") -> None:
+        super().__init__(detail, errors=[{"field": "cursor", "message": "a next_cursor this list returned"}])
+
+
 class Unauthorized(DomainError):
     status = 401
     code = "unauthorized"

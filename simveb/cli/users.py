@@ -9,6 +9,7 @@ import click
 import msgspec
 
 from simveb.cli.app import CLI_ACTOR, CliError, fail_cleanly, main, run, settings_of, with_runtime
+from simveb.messages import PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX
 
 # What the CLI may do through the users service: it runs with the machine's trust (an operator).
 CLI_CALLER_PERMISSIONS = frozenset({"users:read", "users:write", "users:roles", "users:kyc"})
@@ -84,12 +85,12 @@ def users_create(
 @click.option("--role", help="only users with this role")
 @click.option("--status", type=click.Choice(["pending", "active", "inactive"]))
 @click.option("--search", "-q", "q", help="name, NPI, email or phone contains this")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option("--limit", type=click.IntRange(1, PAGE_LIMIT_MAX), default=PAGE_LIMIT_DEFAULT, show_default=True)
+@click.option("--cursor", help="the next page, as the previous list printed it")
 @click.pass_context
 @fail_cleanly
 def users_list(
-    ctx: click.Context, role: str | None, status: str | None, q: str | None, limit: int, offset: int
+    ctx: click.Context, role: str | None, status: str | None, q: str | None, limit: int, cursor: str | None
 ) -> None:
     """Users, newest first: id, status, KYC, roles, contact, name."""
     from simveb.actors.users.messages import Caller, ListUsers
@@ -100,7 +101,7 @@ def users_list(
         with_runtime(
             settings,
             lambda rt: rt.bus.ask(
-                ListUsers(caller=caller, role=role, status=status, q=q, limit=limit, offset=offset)  # type: ignore[arg-type]
+                ListUsers(caller=caller, role=role, status=status, q=q, limit=limit, cursor=cursor)  # type: ignore[arg-type]
             ),
         )
     )
@@ -109,7 +110,9 @@ def users_list(
         click.echo(
             f"{u.id}  {u.status:8} {u.kyc_status:12} {','.join(u.roles) or '-':20} {contact:28} {u.display_name}"
         )
-    click.echo(f"{len(page.items)} of {page.total} user(s)")
+    click.echo(f"{len(page.items)} user(s)")
+    if page.next_cursor:
+        click.echo(f"next page: --cursor {page.next_cursor}")
 
 
 @users_group.command("roles")

@@ -17,7 +17,7 @@ from simveb.actors.config.messages import (
     Fee,
     FeeFields,
     GetService,
-    HistoryEntry,
+    HistoryPage,
     IsFeatureEnabled,
     Key,
     ListFeatures,
@@ -36,9 +36,9 @@ from simveb.actors.config.messages import (
     UpdateService,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import body_of, record_of
+from simveb.http.inputs import CursorQuery, LimitQuery, body_of, record_of
 from simveb.http.security import requires, requires_any
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 PUBLIC = {"public": True}
 WRITE = [requires("config:write")]
@@ -157,10 +157,18 @@ class ConfigController(Controller):
 
     @get("/history", guards=READ_HISTORY)
     async def history(
-        self, bus: Bus, entity: str | None = None, key: str | None = None, limit: int = 100
-    ) -> list[HistoryEntry]:
-        """Every change: who, when, old -> new."""
-        return await bus.ask(ListHistory(entity=entity, key=key, limit=max(1, min(limit, 500))))
+        self,
+        bus: Bus,
+        entity: Annotated[
+            str | None,
+            Parameter(max_length=40, description="What changed: setting, service, fee or feature."),
+        ] = None,
+        key: Annotated[str | None, Parameter(max_length=200, description="The changed item's key.")] = None,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+    ) -> HistoryPage:
+        """Every change, newest first: who, when, old -> new."""
+        return await bus.ask(ListHistory(entity=entity, key=key, cursor=cursor, limit=limit))
 
 
 CONTROLLERS = [ConfigController]

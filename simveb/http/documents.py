@@ -60,9 +60,9 @@ from simveb.actors.documents.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, DomainError, PayloadTooLarge
-from simveb.http.inputs import Input
+from simveb.http.inputs import CursorQuery, Input, LimitQuery
 from simveb.http.security import requires
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 PUBLIC = {"public": True}
 FIELDS = {"type", "request_id", "vehicle_id", "owner_id", "replaces_id"}
@@ -286,8 +286,8 @@ class DocumentsController(Controller):
         type: Annotated[str | None, Parameter(max_length=50, description="document type code")] = None,
         status: DocumentStatus | None = None,
         include_archived: bool = False,
-        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> DocumentPage:
         """Your documents; staff with documents:read by request, vehicle or owner."""
         return await bus.ask(

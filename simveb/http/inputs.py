@@ -15,11 +15,18 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from litestar.params import Parameter
 
-from simveb.messages import KwOnlyMeta
+from simveb.messages import (
+    CURSOR_MAX_LENGTH,
+    CURSOR_PATTERN,
+    PAGE_LIMIT_DEFAULT,
+    PAGE_LIMIT_MAX,
+    KwOnlyMeta,
+)
 
 
 class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
@@ -50,6 +57,26 @@ def body_of(message: type[msgspec.Struct], *, exclude: Iterable[str] = (), name:
 
 
 R = TypeVar("R", bound=msgspec.Struct)
+
+# The two query parameters of every list route (simveb.messages owns the paging rules; these say them
+# to Litestar, which checks them and documents them, before a message is built).
+LimitQuery = Annotated[
+    int,
+    Parameter(
+        ge=1,
+        le=PAGE_LIMIT_MAX,
+        description=f"Items per page, 1 to {PAGE_LIMIT_MAX} (default {PAGE_LIMIT_DEFAULT}).",
+    ),
+]
+CursorQuery = Annotated[
+    str | None,
+    Parameter(
+        min_length=1,
+        max_length=CURSOR_MAX_LENGTH,
+        pattern=CURSOR_PATTERN,
+        description="The next_cursor of the previous page, passed back unchanged; omit it for the first page.",
+    ),
+]
 
 
 def record_of(body: msgspec.Struct, record: type[R]) -> R:

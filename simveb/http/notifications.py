@@ -7,10 +7,12 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, delete, get, post, put
+from litestar.params import Parameter
 
 from simveb.actors.notifications.messages import (
     Accepted,
     Channel,
+    CountUnread,
     Device,
     Language,
     ListMyNotifications,
@@ -26,14 +28,15 @@ from simveb.actors.notifications.messages import (
     Subscription,
     Template,
     TemplateEvent,
+    UnreadCount,
     UnregisterDevice,
     UpdateTemplate,
 )
 from simveb.bus import Bus
 from simveb.errors import BadRequest
-from simveb.http.inputs import Input, body_of
+from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of
 from simveb.http.security import requires, requires_any
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 SEND = [requires("notifications:send")]
 TEMPLATES = [requires("notifications:templates")]
@@ -117,12 +120,22 @@ class NotificationsController(Controller):
 
     @get("/")
     async def mine(
-        self, bus: Bus, caller: Caller, limit: int = 20, offset: int = 0, unread: bool = False
+        self,
+        bus: Bus,
+        caller: Caller,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+        unread: Annotated[bool, Parameter(description="Only the unread ones.")] = False,
     ) -> NotificationPage:
-        """The caller's in-app notifications, newest first, with the unread count."""
+        """The caller's in-app notifications, newest first (the unread count is GET /unread)."""
         return await bus.ask(
-            ListMyNotifications(user_id=inbox_of(caller), limit=limit, offset=offset, unread_only=unread)
+            ListMyNotifications(user_id=inbox_of(caller), cursor=cursor, limit=limit, unread_only=unread)
         )
+
+    @get("/unread")
+    async def unread(self, bus: Bus, caller: Caller) -> UnreadCount:
+        """How many of the caller's in-app notifications are unread."""
+        return await bus.ask(CountUnread(user_id=inbox_of(caller)))
 
     @post("/{notification_id:uuid}/read", status_code=200)
     async def read(self, bus: Bus, caller: Caller, notification_id: UUID) -> Notification:

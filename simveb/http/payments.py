@@ -18,7 +18,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import HeaderParameter, Parameter
+from litestar.params import HeaderParameter
 
 from simveb.actors.payments.messages import (
     CancelPayment,
@@ -44,9 +44,9 @@ from simveb.actors.payments.messages import (
     WebhookResult,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import Input
+from simveb.http.inputs import CursorQuery, Input, LimitQuery
 from simveb.http.security import requires
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 PUBLIC = {"public": True}
 Key = Annotated[
@@ -107,8 +107,8 @@ class PaymentsController(Controller):
         payment_id: UUID | None = None,
         payer_id: UUID | None = None,
         flagged: bool | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> TransactionPage:
         """The caller's transactions (everyone's with payments:read), newest first, cursor-paginated."""
         return await bus.ask(

@@ -16,7 +16,6 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.params import Parameter
 
 from simveb.actors.registrations.messages import (
     AssignRequest,
@@ -52,10 +51,10 @@ from simveb.actors.registrations.messages import Request as RegistrationRequest
 from simveb.bus import Bus
 from simveb.csvcells import safe_writer
 from simveb.errors import BadRequest
-from simveb.http.inputs import Input, body_of
+from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of
 from simveb.http.security import requires
 from simveb.http.vehicles import FieldsIn
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 SUBMIT = [requires("registrations:submit")]
 READ_ALL = [requires("registrations:read")]
@@ -228,8 +227,8 @@ class RegistrationsController(Controller):
         vehicle: UUID | None = None,
         created_from: datetime | None = None,
         created_to: datetime | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> RequestPage:
         """Requests the caller may see, newest first; `assignee=me` is an agent's queue."""
         return await bus.ask(
@@ -256,8 +255,8 @@ class RegistrationsController(Controller):
         bus: Bus,
         status: str | None = None,
         assignee: str | None = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> RequestPage:
         """Requests past the due time of their status (setting registrations.due_hours)."""
         return await bus.ask(

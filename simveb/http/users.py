@@ -32,8 +32,8 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.datastructures import State
 from litestar.exceptions import ValidationException
+from litestar.params import Parameter
 
 from simveb.actors.auth.messages import CreateAccount, OtpRequested, RequestOtp
 from simveb.actors.users.messages import (
@@ -70,8 +70,9 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import Input, body_of, field_of, record_of
+from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of, field_of, record_of
 from simveb.http.security import requires
+from simveb.messages import PAGE_LIMIT_DEFAULT
 
 log = logging.getLogger("simveb.http.users")
 T = TypeVar("T")
@@ -188,29 +189,31 @@ class UsersController(Controller):
     async def list_users(
         self,
         bus: Bus,
-        state: State,
         caller: Caller,
-        limit: int | None = None,
-        offset: int = 0,
-        role: str | None = None,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+        role: Annotated[
+            str | None, Parameter(max_length=40, pattern=r"^[a-z][a-z0-9_]*$", description="Users holding this role.")
+        ] = None,
         status: UserStatus | None = None,
         kind: UserKind | None = None,
         kyc_status: KycStatus | None = None,
-        q: str | None = None,
+        q: Annotated[
+            str | None,
+            Parameter(max_length=100, description="Contained in the name, NPI, email or phone (case-insensitive)."),
+        ] = None,
     ) -> UserPage:
         """Users, newest first, filtered by role, status, kind or KYC status, searched by name, NPI, email or phone."""
-        cfg = state.settings.users
-        size = max(1, min(limit or cfg.page_default, cfg.page_max))
         return await bus.ask(
             ListUsers(
                 caller=caller,
-                limit=size,
-                offset=max(0, offset),
+                cursor=cursor,
+                limit=limit,
                 role=role,
                 status=status,
                 kind=kind,
                 kyc_status=kyc_status,
-                q=(q or "")[:100] or None,
+                q=q or None,
             )
         )
 

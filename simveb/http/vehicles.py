@@ -84,9 +84,9 @@ from simveb.actors.vehicles.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from simveb.http.inputs import Input, body_of, record_of
+from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of, record_of
 from simveb.http.security import requires, requires_any
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 PUBLIC = {"public": True}
 CATALOGUE_WRITE = [requires("config:write")]
@@ -282,7 +282,6 @@ class VehiclesController(Controller):
         self,
         bus: Bus,
         caller: Caller,
-        request: Request[Any, Any, Any],
         q: Q = None,
         vin: str | None = None,
         plate: str | None = None,
@@ -293,11 +292,10 @@ class VehiclesController(Controller):
         year_min: int | None = None,
         year_max: int | None = None,
         include_archived: bool = False,
-        cursor: str | None = None,
-        limit: Annotated[int | None, Parameter(ge=1, le=1000)] = None,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> VehiclePage:
-        """Search the vehicles the caller may see; next_cursor fetches the next page."""
-        settings: Settings = request.app.state.settings
+        """Search the vehicles the caller may see, in id order; next_cursor fetches the next page."""
         filt = _filter(
             q=q,
             vin=vin,
@@ -315,7 +313,7 @@ class VehiclesController(Controller):
                 filter=filt,
                 viewer=viewer_of(caller),
                 cursor=cursor,
-                limit=limit or settings.vehicles.search_default_limit,
+                limit=limit,
             )
         )
 

@@ -31,7 +31,7 @@ from simveb.actors.vehicles.messages import (
     VehicleFilter,
     Viewer,
 )
-from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from simveb.errors import Conflict, Invalid, InvalidCursor, NotFound, PreconditionFailed
 from tests.support import wait_for
 
 AGENT = "agent-1"
@@ -310,7 +310,7 @@ async def test_search(bus):
         if cursor is None:
             break
     assert len(seen) == len(set(seen)) == 4
-    with pytest.raises(Invalid):
+    with pytest.raises(InvalidCursor):
         await bus.ask(SearchVehicles(cursor="nope"))
 
 

@@ -108,7 +108,7 @@ async def test_setting_change_is_typed_cached_and_kept_in_history(client, seeded
     assert r.status_code == 200 and r.json()["value"] == 45
     after = (await client.get("/api/config/settings")).json()
     assert next(s for s in after if s["key"] == old["key"])["value"] == 45, "the cache was invalidated"
-    history = (await client.get("/api/config/history", params={"key": old["key"]}, headers=headers)).json()
+    history = (await client.get("/api/config/history", params={"key": old["key"]}, headers=headers)).json()["items"]
     assert history[0]["actor"] == "admin-42"
     assert history[0]["old_value"]["value"] == old["value"] and history[0]["new_value"]["value"] == 45
     # wrong type for an existing integer setting: refused, nothing written
@@ -259,7 +259,7 @@ async def test_a_supervisor_reads_the_config_history_with_config_read(client, se
     assert "config:read" in roles["supervisor"] and "config:write" not in roles["supervisor"]
     r = await client.get("/api/config/history", params={"key": "online_payment"}, headers=supervisor)
     assert r.status_code == 200, r.text
-    assert r.json()[0]["key"] == "online_payment"
+    assert r.json()["items"][0]["key"] == "online_payment"
     # Still closed to a caller with neither config:read nor config:write.
     problem(await client.get("/api/config/history", headers=auth("vehicles:read")), 403)
     problem(await client.get("/api/config/history"), 401)

@@ -215,17 +215,22 @@ async def test_in_app_inbox_is_private(client, runtime, auth) -> None:
     r = await client.get("/api/notifications", params={"limit": 2}, headers=auth(sub=alice))
     assert r.status_code == 200, r.text
     page = r.json()
-    assert page["total"] == 3 and page["unread"] == 3 and len(page["items"]) == 2
+    assert set(page) == {"items", "next_cursor"} and len(page["items"]) == 2 and page["next_cursor"]
     assert page["items"][0]["title"] == "SIMVEB : changement de statut"
-    r = await client.get("/api/notifications", params={"limit": 2, "offset": 2}, headers=auth(sub=alice))
-    assert len(r.json()["items"]) == 1
+    assert (await client.get("/api/notifications/unread", headers=auth(sub=alice))).json() == {"unread": 3}
+    r = await client.get(
+        "/api/notifications", params={"limit": 2, "cursor": page["next_cursor"]}, headers=auth(sub=alice)
+    )
+    assert len(r.json()["items"]) == 1 and r.json()["next_cursor"] is None
+    assert [n["id"] for n in page["items"] + r.json()["items"]] == [str(i) for i in reversed(ids)]
     r = await client.get("/api/notifications", headers=auth(sub=bob))
-    assert r.json()["total"] == 0
+    assert r.json() == {"items": [], "next_cursor": None}
     assert_problem(await client.post(f"/api/notifications/{ids[0]}/read", headers=auth(sub=bob)), 404)
     r = await client.post(f"/api/notifications/{ids[0]}/read", headers=auth(sub=alice))
     assert r.status_code == 200 and r.json()["read_at"] is not None
     r = await client.get("/api/notifications", params={"unread": True}, headers=auth(sub=alice))
-    assert r.json()["unread"] == 2 and r.json()["total"] == 2
+    assert len(r.json()["items"]) == 2 and str(ids[0]) not in {n["id"] for n in r.json()["items"]}
+    assert (await client.get("/api/notifications/unread", headers=auth(sub=alice))).json() == {"unread": 2}
     assert_problem(await client.get("/api/notifications", headers=auth(sub="service-x")), 400, "not_a_user")
 
 

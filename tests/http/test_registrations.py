@@ -558,7 +558,7 @@ async def test_cursor_pagination_and_filters(world: dict[str, Any]) -> None:
     by_procedure = (await api.get("/api/immatriculations?procedure=transfer", headers=admin.headers)).json()
     assert by_procedure["items"] == []
     r = await api.get("/api/immatriculations?cursor=garbage", headers=admin.headers)
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["code"] == "invalid_cursor"
 
 
 async def test_the_workflow_is_pinned_when_the_request_is_filed(world: dict[str, Any]) -> None:

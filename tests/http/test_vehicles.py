@@ -51,7 +51,7 @@ async def create(
 
 
 async def count(api: Any, auth: Any) -> int:
-    r = await api.get("/api/vehicles", params={"limit": 1000}, headers=auth(*AGENT))
+    r = await api.get("/api/vehicles", params={"limit": 200}, headers=auth(*AGENT))
     return len(r.json()["items"])
 
 
@@ -263,7 +263,7 @@ async def test_search_routes(api, auth):
     assert await vins(make="yamaha", year_min=2020) == ["3"]
     assert await vins(status="stolen") == []
     is_problem(await api.get("/api/vehicles", params={"status": "lost"}, headers=h), 400)
-    is_problem(await api.get("/api/vehicles", params={"cursor": "zz"}, headers=h), 422)
+    is_problem(await api.get("/api/vehicles", params={"cursor": "zz"}, headers=h), 400)
     r = await api.get("/api/vehicles", params={"limit": 2}, headers=h)
     page = r.json()
     r = await api.get("/api/vehicles", params={"limit": 2, "cursor": page["next_cursor"]}, headers=h)

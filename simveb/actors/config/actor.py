@@ -25,7 +25,7 @@ from simveb.actors.config.messages import (
     Fee,
     GetService,
     GetSetting,
-    HistoryEntry,
+    HistoryPage,
     IsFeatureEnabled,
     ListFeatures,
     ListFees,
@@ -48,6 +48,7 @@ from simveb.actors.config.messages import (
 from simveb.bus import Actor, handler
 from simveb.db import Listener
 from simveb.errors import Conflict, Invalid, NotFound
+from simveb.messages import decode_cursor, page
 
 log = logging.getLogger("simveb.config")
 NOTIFY_CHANNEL = "simveb_config"
@@ -191,8 +192,10 @@ class ConfigActor(Actor):
         return Quote(service_code=service.code, total=sum(line.amount for line in lines), lines=lines)
 
     @handler
-    async def list_history(self, msg: ListHistory, con: asyncpg.Connection) -> list[HistoryEntry]:
-        return await store.history(con, msg.entity, msg.key, msg.limit)
+    async def list_history(self, msg: ListHistory, con: asyncpg.Connection) -> HistoryPage:
+        after = decode_cursor(msg.cursor, int)
+        rows = await store.history(con, msg.entity, msg.key, after and after[0], msg.limit + 1)
+        return page(HistoryPage, rows, msg.limit, lambda h: (h.id,))
 
     # --- writes ------------------------------------------------------------------------------------
 

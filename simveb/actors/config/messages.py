@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.messages import Ask, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 Key = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{1,99}$")]
@@ -146,10 +146,17 @@ class QuoteFee(Ask[Quote]):
     characteristics: list[str] = []
 
 
-class ListHistory(Ask[list[HistoryEntry]]):
+class HistoryPage(Page[HistoryEntry]):
+    """Changes, newest first."""
+
+    items: list[HistoryEntry]
+
+
+class ListHistory(Ask[HistoryPage]):
     entity: str | None = None
     key: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 100
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 # --- commands ----------------------------------------------------------------------------------------

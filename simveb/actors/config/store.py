@@ -196,14 +196,19 @@ async def record(con: asyncpg.Connection, entity: str, key: str, by: str, old: A
     )
 
 
-async def history(con: asyncpg.Connection, entity: str | None, key: str | None, limit: int) -> list[HistoryEntry]:
+async def history(
+    con: asyncpg.Connection, entity: str | None, key: str | None, before: int | None, limit: int
+) -> list[HistoryEntry]:
+    """Changes, newest first (the id is a sequence), those older than the id `before` when given."""
     rows = await con.fetch(
         "SELECT id, entity, key, actor, at, old_value, new_value FROM config.history"
         " WHERE ($1::text IS NULL OR entity = $1) AND ($2::text IS NULL OR key = $2)"
+        " AND ($4::bigint IS NULL OR id < $4)"
         " ORDER BY id DESC LIMIT $3",
         entity,
         key,
         limit,
+        before,
     )
     return from_rows(HistoryEntry, rows)
 

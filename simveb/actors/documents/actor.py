@@ -16,7 +16,6 @@ receipts, and the verification of a certificate.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -79,7 +78,7 @@ from simveb.actors.vehicles.messages import GetVehicle, ListCategories, ListEner
 from simveb.bus import Actor, handler
 from simveb.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unavailable
 from simveb.keys import ALGORITHM, document_ring
-from simveb.messages import Caller
+from simveb.messages import Caller, decode_cursor, page
 
 log = logging.getLogger("simveb.documents")
 
@@ -190,22 +189,6 @@ def _visible(doc: Document, caller: Caller | None) -> bool:
     assert caller is not None
     uid = caller.user_id
     return uid is not None and doc.owner_id == uid and doc.archived_at is None
-
-
-def _cursor(doc: Document) -> str:
-    raw = f"{doc.created_at.isoformat()}|{doc.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _after(cursor: str | None) -> tuple[datetime, UUID] | None:
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        at, _, ident = raw.partition("|")
-        return datetime.fromisoformat(at), UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("cursor: not a cursor of this list", code="bad_cursor") from None
 
 
 class _Download:
@@ -401,12 +384,10 @@ class DocumentsActor(Actor):
             type_code=msg.type_code,
             status=msg.status,
             include_archived=include_archived,
-            after=_after(msg.cursor),
+            after=decode_cursor(msg.cursor, datetime, UUID),
             limit=msg.limit + 1,
         )
-        more = len(items) > msg.limit
-        items = items[: msg.limit]
-        return DocumentPage(items=items, next_cursor=_cursor(items[-1]) if more and items else None)
+        return page(DocumentPage, items, msg.limit, lambda d: (d.created_at, d.id))
 
     @handler
     async def archive_document(self, msg: ArchiveDocument, con: asyncpg.Connection) -> Document:

@@ -19,7 +19,7 @@ from uuid import UUID
 import msgspec
 
 from simveb.errors import DomainError
-from simveb.messages import Ask, Caller, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 DocumentStatus = Literal["pending", "validated", "rejected", "issued"]
 Decision = Literal["approve", "reject"]
@@ -129,9 +129,10 @@ class Document(Record):
     validations: tuple[Validation, ...] = ()  # filled by GetDocument
 
 
-class DocumentPage(Record):
+class DocumentPage(Page[Document]):
+    """Documents, newest first."""
+
     items: list[Document]
-    next_cursor: str | None = None
 
 
 class Certificate(Record):
@@ -257,8 +258,8 @@ class ListDocuments(Ask[DocumentPage]):
     type_code: str | None = None
     status: DocumentStatus | None = None
     include_archived: bool = False
-    cursor: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class ArchiveDocument(Ask[Document]):

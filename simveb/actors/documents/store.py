@@ -80,7 +80,7 @@ async def list_documents(
     type_code: str | None,
     status: str | None,
     include_archived: bool,
-    after: tuple[datetime, UUID] | None,
+    after: tuple[Any, ...] | None,
     limit: int,
 ) -> list[Document]:
     rows = await con.fetch(

@@ -25,6 +25,7 @@ import random
 import re
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -45,6 +46,7 @@ from simveb.actors.notifications.channels import (
 )
 from simveb.actors.notifications.messages import (
     Accepted,
+    CountUnread,
     Delivery,
     Device,
     GetDelivery,
@@ -62,6 +64,7 @@ from simveb.actors.notifications.messages import (
     SendOtp,
     Subscription,
     Template,
+    UnreadCount,
     UnregisterDevice,
     UpdateTemplate,
 )
@@ -70,7 +73,7 @@ from simveb.actors.users.messages import UserContactChanged
 from simveb.bus import Actor, current_event_id, handler
 from simveb.db import Listener
 from simveb.errors import Conflict, Invalid, NotFound
-from simveb.messages import Event
+from simveb.messages import Event, decode_cursor, page
 
 log = logging.getLogger("simveb.notifications")
 NOTIFY_CHANNEL = "simveb_notifications"
@@ -422,10 +425,13 @@ class NotificationsActor(Actor):
 
     @handler
     async def list_mine(self, msg: ListMyNotifications, con: asyncpg.Connection) -> NotificationPage:
-        limit = max(1, min(msg.limit, 100))
-        offset = max(0, msg.offset)
-        items, total, unread = await store.in_app_page(con, msg.user_id, limit, offset, msg.unread_only)
-        return NotificationPage(items=items, total=total, unread=unread, limit=limit, offset=offset)
+        after = decode_cursor(msg.cursor, datetime, UUID)
+        rows = await store.in_app_page(con, msg.user_id, msg.limit + 1, after, msg.unread_only)
+        return page(NotificationPage, rows, msg.limit, lambda n: (n.created_at, n.id))
+
+    @handler
+    async def count_unread(self, msg: CountUnread, con: asyncpg.Connection) -> UnreadCount:
+        return UnreadCount(unread=await store.unread_count(con, msg.user_id))
 
     @handler
     async def mark_read(self, msg: MarkRead, con: asyncpg.Connection) -> Notification:

@@ -11,7 +11,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.messages import Ask, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Limit, Page, Record
 
 Channel = Literal["email", "sms", "push", "in_app"]
 Language = Literal["fr", "en"]
@@ -84,12 +84,14 @@ class Notification(Record):
     read_at: datetime | None = None
 
 
-class NotificationPage(Record):
+class NotificationPage(Page[Notification]):
+    """In-app notifications, newest first."""
+
     items: list[Notification]
-    total: int
+
+
+class UnreadCount(Record):
     unread: int
-    limit: int
-    offset: int
 
 
 class Device(Record):
@@ -174,9 +176,15 @@ class PutSubscription(Ask[Subscription]):
 
 class ListMyNotifications(Ask[NotificationPage]):
     user_id: UUID
-    limit: int = 20
-    offset: int = 0
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
     unread_only: bool = False
+
+
+class CountUnread(Ask[UnreadCount]):
+    """How many in-app notifications of this user are unread (a badge)."""
+
+    user_id: UUID
 
 
 class MarkRead(Ask[Notification]):

@@ -278,24 +278,29 @@ _INAPP_COLS = "id, template_event, subject AS title, body, created_at, read_at"
 
 
 async def in_app_page(
-    con: asyncpg.Connection, user_id: UUID, limit: int, offset: int, unread_only: bool
-) -> tuple[list[Notification], int, int]:
+    con: asyncpg.Connection, user_id: UUID, limit: int, after: tuple[Any, ...] | None, unread_only: bool
+) -> list[Notification]:
+    """A user's in-app messages, newest first, after the keyset `after` (created_at, id)."""
+    at, mid = after or (None, None)
     rows = await con.fetch(
         f"SELECT {_INAPP_COLS} FROM notifications.messages WHERE channel = 'in_app' AND user_id = $1"
-        " AND (NOT $4 OR read_at IS NULL) ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+        " AND (NOT $3 OR read_at IS NULL)"
+        " AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))"
+        " ORDER BY created_at DESC, id DESC LIMIT $2",
         user_id,
         limit,
-        offset,
         unread_only,
+        at,
+        mid,
     )
-    counts = await con.fetchrow(
-        "SELECT count(*) FILTER (WHERE NOT $2 OR read_at IS NULL) AS total,"
-        " count(*) FILTER (WHERE read_at IS NULL) AS unread"
-        " FROM notifications.messages WHERE channel = 'in_app' AND user_id = $1",
+    return from_rows(Notification, rows)
+
+
+async def unread_count(con: asyncpg.Connection, user_id: UUID) -> int:
+    return await con.fetchval(
+        "SELECT count(*) FROM notifications.messages WHERE channel = 'in_app' AND user_id = $1 AND read_at IS NULL",
         user_id,
-        unread_only,
     )
-    return from_rows(Notification, rows), counts["total"], counts["unread"]
 
 
 async def mark_read(con: asyncpg.Connection, user_id: UUID, message_id: UUID) -> Notification | None:

@@ -66,7 +66,7 @@ from simveb.actors.payments.providers.fedapay import FedaPay
 from simveb.actors.payments.providers.kkiapay import KKiaPay
 from simveb.bus import Actor, current_event_id, handler
 from simveb.errors import BadRequest, Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
-from simveb.messages import Caller
+from simveb.messages import Caller, decode_cursor, page
 
 log = logging.getLogger("simveb.payments")
 R = TypeVar("R")
@@ -304,13 +304,8 @@ class PaymentsActor(Actor):
         else:
             payer = msg.caller.user_id
             if payer is None or (msg.payer_id is not None and msg.payer_id != payer):
-                return TransactionPage(items=())
-        after = None
-        if msg.cursor:
-            try:
-                after = store.decode_cursor(msg.cursor)
-            except (ValueError, TypeError):
-                raise BadRequest("invalid cursor", code="invalid_cursor") from None
+                return TransactionPage(items=[])
+        after = decode_cursor(msg.cursor, dt.datetime, UUID)
         items = await store.list_transactions(
             con,
             payer_id=payer,
@@ -321,10 +316,7 @@ class PaymentsActor(Actor):
             after=after,
             limit=msg.limit + 1,
         )
-        more = len(items) > msg.limit
-        items = items[: msg.limit]
-        cursor = store.encode_cursor(items[-1].created_at, items[-1].id) if more and items else None
-        return TransactionPage(items=tuple(items), next_cursor=cursor)
+        return page(TransactionPage, items, msg.limit, lambda t: (t.created_at, t.id))
 
     @handler
     async def get_invoice(self, msg: GetInvoice, con: asyncpg.Connection) -> Invoice:

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.messages import Ask, Caller, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 Provider = Literal["fedapay", "kkiapay"]
 CounterMethod = Literal["cash", "bank"]
@@ -186,9 +186,10 @@ class Initiated(Record):
     widget: KkiapayWidget | None = None
 
 
-class TransactionPage(Record):
-    items: tuple[Transaction, ...]
-    next_cursor: str | None = None
+class TransactionPage(Page[Transaction]):
+    """Transactions, newest first."""
+
+    items: list[Transaction]
 
 
 class WebhookResult(Record):
@@ -241,8 +242,8 @@ class ListTransactions(Ask[TransactionPage]):
     payment_id: UUID | None = None
     payer_id: UUID | None = None
     flagged: bool | None = None
-    cursor: str | None = None
-    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class ConfirmPayment(Ask[PaymentDetail]):

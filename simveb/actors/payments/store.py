@@ -8,9 +8,6 @@ invoice's own transaction: consecutive, and a rollback leaves no gap.
 
 from __future__ import annotations
 
-import base64
-import json
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -205,17 +202,6 @@ async def cancel_pending(con: asyncpg.Connection, payment_id: UUID, reason: str)
     return int(status.split()[-1])
 
 
-def encode_cursor(created_at: datetime, tid: UUID) -> str:
-    raw = json.dumps([created_at.isoformat(), str(tid)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-    at, tid = json.loads(raw)
-    return datetime.fromisoformat(at), UUID(tid)
-
-
 async def list_transactions(
     con: asyncpg.Connection,
     *,
@@ -224,7 +210,7 @@ async def list_transactions(
     provider: str | None,
     payment_id: UUID | None,
     flagged: bool | None,
-    after: tuple[datetime, UUID] | None,
+    after: tuple[Any, ...] | None,
     limit: int,
 ) -> list[Transaction]:
     """Newest first, keyset-paginated on (created_at, id)."""

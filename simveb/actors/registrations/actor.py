@@ -78,7 +78,7 @@ from simveb.actors.vehicles.messages import (
 )
 from simveb.bus import Actor, handler
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_MAX, Caller, decode_cursor, page
 
 log = logging.getLogger("simveb.registrations")
 
@@ -240,10 +240,7 @@ class RegistrationsActor(Actor):
             scope = "own"
         if msg.filter.overdue and scope != "all":
             raise Forbidden("the overdue list is for supervisors", code="missing_permission")
-        try:
-            cursor = store.decode_cursor(msg.cursor) if msg.cursor else None
-        except (ValueError, UnicodeDecodeError):
-            raise Invalid("cursor is not one this API gave", code="invalid_cursor") from None
+        cursor = decode_cursor(msg.cursor, datetime, UUID)
         async with self.db.connection() as con:
             items = await store.list_requests(
                 con,
@@ -257,11 +254,7 @@ class RegistrationsActor(Actor):
                 cursor=cursor,
                 limit=msg.limit + 1,
             )
-        nxt = None
-        if len(items) > msg.limit:
-            items = items[: msg.limit]
-            nxt = store.encode_cursor(items[-1].created_at, items[-1].id)
-        return RequestPage(items=items, next_cursor=nxt)
+        return page(RequestPage, items, msg.limit, lambda r: (r.created_at, r.id))
 
     @handler
     async def stats(self, msg: GetStats) -> Stats:
@@ -522,14 +515,14 @@ class RegistrationsActor(Actor):
         roles = [r.code for r in await self.bus.ask(ListRoles()) if QUEUE_PERMISSION in r.permissions]
         found: dict[UUID, None] = {}
         for role in roles:
-            offset = 0
+            cursor: str | None = None
             while True:
-                page = await self.bus.ask(
-                    ListUsers(caller=_USERS_READER, role=role, status="active", limit=500, offset=offset)
+                batch = await self.bus.ask(
+                    ListUsers(caller=_USERS_READER, role=role, status="active", limit=PAGE_LIMIT_MAX, cursor=cursor)
                 )
-                found.update(dict.fromkeys(u.id for u in page.items))
-                offset += len(page.items)
-                if not page.items or offset >= page.total:
+                found.update(dict.fromkeys(u.id for u in batch.items))
+                cursor = batch.next_cursor
+                if cursor is None:
                     break
         staff = list(found)
         self._verifiers = (now, staff)

@@ -15,7 +15,7 @@ from uuid import UUID
 import msgspec
 
 from simveb.actors.vehicles.messages import VehicleFields
-from simveb.messages import Ask, Caller, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 Status = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 DocCode = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
@@ -25,7 +25,6 @@ PrestigeText = Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9][A-Z0-9 ]{1,14}[A-
 OwnerType = Literal["person", "company", "government", "diplomatic"]
 DuplicateReason = Literal["lost", "stolen", "damaged"]
 DuplicateOf = Literal["carte_grise", "plate"]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=500)]
 
 
 # --- records -----------------------------------------------------------------------------------------
@@ -90,9 +89,10 @@ class Request(Record):
     version: int
 
 
-class RequestPage(Record):
+class RequestPage(Page[Request]):
+    """Requests, newest first."""
+
     items: list[Request]
-    next_cursor: str | None = None
 
 
 class Workflow(Record):
@@ -218,8 +218,8 @@ class GetRequest(Ask[Request]):
 class ListRequests(Ask[RequestPage]):
     caller: Caller
     filter: RequestFilter = msgspec.field(default_factory=RequestFilter)
-    cursor: str | None = None
-    limit: Limit = 50
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class GetWorkflow(Ask[Workflow]):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -130,15 +129,6 @@ async def handled_by(con: asyncpg.Connection, request_id: UUID, sub: str) -> boo
     )
 
 
-def encode_cursor(created_at: datetime, request_id: UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{request_id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    at, rid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    return datetime.fromisoformat(at), UUID(rid)
-
-
 async def list_requests(
     con: asyncpg.Connection,
     f: RequestFilter,
@@ -149,7 +139,7 @@ async def list_requests(
     permissions: Sequence[str],
     queue_permission: str,
     due: dict[str, float],
-    cursor: tuple[datetime, UUID] | None,
+    cursor: tuple[Any, ...] | None,
     limit: int,
 ) -> list[Request]:
     """One page, newest first. scope: 'all' (supervisors), 'staff' (queue rules), 'own' (applicants)."""

@@ -59,6 +59,7 @@ from simveb.actors.users.messages import (
 )
 from simveb.bus import Actor, handler
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
+from simveb.messages import decode_cursor, page
 
 log = logging.getLogger("simveb.users")
 
@@ -172,17 +173,17 @@ class UsersActor(Actor):
     async def list_users(self, msg: ListUsers, con: asyncpg.Connection) -> UserPage:
         if not msg.caller.can("users:read"):
             raise Forbidden("needs permission users:read", code="missing_permission")
-        items, total = await store.list_users(
+        rows = await store.list_users(
             con,
-            limit=msg.limit,
-            offset=msg.offset,
+            limit=msg.limit + 1,
+            after=decode_cursor(msg.cursor, datetime, UUID),
             role=msg.role,
             status=msg.status,
             kind=msg.kind,
             kyc_status=msg.kyc_status,
             q=msg.q,
         )
-        return UserPage(items=items, total=total, limit=msg.limit, offset=msg.offset)
+        return page(UserPage, rows, msg.limit, lambda u: (u.created_at, u.id))
 
     @handler
     async def get_profile(self, msg: GetProfile, con: asyncpg.Connection) -> Profile:

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.messages import Ask, Caller, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 KycStatus = Literal["unverified", "npi_verified", "kyc_verified"]
 UserStatus = Literal["pending", "active", "inactive"]
@@ -148,11 +148,10 @@ class User(Record):
     updated_at: datetime
 
 
-class UserPage(Record):
+class UserPage(Page[User]):
+    """Users, newest first."""
+
     items: list[User]
-    total: int
-    limit: int
-    offset: int
 
 
 class Profile(Record):
@@ -223,8 +222,8 @@ class ListUsers(Ask[UserPage]):
     """Needs users:read. `q` matches names, NPI, email or phone (case-insensitive substring)."""
 
     caller: Caller
-    limit: Annotated[int, msgspec.Meta(ge=1, le=500)] = 20
-    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
     role: str | None = None
     status: UserStatus | None = None
     kind: UserKind | None = None

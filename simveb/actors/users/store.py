@@ -161,14 +161,14 @@ async def list_users(
     con: asyncpg.Connection,
     *,
     limit: int,
-    offset: int,
+    after: tuple[Any, ...] | None,
     role: str | None,
     status: str | None,
     kind: str | None,
     kyc_status: str | None,
     q: str | None,
-) -> tuple[list[User], int]:
-    """A page of users (newest first) and the total matching the filters."""
+) -> list[User]:
+    """Users matching the filters, newest first, after the keyset `after` (created_at, id)."""
     pattern = None
     if q and q.strip():
         pattern = "%" + _escape_like(q.strip().lower()) + "%"
@@ -181,15 +181,15 @@ async def list_users(
         " OR users.fold(concat_ws(' ', p.first_name, p.last_name)) LIKE users.fold($5)"
         " OR users.fold(concat_ws(' ', p.last_name, p.first_name)) LIKE users.fold($5)"
         " OR users.fold(p.company_name) LIKE users.fold($5))"
+        " AND ($6::timestamptz IS NULL OR (u.created_at, u.id) < ($6, $7::uuid))"
     )
-    args = (role, status, kind, kyc_status, pattern)
+    at, uid = after or (None, None)
     rows = await con.fetch(
-        _USER_SELECT + where + " ORDER BY u.created_at DESC, u.id LIMIT $6 OFFSET $7", *args, limit, offset
+        _USER_SELECT + where + " ORDER BY u.created_at DESC, u.id DESC LIMIT $8",
+        *(role, status, kind, kyc_status, pattern, at, uid),
+        limit,
     )
-    total = await con.fetchval(
-        "SELECT count(*) FROM users.users u LEFT JOIN users.profiles p ON p.user_id = u.id" + where, *args
-    )
-    return from_rows(User, rows), total
+    return from_rows(User, rows)
 
 
 # --- profiles, identities, addresses, representatives -------------------------------------------------

@@ -85,6 +85,7 @@ from simveb.actors.vehicles.messages import (
 )
 from simveb.bus import Actor, handler, reader
 from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from simveb.messages import decode_cursor, page
 
 log = logging.getLogger("simveb.vehicles")
 
@@ -235,17 +236,9 @@ class VehiclesActor(Actor):
 
     @handler
     async def search(self, msg: SearchVehicles, con: asyncpg.Connection) -> VehiclePage:
-        limit = min(msg.limit, self.settings.vehicles.search_max_limit)
-        after = None
-        if msg.cursor:
-            try:
-                after = UUID(msg.cursor)
-            except ValueError:
-                raise Invalid("malformed cursor", code="invalid_cursor") from None
-        rows = await store.search(con, msg.filter, msg.viewer, self.fuzzy, after, limit + 1)
-        more = len(rows) > limit
-        items = rows[:limit]
-        return VehiclePage(items=items, next_cursor=str(items[-1].id) if more else None)
+        after = decode_cursor(msg.cursor, UUID)
+        rows = await store.search(con, msg.filter, msg.viewer, self.fuzzy, after and after[0], msg.limit + 1)
+        return page(VehiclePage, rows, msg.limit, lambda v: (v.id,))
 
     @handler
     async def history(self, msg: GetVehicleHistory, con: asyncpg.Connection) -> list[HistoryEntry]:

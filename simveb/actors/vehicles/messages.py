@@ -14,7 +14,7 @@ from uuid import UUID
 import msgspec
 
 from simveb.errors import DomainError
-from simveb.messages import Ask, Event, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -28,7 +28,6 @@ PowerKw = Annotated[int, msgspec.Meta(ge=0, le=2000)]
 FiscalHp = Annotated[int, msgspec.Meta(ge=0, le=200)]
 Seats = Annotated[int, msgspec.Meta(ge=1, le=100)]
 MassKg = Annotated[int, msgspec.Meta(ge=0, le=100000)]
-Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 VehicleStatus = Literal["active", "stolen", "destroyed", "exported"]
 EncumbranceKind = Literal["pledge", "opposition"]
@@ -277,9 +276,10 @@ class VehicleFilter(Record):
     include_archived: bool = False
 
 
-class VehiclePage(Record):
+class VehiclePage(Page[Vehicle]):
+    """Vehicles in id order."""
+
     items: list[Vehicle]
-    next_cursor: str | None = None
 
 
 class HistoryEntry(Record):
@@ -314,8 +314,8 @@ class GetVehicle(Ask[Vehicle]):
 class SearchVehicles(Ask[VehiclePage]):
     filter: VehicleFilter = msgspec.field(default_factory=VehicleFilter)
     viewer: Viewer | None = None
-    cursor: str | None = None
-    limit: Limit = 50
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class GetVehicleHistory(Ask[list[HistoryEntry]]):
