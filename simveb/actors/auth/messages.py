@@ -15,11 +15,14 @@ from uuid import UUID
 import msgspec
 
 from simveb.actors.users.messages import CreateUser, User
+from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from simveb.messages import Ask, Caller, Record
 
 
 class CheckPasswordPolicy(Ask[None]):
     """Invalid (422, naming each rule broken) unless the password is acceptable for this user."""
+
+    errors = (NotFound, Invalid)
 
     password: str
     # Given: the last passwords of this user, and its email, phone and NPI, are refused too.
@@ -28,6 +31,8 @@ class CheckPasswordPolicy(Ask[None]):
 
 class SetPassword(Ask[None]):
     """Store a new password (argon2id) for a user; refused like CheckPasswordPolicy."""
+
+    errors = (NotFound, Invalid)
 
     user_id: UUID
     password: str
@@ -50,6 +55,8 @@ class CreateAccount(Ask[AccountCreated]):
     Without a password the account signs in after a reset by one-time code.
     """
 
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     user: CreateUser
     password: str | None = None
 
@@ -64,6 +71,8 @@ class OtpRequested(Record):
 
 class RequestOtp(Ask[OtpRequested]):
     """Send a 6-digit code to the user found by NPI, phone or email (if any)."""
+
+    errors = (NotFound, Invalid, TooManyRequests)
 
     identifier: str
     purpose: Literal["login", "register", "password_reset"]
@@ -151,6 +160,8 @@ class Login(Ask[LoginResult]):
     """Email or phone and password. Unauthorized `invalid_credentials` whatever was wrong (unknown
     account, wrong password, inactive account); TooManyRequests while the account or address is locked."""
 
+    errors = (Unauthorized, NotFound, TooManyRequests)
+
     identifier: str
     password: str
     client_ip: str | None = None
@@ -160,6 +171,8 @@ class Login(Ask[LoginResult]):
 class VerifyOtp(Ask[LoginResult]):
     """Complete a code sign-in, a self-registration, or a second-factor challenge (TOTP or recovery code)."""
 
+    errors = (Unauthorized, NotFound, Conflict, TooManyRequests)
+
     challenge_id: UUID
     code: str
     client_ip: str | None = None
@@ -168,6 +181,8 @@ class VerifyOtp(Ask[LoginResult]):
 
 class RefreshSession(Ask[LoginResult]):
     """Exchange a refresh token for a new pair; a token already exchanged revokes the whole session."""
+
+    errors = (Unauthorized, NotFound)
 
     refresh_token: str
     client_ip: str | None = None
@@ -191,6 +206,8 @@ class ListSessions(Ask[list[Session]]):
 class RevokeSession(Ask[None]):
     """NotFound unless the session is one of this user's."""
 
+    errors = (NotFound,)
+
     user_id: UUID
     session_id: UUID
 
@@ -208,6 +225,8 @@ class RevokeUserSessions(Ask[int]):
 class SetupTotp(Ask[TotpSetup]):
     """Start (or restart) a TOTP setup; Conflict when TOTP is already enabled."""
 
+    errors = (Conflict,)
+
     user_id: UUID
     account_name: str
 
@@ -215,6 +234,8 @@ class SetupTotp(Ask[TotpSetup]):
 class EnableTotp(Ask[RecoveryCodes]):
     """Confirm the setup with a current code and the password again; returns the recovery codes
     (shown once) and revokes the user's other sessions (all but `session_id`, the caller's)."""
+
+    errors = (Forbidden, Conflict, Invalid, TooManyRequests)
 
     user_id: UUID
     code: str
@@ -226,6 +247,8 @@ class ResetTotp(Ask[bool]):
     """An administrator (users:write) removes a user's second factor (a lost phone): audited, every
     session of the user revoked. False when the user had none."""
 
+    errors = (Forbidden,)
+
     user_id: UUID
     caller: Caller
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
@@ -236,6 +259,8 @@ class ResetTotp(Ask[bool]):
 
 class ResetPassword(Ask[None]):
     """Set a new password with a password_reset code (RequestOtp); revokes every session."""
+
+    errors = (Unauthorized, NotFound, Invalid, TooManyRequests)
 
     challenge_id: UUID
     code: str

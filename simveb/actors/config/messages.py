@@ -11,6 +11,7 @@ from uuid import UUID
 
 import msgspec
 
+from simveb.errors import Conflict, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
@@ -110,6 +111,8 @@ class ListSettings(Ask[list[Setting]]):
 
 
 class GetSetting(Ask[Setting]):
+    errors = (NotFound,)
+
     key: str
     include_private: bool = True
 
@@ -119,6 +122,8 @@ class ListServices(Ask[list[Service]]):
 
 
 class GetService(Ask[Service]):
+    errors = (NotFound,)
+
     code: str
 
 
@@ -139,6 +144,8 @@ class IsFeatureEnabled(Ask[bool]):
 
 class QuoteFee(Ask[Quote]):
     """Price a procedure: base cost plus the adjustments matching owner, category, characteristics."""
+
+    errors = (NotFound, Conflict, Invalid)
 
     service_code: str
     owner_type: str
@@ -165,6 +172,8 @@ class ListHistory(Ask[HistoryPage]):
 class PutSetting(Ask[Setting]):
     """Create or change a setting; the value must match its type."""
 
+    errors = (Conflict, Invalid)
+
     key: Key
     value: Any
     type: SettingType | None = None  # required when the setting is new
@@ -183,12 +192,16 @@ class ServiceFields(Record):
 
 
 class CreateService(Ask[Service]):
+    errors = (Conflict,)
+
     code: Code
     fields: ServiceFields
     by: str
 
 
 class UpdateService(Ask[Service]):
+    errors = (NotFound,)
+
     code: str
     fields: ServiceFields
     by: str
@@ -204,11 +217,15 @@ class FeeFields(Record):
 
 
 class CreateFee(Ask[Fee]):
+    errors = (NotFound, Conflict, Invalid)
+
     fields: FeeFields
     by: str
 
 
 class UpdateFee(Ask[Fee]):
+    errors = (NotFound, Conflict, Invalid)
+
     fee_id: UUID
     fields: FeeFields
     by: str

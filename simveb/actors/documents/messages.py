@@ -18,7 +18,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.errors import DomainError
+from simveb.errors import Conflict, DomainError, Forbidden, Invalid, InvalidCursor, NotFound, PayloadTooLarge
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 DocumentStatus = Literal["pending", "validated", "rejected", "issued"]
@@ -223,12 +223,16 @@ class ListDocumentTypes(Ask[list[DocumentType]]):
 class GetDocumentType(Ask[DocumentType]):
     """The rules of an upload of this type (limit, media types); NotFound for an unknown or issued type."""
 
+    errors = (NotFound,)
+
     code: str
 
 
 class StoreUpload(Ask[Document]):
     """An upload the HTTP layer streamed to a staging file (sniffed, hashed, within the limit): the actor
     checks it again, moves it into storage under its own key and records it."""
+
+    errors = (InvalidCursor, Forbidden, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, Invalid)
 
     caller: Caller
     type_code: str
@@ -244,6 +248,8 @@ class StoreUpload(Ask[Document]):
 
 
 class GetDocument(Ask[Document]):
+    errors = (NotFound,)
+
     document_id: UUID
     caller: Caller | None = None
 
@@ -265,12 +271,16 @@ class ListDocuments(Ask[DocumentPage]):
 class ArchiveDocument(Ask[Document]):
     """Delete = archive (the file is kept). Refused for a document that supports a completed request."""
 
+    errors = (NotFound, Conflict)
+
     document_id: UUID
     caller: Caller
 
 
 class DecideDocument(Ask[Document]):
     """An agent approves or rejects a pending document; a rejection needs a reason."""
+
+    errors = (Forbidden, NotFound, Conflict, Invalid)
 
     document_id: UUID
     caller: Caller
@@ -281,6 +291,8 @@ class DecideDocument(Ask[Document]):
 class OpenDownload(Ask[DownloadOpened]):
     """Open a document's bytes for streaming; `start`/`end` is one byte range (end inclusive, None: to the end)."""
 
+    errors = (NotFound, RangeNotSatisfiable)
+
     document_id: UUID
     caller: Caller | None = None
     start: int | None = None
@@ -289,6 +301,8 @@ class OpenDownload(Ask[DownloadOpened]):
 
 
 class ReadDownload(Ask[Chunk]):
+    errors = (NotFound,)
+
     download_id: UUID
 
 
@@ -299,6 +313,8 @@ class CloseDownload(Ask[None]):
 class IssueCertificate(Ask[Certificate]):
     """Issue a carte grise for a vehicle now (staff, on demand); replaces the vehicle's current one."""
 
+    errors = (Forbidden, NotFound, Invalid)
+
     caller: Caller
     vehicle_id: UUID
     request_id: UUID | None = None  # when given and already certified, that certificate is returned
@@ -308,6 +324,8 @@ class IssueCertificate(Ask[Certificate]):
 
 
 class GetCertificate(Ask[Certificate]):
+    errors = (NotFound,)
+
     number: str
     caller: Caller | None = None
 
@@ -321,6 +339,8 @@ class VerifyCertificate(Ask[Verification]):
 
 class GenerateReceipt(Ask[Receipt]):
     """Render the receipt of an invoice (payer or staff); idempotent by invoice."""
+
+    errors = (NotFound,)
 
     caller: Caller
     invoice_id: UUID

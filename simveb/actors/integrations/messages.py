@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from simveb.errors import Invalid, NotFound
 from simveb.messages import Ask, Event, Record
 
 # Long enough for any real input (the actor checks the exact format and answers 422), short enough
@@ -108,6 +109,8 @@ class IntegrationsStatus(Record):
 class LookupCitizen(Ask[Citizen]):
     """Sent by users (NPI verification); NotFound when ANIP does not know the NPI, Unavailable when down."""
 
+    errors = (NotFound, Invalid)
+
     npi: str
     # See the module docstring: False queues the lookup when ANIP is unavailable.
     urgent: bool = True
@@ -118,6 +121,8 @@ class LookupCitizen(Ask[Citizen]):
 class LookupCompany(Ask[Company]):
     """Sent by users (company KYC); NotFound when DGI does not know the IFU, Unavailable when down."""
 
+    errors = (NotFound, Invalid)
+
     ifu: str
     urgent: bool = True
     requested_by: str | None = None
@@ -125,6 +130,8 @@ class LookupCompany(Ask[Company]):
 
 class VerifyCitizen(Ask[CitizenVerification]):
     """Look an NPI up and compare the details a person declared with ANIP's (accents and case ignored)."""
+
+    errors = (NotFound, Invalid)
 
     npi: Identifier
     last_name: PersonName | None = None
@@ -135,6 +142,8 @@ class VerifyCitizen(Ask[CitizenVerification]):
 
 class CheckTax(Ask[TaxCheck]):
     """Look an IFU up and say whether the taxpayer is active at DGI."""
+
+    errors = (NotFound, Invalid)
 
     ifu: Identifier
     requested_by: str | None = None

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import msgspec
 
+from simveb.errors import Conflict, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Limit, Page, Record
 
 Channel = Literal["email", "sms", "push", "in_app"]
@@ -110,6 +111,8 @@ class SendOtp(Ask[Accepted]):
     The code is a secret template parameter: it is sent, never stored or logged.
     """
 
+    errors = (NotFound, Invalid)
+
     channel: Literal["sms", "email"]
     to: str  # +229 phone number or email address
     code: str
@@ -121,6 +124,8 @@ class SendOtp(Ask[Accepted]):
 class SendNotification(Ask[Accepted]):
     """Render a template and queue it: to an address (email, sms) or to a user (push: their devices,
     in_app: their inbox, email/sms: their contact details from the read model)."""
+
+    errors = (NotFound, Conflict, Invalid)
 
     channel: Channel
     template: str
@@ -134,6 +139,8 @@ class SendNotification(Ask[Accepted]):
 
 class GetDelivery(Ask[Delivery]):
     """The state of one queued message; NotFound when there is none."""
+
+    errors = (NotFound,)
 
     notification_id: UUID
 
@@ -152,6 +159,8 @@ class ListTemplates(Ask[list[Template]]):
 class UpdateTemplate(Ask[Template]):
     """Replace a template's text; Invalid (naming the problem) when it does not compile."""
 
+    errors = (NotFound, Invalid)
+
     template_id: UUID
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=20000)]
     subject: Annotated[str, msgspec.Meta(max_length=500)] | None = None
@@ -166,6 +175,8 @@ class ListSubscriptions(Ask[list[Subscription]]):
 
 class PutSubscription(Ask[Subscription]):
     """Add (or switch on/off) a subscription: later services add rows, not code."""
+
+    errors = (NotFound, Invalid)
 
     event_type: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z][A-Za-z0-9_.]{0,99}$")]
     channel: Channel
@@ -190,6 +201,8 @@ class CountUnread(Ask[UnreadCount]):
 class MarkRead(Ask[Notification]):
     """Mark one of the user's own in-app notifications read; NotFound for anybody else's."""
 
+    errors = (NotFound,)
+
     user_id: UUID
     notification_id: UUID
 
@@ -197,12 +210,16 @@ class MarkRead(Ask[Notification]):
 class RegisterDevice(Ask[Device]):
     """Register (or move to this user) a push device token."""
 
+    errors = (Invalid,)
+
     user_id: UUID
     token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
     platform: Platform = "android"
 
 
 class UnregisterDevice(Ask[None]):
+    errors = (NotFound,)
+
     user_id: UUID
     token: str
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import msgspec
 
+from simveb.errors import Conflict, Forbidden, Invalid, InvalidCursor, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 Provider = Literal["fedapay", "kkiapay"]
@@ -91,6 +92,8 @@ class Invoice(Record):
 
 class GetInvoice(Ask[Invoice]):
     """An invoice by id; `caller` None is the system (documents rendering a receipt)."""
+
+    errors = (NotFound,)
 
     invoice_id: UUID
     caller: Caller | None = None
@@ -217,6 +220,8 @@ class ReconcileLine(Record):
 class InitiatePayment(Ask[Initiated]):
     """Start paying an open payable of the caller with a provider; the amount is the payable's."""
 
+    errors = (InvalidCursor, NotFound, Conflict, Invalid)
+
     caller: Caller
     provider: Provider
     payment_id: UUID | None = None
@@ -228,6 +233,8 @@ class InitiatePayment(Ask[Initiated]):
 
 class GetPayment(Ask[PaymentDetail]):
     """One payment with its attempts and refunds: the payer's own, or any with payments:read."""
+
+    errors = (NotFound,)
 
     caller: Caller
     payment_id: UUID
@@ -251,6 +258,8 @@ class ConfirmPayment(Ask[PaymentDetail]):
     or a FedaPay checkout just finished), or an agent with payments:confirm records a counter payment
     (`method` and `receipt_reference`)."""
 
+    errors = (InvalidCursor, Forbidden, NotFound, Conflict, Invalid)
+
     caller: Caller
     payment_id: UUID
     transaction_id: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
@@ -262,6 +271,8 @@ class ConfirmPayment(Ask[PaymentDetail]):
 class CancelPayment(Ask[PaymentDetail]):
     """The payer (or an agent) gives up the pending attempts; a cancelled payment may be tried again."""
 
+    errors = (InvalidCursor, NotFound, Conflict, Invalid)
+
     caller: Caller
     payment_id: UUID
     reason: Reason = ""
@@ -270,6 +281,8 @@ class CancelPayment(Ask[PaymentDetail]):
 
 class RefundPayment(Ask[Refund]):
     """Refund (part of) a succeeded payment through its provider (payments:refund); None = the rest."""
+
+    errors = (InvalidCursor, Forbidden, NotFound, Conflict, Invalid)
 
     caller: Caller
     payment_id: UUID
@@ -280,6 +293,8 @@ class RefundPayment(Ask[Refund]):
 
 class HandleWebhook(Ask[WebhookResult]):
     """A provider webhook as received: raw body bytes and the proving header (signature or secret)."""
+
+    errors = (InvalidCursor, NotFound)
 
     provider: Provider
     body: bytes
@@ -296,12 +311,16 @@ class ListPendingTransactions(Ask[list[UUID]]):
 class ReconcileTransaction(Ask[ReconcileLine]):
     """Ask the provider where one pending transaction stands and settle it."""
 
+    errors = (NotFound,)
+
     transaction_id: UUID
     by: str = "reconciliation"
 
 
 class RunReconciliation(Ask[list[ReconcileLine]]):
     """Reconcile every pending transaction older than `older_than_s` (None = the setting)."""
+
+    errors = (NotFound,)
 
     older_than_s: int | None = None
     by: str = "reconciliation"

@@ -15,6 +15,7 @@ from uuid import UUID
 import msgspec
 
 from simveb.actors.vehicles.messages import VehicleFields
+from simveb.errors import Conflict, Forbidden, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 Status = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
@@ -194,6 +195,8 @@ class FileRequest(Ask[Request]):
     the applicant says are uploaded (counted only while no documents service answers).
     """
 
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     caller: Caller
     procedure: str = "first_registration"
     vehicle_id: UUID | None = None
@@ -211,11 +214,15 @@ class FileRequest(Ask[Request]):
 
 
 class GetRequest(Ask[Request]):
+    errors = (NotFound,)
+
     request_id: UUID
     caller: Caller
 
 
 class ListRequests(Ask[RequestPage]):
+    errors = (Forbidden,)
+
     caller: Caller
     filter: RequestFilter = msgspec.field(default_factory=RequestFilter)
     cursor: Cursor | None = None
@@ -223,12 +230,16 @@ class ListRequests(Ask[RequestPage]):
 
 
 class GetWorkflow(Ask[Workflow]):
+    errors = (NotFound,)
+
     request_id: UUID
     caller: Caller
 
 
 class ChangeStatus(Ask[Request]):
     """Take one transition of the pinned workflow (409 naming the allowed ones when it is not one)."""
+
+    errors = (Forbidden, NotFound, Conflict, Invalid)
 
     request_id: UUID
     to_status: Status
@@ -239,6 +250,8 @@ class ChangeStatus(Ask[Request]):
 
 
 class ValidateRequest(Ask[Request]):
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     request_id: UUID
     caller: Caller
     note: Note = ""
@@ -246,6 +259,8 @@ class ValidateRequest(Ask[Request]):
 
 
 class RejectRequest(Ask[Request]):
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     request_id: UUID
     caller: Caller
     reason: Reason
@@ -255,6 +270,8 @@ class RejectRequest(Ask[Request]):
 class AssignRequest(Ask[Request]):
     """A supervisor (re)assigns a request to a staff member."""
 
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     request_id: UUID
     assignee_id: UUID
     caller: Caller
@@ -263,6 +280,8 @@ class AssignRequest(Ask[Request]):
 
 
 class GetStats(Ask[Stats]):
+    errors = (Forbidden,)
+
     caller: Caller
     created_from: datetime | None = None
     created_to: datetime | None = None
@@ -278,6 +297,8 @@ class ListSeries(Ask[list[SeriesPosition]]):
 class ReservePlates(Ask[Reservation]):
     """Keep numbers out of the sequence: one number, a range, or (no numbers) a whole series."""
 
+    errors = (NotFound, Conflict, Invalid)
+
     format_code: str
     series: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,3}$")] | None = None
     number_from: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
@@ -288,6 +309,8 @@ class ReservePlates(Ask[Reservation]):
 
 
 class ReleaseReservation(Ask[Reservation]):
+    errors = (NotFound,)
+
     reservation_id: UUID
     by: str
 
@@ -299,6 +322,8 @@ class ListReservations(Ask[list[Reservation]]):
 
 class AllocatePlate(Ask[IssuedPlate]):
     """Issue the next plate of a format (used by validation; exposed for tests, benches and the CLI)."""
+
+    errors = (NotFound, Conflict)
 
     format_code: str
     request_id: UUID | None = None

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import msgspec
 
+from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 KycStatus = Literal["unverified", "npi_verified", "kyc_verified"]
@@ -46,11 +47,15 @@ class UserAuthz(Record):
 class ResolveLogin(Ask[UserAuthz]):
     """Find a user by email, phone (+229...) or NPI; NotFound when none matches."""
 
+    errors = (NotFound,)
+
     identifier: str
 
 
 class GetUserAuthz(Ask[UserAuthz]):
     """Roles and permissions as they are now (auth re-reads them at every refresh)."""
+
+    errors = (NotFound,)
 
     user_id: UUID
 
@@ -58,6 +63,8 @@ class GetUserAuthz(Ask[UserAuthz]):
 class ConfirmRegistration(Ask[UserAuthz]):
     """Sent by auth once a self-registered citizen proved their phone with an OTP, or once an account
     created pending by its saga is complete: pending -> active (UserRegistered emitted)."""
+
+    errors = (NotFound, Conflict)
 
     user_id: UUID
 
@@ -214,12 +221,16 @@ class Registration(Record):
 class GetUser(Ask[User]):
     """NotFound unless the caller is the user, a representative of it, or holds users:read."""
 
+    errors = (NotFound,)
+
     user_id: UUID
     caller: Caller
 
 
 class ListUsers(Ask[UserPage]):
     """Needs users:read. `q` matches names, NPI, email or phone (case-insensitive substring)."""
+
+    errors = (Forbidden,)
 
     caller: Caller
     cursor: Cursor | None = None
@@ -232,11 +243,15 @@ class ListUsers(Ask[UserPage]):
 
 
 class GetProfile(Ask[Profile]):
+    errors = (NotFound,)
+
     user_id: UUID
     caller: Caller
 
 
 class GetUserRoles(Ask[UserRoles]):
+    errors = (NotFound,)
+
     user_id: UUID
     caller: Caller
 
@@ -250,6 +265,8 @@ class ListRoles(Ask[list[RoleInfo]]):
 
 class RegisterCitizen(Ask[Registration]):
     """Public self-registration: a pending person account with the citizen role, confirmed by OTP."""
+
+    errors = (Invalid,)
 
     npi: Npi
     phone: Phone
@@ -267,6 +284,8 @@ class CreateUser(Ask[User]):
     `ConfirmRegistration`: auth's account-creation saga does that once the password is set, so an
     account whose creation is then aborted was never active nor welcomed.
     """
+
+    errors = (Forbidden, Conflict, Invalid)
 
     caller: Caller
     kind: UserKind = "staff"
@@ -286,6 +305,8 @@ class AbortCreation(Ask[None]):
     """Compensation of a failed staff creation (e.g. the password could not be set): the account is
     deactivated and released (its identifiers free again), its history kept."""
 
+    errors = (NotFound,)
+
     user_id: UUID
     by: str
     reason: str
@@ -294,6 +315,8 @@ class AbortCreation(Ask[None]):
 class UpdateUser(Ask[User]):
     """Contact details; a None field is left unchanged. Self or users:write; the phone (where sign-in
     codes go) only with users:write until a change proved by a code exists."""
+
+    errors = (Forbidden, NotFound, Conflict)
 
     user_id: UUID
     caller: Caller
@@ -305,6 +328,8 @@ class UpdateUser(Ask[User]):
 class DeactivateUser(Ask[User]):
     """Status inactive, history kept, UserDeactivated emitted. Self (account closure) or users:write."""
 
+    errors = (Forbidden, NotFound, Conflict)
+
     user_id: UUID
     caller: Caller
     reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
@@ -313,6 +338,8 @@ class DeactivateUser(Ask[User]):
 class ReleaseNpi(Ask[User]):
     """An administrator (users:write) frees the NPI, phone and email an account holds (a squatted NPI):
     the account is deactivated and released, the reason kept in its history."""
+
+    errors = (Forbidden, NotFound, Conflict)
 
     user_id: UUID
     caller: Caller
@@ -336,6 +363,8 @@ class ProfileFields(Record):
 class UpdateProfile(Ask[Profile]):
     """Self, a representative (company), or users:write. Verified identity fields are locked."""
 
+    errors = (Forbidden, NotFound, Conflict, Invalid)
+
     user_id: UUID
     caller: Caller
     fields: ProfileFields
@@ -343,6 +372,8 @@ class UpdateProfile(Ask[Profile]):
 
 class SetUserRoles(Ask[UserRoles]):
     """Replace a user's roles (users:roles, never one's own); history kept, UserRolesChanged emitted."""
+
+    errors = (Forbidden, NotFound, Conflict, Invalid)
 
     user_id: UUID
     caller: Caller
@@ -356,12 +387,16 @@ class VerifyNpi(Ask[User]):
     when the registry is down. Self or users:kyc.
     """
 
+    errors = (Forbidden, NotFound, Conflict, Invalid, TooManyRequests)
+
     user_id: UUID
     caller: Caller
 
 
 class ValidateKyc(Ask[User]):
     """An agent (users:kyc, not the user themselves) validates the file: npi_verified -> kyc_verified."""
+
+    errors = (Forbidden, NotFound, Conflict)
 
     user_id: UUID
     caller: Caller

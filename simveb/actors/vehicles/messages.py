@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.errors import DomainError
+from simveb.errors import Conflict, DomainError, Invalid, NotFound, PreconditionFailed
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
@@ -155,6 +155,8 @@ class ListCharacteristics(Ask[list[CharacteristicCategory]]):
 
 
 class CreateBrand(Ask[Brand]):
+    errors = (Conflict,)
+
     code: Code
     name: Name
     country: Annotated[str, msgspec.Meta(max_length=100)] = ""
@@ -162,6 +164,8 @@ class CreateBrand(Ask[Brand]):
 
 
 class CreateModel(Ask[VehicleModel]):
+    errors = (NotFound, Conflict, Invalid)
+
     brand_code: Code
     name: Name
     vehicle_type: Code
@@ -169,6 +173,8 @@ class CreateModel(Ask[VehicleModel]):
 
 
 class CreateVehicleType(Ask[VehicleType]):
+    errors = (Conflict, Invalid)
+
     code: Code
     label: Name
     category: Code
@@ -176,6 +182,8 @@ class CreateVehicleType(Ask[VehicleType]):
 
 
 class CreateCharacteristic(Ask[CharacteristicValue]):
+    errors = (Conflict, Invalid)
+
     category_code: Code
     category_label: Name | None = None  # creates the category when it is new
     code: Code
@@ -296,6 +304,8 @@ class HistoryEntry(Record):
 class RegisterVehicle(Ask[Vehicle]):
     """Create a vehicle. filed_by is set when an affiliate files it on behalf of its owners."""
 
+    errors = (Conflict, Invalid)
+
     vin: VinText
     fields: VehicleFields
     owners: list[UUID] = []
@@ -306,6 +316,8 @@ class RegisterVehicle(Ask[Vehicle]):
 
 class GetVehicle(Ask[Vehicle]):
     """Answered with Vehicle, or NotFound when it does not exist or the viewer may not see it."""
+
+    errors = (NotFound,)
 
     vehicle_id: UUID
     viewer: Viewer | None = None  # None: a trusted internal caller
@@ -319,12 +331,16 @@ class SearchVehicles(Ask[VehiclePage]):
 
 
 class GetVehicleHistory(Ask[list[HistoryEntry]]):
+    errors = (NotFound,)
+
     vehicle_id: UUID
     viewer: Viewer | None = None
 
 
 class UpdateVehicle(Ask[Vehicle]):
     """Replace the carte grise fields; refused with 412 when expected_version is not the current one."""
+
+    errors = (NotFound, Conflict, PreconditionFailed, Invalid)
 
     vehicle_id: UUID
     fields: VehicleFields
@@ -337,6 +353,8 @@ class UpdateVehicle(Ask[Vehicle]):
 class ArchiveVehicle(Ask[Vehicle]):
     """Hide a vehicle from searches; nothing is erased and its history stays."""
 
+    errors = (NotFound, Conflict, PreconditionFailed)
+
     vehicle_id: UUID
     expected_version: int | None = None
     reason: Text1000 = ""
@@ -345,6 +363,8 @@ class ArchiveVehicle(Ask[Vehicle]):
 
 class AssignPlate(Ask[Vehicle]):
     """Set (or clear, with None) the current plate; sent by the registration service once it issues one."""
+
+    errors = (NotFound, Conflict, PreconditionFailed, Invalid)
 
     vehicle_id: UUID
     plate: PlateText | None
@@ -355,6 +375,8 @@ class AssignPlate(Ask[Vehicle]):
 class ChangeOwners(Ask[Vehicle]):
     """Replace the owners (transfer). Refused with 409 while the standing blocks a transfer."""
 
+    errors = (NotFound, Conflict, PreconditionFailed, Invalid)
+
     vehicle_id: UUID
     owners: list[UUID]
     expected_version: int | None = None
@@ -364,6 +386,8 @@ class ChangeOwners(Ask[Vehicle]):
 
 class SetVehicleStatus(Ask[Vehicle]):
     """Report stolen, recovered, destroyed or exported (see STATUS_TRANSITIONS)."""
+
+    errors = (NotFound, Conflict, PreconditionFailed)
 
     vehicle_id: UUID
     status: VehicleStatus
@@ -453,6 +477,8 @@ class GetVehicleStanding(Ask[VehicleStanding]):
     Give vehicle_id, vin or plate. `persons` are user ids (owners, buyer) checked against the blacklist.
     """
 
+    errors = (NotFound, Invalid)
+
     vehicle_id: UUID | None = None
     vin: str | None = None
     plate: str | None = None
@@ -463,11 +489,15 @@ class GetVehicleStanding(Ask[VehicleStanding]):
 class RoadsideLookup(Ask[RoadsideCheck]):
     """Recorded (who, when, plate, found) in vehicles.roadside_lookups, found or not."""
 
+    errors = (NotFound,)
+
     plate: PlateText
     by: str = ""
 
 
 class DeclareEncumbrance(Ask[Encumbrance]):
+    errors = (NotFound, Conflict, PreconditionFailed)
+
     vehicle_id: UUID
     kind: EncumbranceKind
     holder: Text200 = ""
@@ -477,6 +507,8 @@ class DeclareEncumbrance(Ask[Encumbrance]):
 
 
 class LiftEncumbrance(Ask[Encumbrance]):
+    errors = (NotFound, Conflict)
+
     vehicle_id: UUID
     encumbrance_id: UUID
     kind: EncumbranceKind | None = None  # when given, the entry must be of this kind
@@ -485,6 +517,8 @@ class LiftEncumbrance(Ask[Encumbrance]):
 
 
 class AddToBlacklist(Ask[BlacklistEntry]):
+    errors = (NotFound, Conflict, Invalid)
+
     subject_kind: SubjectKind
     subject: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
@@ -492,6 +526,8 @@ class AddToBlacklist(Ask[BlacklistEntry]):
 
 
 class LiftBlacklist(Ask[BlacklistEntry]):
+    errors = (NotFound, Conflict)
+
     entry_id: UUID
     by: str
 
