@@ -289,7 +289,8 @@ class OutboxRelay:
             return
         if not failed:
             await self._settle(
-                "UPDATE bus.outbox SET published_at = now(), lease_until = NULL WHERE id = $1 AND claimed_by = $2",
+                "UPDATE bus.outbox SET published_at = now(), lease_until = NULL, pending = '{}'"
+                " WHERE id = $1 AND claimed_by = $2",
                 row["id"],
             )
             self.delivered += 1
