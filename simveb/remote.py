@@ -397,10 +397,14 @@ class RemoteTransport:
             log.exception("remote request %s on %s failed", entry_id, stream)
             reply = {"ok": b"0", "body": _encoder.encode(error_body(InternalError(f"remote handling failed: {exc}")))}
         try:
-            if reply is not None and reply_to:
-                reply["id"] = fields.get(b"id", b"")
-                await self.redis.xadd(reply_to, reply, maxlen=10000, approximate=True)
-            await self._ack(stream, entry_id)
+            # The answer and the acknowledgement in one round trip (answer first: a crash between the
+            # two leaves the request pending, reclaimed and answered again, never acknowledged unanswered).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if reply is not None and reply_to:
+                    reply["id"] = fields.get(b"id", b"")
+                    pipe.xadd(reply_to, reply, maxlen=10000, approximate=True)
+                pipe.xack(stream, GROUP, entry_id)
+                await pipe.execute()
             self.served += 1
         except Exception:
             # Unacknowledged, it stays pending and is reclaimed: at least once.
