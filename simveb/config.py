@@ -282,6 +282,10 @@ class VehiclesSettings(Section):
     import_max_bytes: Positive = 536_870_912
     # work_mem, temp_buffers and maintenance_work_mem of the import's own session.
     import_work_mem: str = "256MB"
+    # Rows an import inserts per transaction: each batch commits alone, so locks and WAL stay short.
+    import_batch_rows: Positive = 50_000
+    # Longest wait of an import for a lock on the registry (a migration's) before it backs off (seconds).
+    import_lock_timeout_s: PositiveFloat = 2.0
 
 
 class RegistrationsSettings(Section):

@@ -224,7 +224,25 @@ async def test_export_in_small_batches_and_early_close(bus, runtime, tmp_path):
     assert actor.exports.open == {}
 
 
-async def test_a_load_bigger_than_the_registry_rebuilds_the_indexes(bus, runtime, tmp_path):
+def small_batches(runtime: Any, rows: int = 10, lock_timeout_s: float | None = None) -> None:
+    actor = runtime.bus.cells["vehicles"].instance
+    changes: dict[str, Any] = {"import_batch_rows": rows}
+    if lock_timeout_s is not None:
+        changes["import_lock_timeout_s"] = lock_timeout_s
+    actor.settings = with_overrides(actor.settings, vehicles=changes)
+
+
+async def imported_events(runtime: Any, job_id: uuid.UUID) -> list[int]:
+    async with runtime.db.pool.acquire() as con:
+        rows = await con.fetch(
+            "SELECT (payload->>'inserted')::int AS n FROM bus.outbox"
+            " WHERE type LIKE '%VehiclesImported' AND payload->>'job_id' = $1 ORDER BY id",
+            str(job_id),
+        )
+    return [r["n"] for r in rows]
+
+
+async def test_batches_commit_one_by_one_and_keep_the_indexes(bus, runtime, tmp_path):
     async def indexes() -> list[str]:
         async with runtime.db.pool.acquire() as con:
             rows = await con.fetch(
@@ -234,11 +252,87 @@ async def test_a_load_bigger_than_the_registry_rebuilds_the_indexes(bus, runtime
         return [r["d"] for r in rows]
 
     before = await indexes()
-    actor = runtime.bus.cells["vehicles"].instance
-    actor.imports.rebuild_min_rows = 10
-    rows, bad = sample(40)
+    small_batches(runtime, rows=10)
+    rows, bad = sample(100)
     job = await run_import(bus, write_csv(tmp_path / "big.csv", rows), tmp_path / "big.errors.csv")
-    assert (job.inserted, job.rejected) == (36, 4), job.error
-    assert await indexes() == before
+    assert (job.inserted, job.rejected) == (90, 10), job.error
+    assert await indexes() == before  # maintained in place: the registry stays open to everyone
+    # One transaction, and one event, per batch (10 rows asked; a batch is at least one staging block,
+    # about 30 of these rows).
+    events = await imported_events(runtime, job.id)
+    assert len(events) >= 3 and sum(events) == 90, events
     page = await bus.ask(SearchVehicles(filter=VehicleFilter(owner=uuid.UUID(OWNER)), limit=100))
     assert len(page.items) == sum(1 for i, r in enumerate(rows, 1) if r["owners"] and i not in bad)
+    # Nothing of the job is left in the schema (its batch tables are dropped).
+    async with runtime.db.pool.acquire() as con:
+        left = await con.fetchval(
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'vehicles'::regnamespace"
+            " AND relname ~ '^import_[0-9a-f]{32}_'"
+        )
+    assert left == 0
+
+
+async def test_a_locked_registry_makes_the_import_back_off_not_queue(bus, runtime, tmp_path):
+    # The attack: a session holds a lock that blocks inserts (as a migration would) for as long as it
+    # likes. The import must not wait behind it for ever (queueing every reader behind itself): it
+    # gives up after its lock timeout and a few tries, and says so; a re-run adds the rest.
+    small_batches(runtime, rows=10, lock_timeout_s=0.2)
+    rows, _ = sample(30)
+    source = write_csv(tmp_path / "locked.csv", rows)
+    con = await asyncpg.connect(runtime.db.url)
+    try:
+        tx = con.transaction()
+        await tx.start()
+        await con.execute("LOCK TABLE vehicles.vehicles IN SHARE MODE")
+        job = await run_import(bus, source, tmp_path / "locked.errors.csv")
+        # Readers were never queued behind the import: a read on another connection answers at once.
+        assert await con.fetchval("SELECT count(*) FROM vehicles.vehicles") == 0
+        await tx.rollback()
+    finally:
+        await con.close()
+    assert job.state == "failed" and "locked" in (job.error or ""), job
+    again = await run_import(bus, source, tmp_path / "locked.errors.csv")
+    assert (again.state, again.inserted, again.rejected) == ("done", 27, 3), again
+
+
+async def test_a_plate_taken_while_the_import_runs_is_rejected_not_fatal(bus, runtime, tmp_path):
+    # A clerk registers a vehicle with one of the file's plates after the import checked its rows but
+    # before its batch is inserted: that row is rejected with its reason, the others go in.
+    small_batches(runtime, rows=1000, lock_timeout_s=0.5)
+    rows = [good_row(i) for i in range(1, 21)]
+    taken = rows[7]["plate"]
+    con = await asyncpg.connect(runtime.db.url)
+    try:
+        tx = con.transaction()
+        await tx.start()
+        await con.execute("LOCK TABLE vehicles.vehicles IN SHARE MODE")  # holds the import's insert back
+        job = await bus.ask(
+            StartImport(
+                path=str(write_csv(tmp_path / "race.csv", rows)), error_path=str(tmp_path / "race.errors.csv"), by="a"
+            )
+        )
+
+        async def checked() -> bool:
+            current = await bus.ask(GetImportJob(job_id=job.id))
+            return current.phase == "validating and inserting" or None
+
+        await wait_for(checked, timeout=30)
+        await con.execute(
+            "INSERT INTO vehicles.vehicles (vin, plate, make, model, vehicle_type, category, energy, created_by,"
+            " updated_by) VALUES ('WDB1234561X999999', $1, 'Bajaj', 'Boxer BM 150', 'motorcycle',"
+            " 'two_three_wheels', 'Essence', 'clerk', 'clerk')",
+            taken,
+        )
+        await tx.commit()
+    finally:
+        await con.close()
+
+    async def finished() -> ImportJob | None:
+        current = await bus.ask(GetImportJob(job_id=job.id))
+        return current if current.state in ("done", "failed") else None
+
+    done = await wait_for(finished, timeout=60)
+    assert (done.state, done.inserted, done.rejected) == ("done", 19, 1), done
+    with (tmp_path / "race.errors.csv").open(encoding="utf-8", newline="") as f:
+        (reported,) = list(csv.DictReader(f))
+    assert reported["row"] == "8" and "already assigned" in reported["reason"] and reported["plate"] == taken

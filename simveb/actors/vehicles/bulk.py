@@ -1,8 +1,11 @@
 """The vehicles bulk pipeline: CSV imports run in the background, and exports streamed by a cursor.
 
-`Imports` owns the jobs of this process: each runs as a task on a connection of its own (tuned for a
-big load, never one of the request pool's), reports its progress in memory while it runs, and saves
-its outcome in `vehicles.import_jobs`. `Exports` owns the open exports: each is a read-only,
+`Imports` owns the jobs of this process: each runs as a task on two connections of its own (tuned
+for a big load, never the request pool's), reports its progress in memory while it runs, and saves
+its outcome in `vehicles.import_jobs`. The file is COPYed into a staging table, then checked batch by
+batch on the first connection while the second inserts the batch checked before it, each batch in a
+transaction of its own under a lock timeout: the registry keeps its indexes and stays open to every
+other request, and a concurrent lock (a migration) makes the import back off instead of queueing. `Exports` owns the open exports: each is a read-only,
 repeatable-read transaction with a server-side cursor on a connection of its own, read batch by batch
 across messages and closed when exhausted, by the client, or after being idle. The SQL is in
 `bulk_store`; the actor's handlers only hand messages to these two.
@@ -74,10 +77,6 @@ def read_header(source: Path) -> list[str]:
 class Imports:
     """The import jobs of this process: started, followed in memory while they run, saved when done."""
 
-    # An import of at least this many rows, and bigger than the registry, rebuilds the indexes once
-    # instead of updating them row by row (the table is locked meanwhile: a first national load).
-    rebuild_min_rows = 100_000
-
     def __init__(self, db: Database, settings: Callable[[], Settings], emit: Emit) -> None:
         self.db = db
         self._settings = settings  # read at each use: the actor's settings may be replaced
@@ -128,26 +127,34 @@ class Imports:
         self.jobs[job_id] = job
         return job
 
+    async def _connect(self) -> asyncpg.Connection:
+        cfg = self._settings().vehicles
+        # A connection of its own: big sort and temp memory for this session only, pool untouched.
+        # No JIT: the huge row estimates of the import statements make them compile for seconds.
+        # No merge joins: joining a million staged rows to the small catalogue hashes far cheaper
+        # than it sorts, whatever the estimates of the freshly filled staging table say.
+        # A lock timeout: an import never queues behind a migration's lock (and everyone behind it).
+        return await asyncpg.connect(
+            self.db.url,
+            timeout=self.db.acquire_timeout,
+            server_settings={
+                "work_mem": cfg.import_work_mem,
+                "temp_buffers": cfg.import_work_mem,
+                "maintenance_work_mem": cfg.import_work_mem,
+                "jit": "off",
+                "enable_mergejoin": "off",
+                "lock_timeout": f"{int(cfg.import_lock_timeout_s * 1000)}ms",
+            },
+        )
+
     async def _run(self, job_id: UUID, source: Path, error_path: Path, by: str) -> None:
         cfg = self._settings().vehicles
         con: asyncpg.Connection | None = None
+        writer: asyncpg.Connection | None = None
         try:
             self._progress(job_id, state="running", phase="reading header")
             columns = read_header(source)
-            # A connection of its own: big sort and temp memory for this session only, pool untouched.
-            # No JIT: the huge row estimates of the import statement make it compile for seconds.
-            # No merge joins: joining a million staged rows to the small catalogue hashes far cheaper
-            # than it sorts, whatever the estimates of the freshly filled staging table say.
-            con = await asyncpg.connect(
-                self.db.url,
-                server_settings={
-                    "work_mem": cfg.import_work_mem,
-                    "temp_buffers": cfg.import_work_mem,
-                    "maintenance_work_mem": cfg.import_work_mem,
-                    "jit": "off",
-                    "enable_mergejoin": "off",
-                },
-            )
+            con = await self._connect()
             await bulk_store.create_staging(con)
             self._progress(job_id, phase="copying")
             try:
@@ -160,48 +167,39 @@ class Imports:
                 self._progress(job_id, phase="copying (row by row)", bytes_read=0)
                 await self._copy_rows(con, source, columns)
             staged = await bulk_store.staged_rows(con)
-            # A load bigger than the registry itself (the first national load from the old system)
-            # inserts into the bare table and builds the indexes afterwards: sorting once is several
-            # times cheaper than a million index insertions. The table is locked meanwhile, so
-            # routine imports, smaller than the registry, keep the indexes and the table open.
-            existing = await bulk_store.registry_size_estimate(con)
-            rebuild = staged >= self.rebuild_min_rows and staged > max(existing, 0)
-            self._progress(job_id, phase="validating and inserting", total_rows=staged)
-            for attempt in range(3):
-                try:
-                    async with con.transaction():
-                        indexes = await bulk_store.drop_secondary_indexes(con) if rebuild else []
-                        counts = await bulk_store.import_staged(con, job_id, by)
-                        if indexes:
-                            self._progress(job_id, phase="building indexes")
-                            await bulk_store.create_indexes(con, indexes)
-                        if counts.inserted:
-                            imported: Event = VehiclesImported(job_id=job_id, inserted=counts.inserted, by=by)
-                            await self._emit(con, imported)
-                    break
-                except asyncpg.UniqueViolationError:
-                    # A vehicle with one of these VINs or plates was registered meanwhile (the
-                    # statement checks before it inserts, without ON CONFLICT, whose per-row
-                    # speculative insertion costs a third of the import). Checking again skips it.
-                    if attempt == 2:
-                        raise
-            total, inserted, rejected = counts.total, counts.inserted, counts.rejected
+            self._progress(job_id, phase="finding duplicates", total_rows=staged)
+            await bulk_store.prepare_checks(con)
+            ranges = await bulk_store.batch_ranges(con, staged, cfg.import_batch_rows)
+            base: bytes = await con.fetchval("SELECT uuid_send(vehicles.uuid7())")
+            self._progress(job_id, phase="validating and inserting")
+            writer = await self._connect()
+            inserted, retry = await self._pipeline(job_id, con, writer, ranges, base, by)
+            for batch in retry:
+                inserted += await self._insert_retrying(job_id, con, batch, by, recheck=True)
+            rejected = await bulk_store.rejected_rows(con)
             self._progress(
                 job_id,
-                total_rows=total,
+                total_rows=staged,
                 inserted=inserted,
                 rejected=rejected,
-                skipped=total - inserted - rejected,
+                skipped=staged - inserted - rejected,
                 phase="writing rejected rows",
             )
             if rejected:
                 error_path.parent.mkdir(parents=True, exist_ok=True)
                 await bulk_store.write_rejects(con, str(error_path))
             self._progress(job_id, state="done", phase="done", finished_at=datetime.now(UTC))
-            log.info("import %s: %d rows, %d inserted, %d rejected", job_id, total, inserted, rejected)
+            log.info("import %s: %d rows, %d inserted, %d rejected", job_id, staged, inserted, rejected)
         except asyncio.CancelledError:
             self._progress(job_id, state="failed", error="stopped before the end", finished_at=datetime.now(UTC))
             raise
+        except asyncpg.LockNotAvailableError as exc:
+            log.warning("import %s failed: %s", job_id, exc)
+            error = (
+                "the vehicles table stayed locked by another session (a migration?); the batches before"
+                " were committed: import the file again to add the rest"
+            )
+            self._progress(job_id, state="failed", error=error, finished_at=datetime.now(UTC))
         except (ImportFileError, UnicodeDecodeError, asyncpg.PostgresError, OSError) as exc:
             log.warning("import %s failed: %s", job_id, exc)
             self._progress(job_id, state="failed", error=str(exc)[:1000], finished_at=datetime.now(UTC))
@@ -209,13 +207,85 @@ class Imports:
             log.exception("import %s crashed", job_id)
             self._progress(job_id, state="failed", error=f"internal error: {exc}"[:1000], finished_at=datetime.now(UTC))
         finally:
-            if con is not None:
-                with contextlib.suppress(Exception):
-                    await con.close()
+            for c in (writer, con):
+                if c is not None:
+                    with contextlib.suppress(Exception):
+                        await c.close()
             with contextlib.suppress(Exception):
                 async with self.db.connection() as pooled:
+                    await bulk_store.drop_batches(pooled, job_id)
                     await bulk_store.save_job(pooled, self.jobs[job_id])
             self._forget_old_jobs()
+
+    async def _pipeline(
+        self,
+        job_id: UUID,
+        con: asyncpg.Connection,
+        writer: asyncpg.Connection,
+        ranges: list[tuple[int, int]],
+        base: bytes,
+        by: str,
+    ) -> tuple[int, list[int]]:
+        """Check batch k+1 on the staging connection while the writer inserts batch k: both cores work.
+
+        Returns the rows inserted and the batches to insert again after a recheck (a plate taken since
+        the checks: only the staging connection can move such a row to the rejects).
+        """
+        ready: asyncio.Queue[int | None] = asyncio.Queue(maxsize=2)
+        inserted = 0
+        retry: list[int] = []
+
+        async def check() -> None:
+            for batch, blocks in enumerate(ranges):
+                await bulk_store.check_batch(con, job_id, batch, blocks, base, by)
+                await ready.put(batch)
+            await ready.put(None)
+
+        async def insert() -> None:
+            nonlocal inserted
+            while (batch := await ready.get()) is not None:
+                try:
+                    inserted += await self._insert_retrying(job_id, writer, batch, by)
+                except asyncpg.UniqueViolationError:
+                    retry.append(batch)
+                self._progress(job_id, inserted=inserted)
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(check())
+                tasks.create_task(insert())
+        except ExceptionGroup as group:
+            # One side failed and the other was cancelled: the job reports the first cause.
+            raise group.exceptions[0] from None
+        return inserted, retry
+
+    async def _insert_retrying(
+        self, job_id: UUID, con: asyncpg.Connection, batch: int, by: str, recheck: bool = False
+    ) -> int:
+        """Insert one batch in a transaction of its own, with its event; retried after a lock timeout."""
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                async with con.transaction():
+                    if recheck:
+                        await bulk_store.reject_taken_plates(con, job_id, batch)
+                    count = await bulk_store.insert_batch(con, job_id, batch)
+                    if count:
+                        imported: Event = VehiclesImported(job_id=job_id, inserted=count, by=by)
+                        await self._emit(con, imported)
+                break
+            except asyncpg.LockNotAvailableError:
+                # Someone holds a conflicting lock (DDL): wait a little rather than queue in front of
+                # every reader; give up after a few tries (the committed batches stay: re-run the file).
+                if attempt == attempts:
+                    raise
+                await asyncio.sleep(attempt * self._settings().vehicles.import_lock_timeout_s)
+            except asyncpg.UniqueViolationError:
+                # A plate taken since the checks: recheck the batch (on the staging connection).
+                if not recheck or attempt == attempts:
+                    raise
+        await bulk_store.drop_batch(con, job_id, batch)
+        return count
 
     def _forget_old_jobs(self) -> None:
         # Finished jobs are read from the table; only the last few stay in memory (with byte counts).

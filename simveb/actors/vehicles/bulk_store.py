@@ -1,10 +1,12 @@
 """SQL of the vehicles bulk pipeline: import jobs, the staging tables and the import statement, and
 the export cursor's query. Only the `vehicles` schema and this connection's temporary tables.
 
-Bulk import runs as a few set-based statements on one connection: COPY into a temporary staging
-table, then one statement that validates every row, inserts the good ones and keeps the rejected ones
-with their reason. Most rows are good: they pass one cheap combined predicate; only the others go
-through the detailed checks that name the reason.
+Bulk import runs as a few set-based statements: COPY into a temporary staging table; one pass over
+it for the keys repeated in the file or already registered; then per batch of staged rows, one
+statement that validates them, keeps the rejected ones with their reason and writes the good ones,
+typed, to an unlogged batch table, and one INSERT ... SELECT ... ON CONFLICT (vin) DO NOTHING from it
+into the registry (on another connection, in its own transaction). Most rows are good: they pass one
+cheap combined predicate; only the others go through the detailed checks that name the reason.
 """
 
 from __future__ import annotations
@@ -96,6 +98,38 @@ async def save_job(con: asyncpg.Connection, job: ImportJob) -> None:
 STAGING = "vehicles_import_staging"
 REJECTS = "vehicles_import_rejects"
 COMBOS = "vehicles_import_combos"
+FLAGS = "vehicles_import_flags"
+
+# The columns an import writes to vehicles.vehicles, in this order in a batch table (after row_no).
+INSERT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "vin",
+    "plate",
+    "make",
+    "model",
+    "vehicle_type",
+    "category",
+    "commercial_name",
+    "year",
+    "colour",
+    "energy",
+    "cylinder_cc",
+    "power_kw",
+    "fiscal_hp",
+    "seats",
+    "max_mass_kg",
+    "service_mass_kg",
+    "empty_mass_kg",
+    "first_registration_date",
+    "customs_ref",
+    "characteristics",
+    "remarks",
+    "owners",
+    "status",
+    "created_by",
+    "updated_by",
+    "import_job",
+)
 
 
 async def create_staging(con: asyncpg.Connection) -> None:
@@ -133,7 +167,20 @@ _INT_FIELDS = (
 )
 
 
-def _import_sql() -> str:
+def _n_plate(alias: str) -> str:
+    """The plate as stored: upper case, trimmed, inner runs of white space made one space; NULL if empty."""
+    # strpos() rather than a regular expression for the three control characters: this runs twice a row.
+    return (
+        f"CASE WHEN {alias}.plate LIKE '%  %' OR strpos({alias}.plate, E'\\t') > 0"
+        f" OR strpos({alias}.plate, E'\\n') > 0 OR strpos({alias}.plate, E'\\r') > 0"
+        f" THEN nullif(upper(regexp_replace(btrim({alias}.plate), '\\s+', ' ', 'g')), '')"
+        f" ELSE nullif(upper(btrim({alias}.plate)), '') END"
+    )
+
+
+def _check_sql(batch: str) -> str:
+    """Validate one batch of staged rows (a block range of the staging table, $4 to $5): rejected rows
+    go to the rejects table with their reason, good new ones to the batch table, typed as inserted."""
     int_checks = "\n".join(
         f"            WHEN NOT vehicles.is_int_in(s.{name}, {lo}, {hi})"
         f" THEN '{name}: expected a whole number from {lo} to {hi}, got ' || quote_literal(s.{name})"
@@ -149,15 +196,8 @@ def _import_sql() -> str:
         f"coalesce(nullif(s.{name}, '')::integer BETWEEN {lo} AND {hi}, true)" for name, lo, hi in _INT_FIELDS
     )
     int_values = ", ".join(f"nullif(c.{name}, '')::integer" for name, _, _ in _INT_FIELDS)
-    int_cols = ", ".join(name for name, _, _ in _INT_FIELDS)
     raw_cols = ", ".join(f"s.{name}" for name in ("year", *(n for n, _, _ in _INT_FIELDS)))
-    # strpos() rather than a regular expression for the three control characters: this runs twice a row.
-    n_plate = (
-        "CASE WHEN st.plate LIKE '%  %' OR strpos(st.plate, E'\\t') > 0 OR strpos(st.plate, E'\\n') > 0"
-        " OR strpos(st.plate, E'\\r') > 0"
-        " THEN nullif(upper(regexp_replace(btrim(st.plate), '\\s+', ' ', 'g')), '')"
-        " ELSE nullif(upper(btrim(st.plate)), '') END"
-    )
+    n_plate = _n_plate("st")
     return f"""
 WITH brand_keys AS (
     -- a make is given by name or by code
@@ -166,15 +206,6 @@ WITH brand_keys AS (
     SELECT label, lower(label) AS k FROM vehicles.energies UNION SELECT label, code FROM vehicles.energies
 ), char_codes AS (
     SELECT coalesce(array_agg(code), '{{}}') AS codes FROM vehicles.characteristic_values
-), dup_vin AS (
-    -- Duplicates inside the file are rare: hashing the keys alone, then joining the few repeated
-    -- ones back, costs far less than sorting every staged row by VIN and by plate.
-    SELECT upper(replace(coalesce(vin, ''), ' ', '')) AS k, min(row_no) AS first_row
-    FROM pg_temp.{STAGING} GROUP BY 1 HAVING count(*) > 1
-), dup_plate AS (
-    SELECT k, min(row_no) AS first_row
-    FROM (SELECT replace({n_plate}, ' ', '') AS k, row_no FROM pg_temp.{STAGING} st OFFSET 0) p  -- normalised once
-    WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1
 ), checked AS MATERIALIZED (
     SELECT s.row_no, s.reason, s.existing_id IS NOT NULL AS existing, s.n_vin, s.n_plate, s.n_owners, s.n_chars,
            s.n_status, s.b_name, s.m_name, s.t_code, s.t_category, s.e_label, s.commercial_name, s.colour,
@@ -286,8 +317,8 @@ WITH brand_keys AS (
                        ON t.code = coalesce(nullif(lower(btrim(s.vehicle_type)), ''), m.vehicle_type)) d)
         END AS reason
       FROM (
-        SELECT n.*, c.b_name, c.m_name, c.t_code, c.t_category, c.e_label, dv.first_row AS vin_first,
-               dp.first_row AS plate_first, v.id AS existing_id, pv.vin AS plate_owner_vin, cc.codes AS char_codes,
+        SELECT n.*, c.b_name, c.m_name, c.t_code, c.t_category, c.e_label, f.vin_first,
+               f.plate_first, f.existing_id, f.plate_owner_vin, cc.codes AS char_codes,
                extract(year FROM now())::integer + 1 AS max_year
         FROM (
           SELECT st.*,
@@ -300,15 +331,13 @@ WITH brand_keys AS (
                  coalesce(lower(btrim(st.vehicle_type)), '') AS type_k,
                  coalesce(lower(btrim(st.category)), '') AS category_k, lower(btrim(st.energy)) AS energy_k
           FROM pg_temp.{STAGING} st
+          WHERE st.ctid >= $4 AND st.ctid < $5
           OFFSET 0  -- a fence: each normalised value is computed once per row, not once per use
         ) n
         CROSS JOIN char_codes cc
         LEFT JOIN pg_temp.{COMBOS} c ON (c.make_k, c.model_k, c.type_k, c.category_k, c.energy_k)
                             = (n.make_k, n.model_k, n.type_k, n.category_k, n.energy_k)
-        LEFT JOIN dup_vin dv ON dv.k = n.n_vin
-        LEFT JOIN dup_plate dp ON dp.k = replace(n.n_plate, ' ', '')
-        LEFT JOIN vehicles.vehicles v ON v.vin = n.n_vin
-        LEFT JOIN vehicles.vehicles pv ON pv.plate_key = replace(n.n_plate, ' ', '')
+        LEFT JOIN pg_temp.{FLAGS} f ON f.row_no = n.row_no
         OFFSET 0
       ) s
       OFFSET 0
@@ -317,27 +346,25 @@ WITH brand_keys AS (
     INSERT INTO pg_temp.{REJECTS} (row_no, reason, {", ".join(CSV_COLUMNS)})
     SELECT c.row_no, c.reason, {", ".join(f"c.src[{i}]" for i in range(1, len(CSV_COLUMNS) + 1))} FROM checked c WHERE c.reason IS NOT NULL
     RETURNING 1
-), inserted AS (
-    INSERT INTO vehicles.vehicles (id, vin, plate, make, model, vehicle_type, category, commercial_name, year,
-        colour, energy, {int_cols}, first_registration_date, customs_ref, characteristics, remarks, owners, status,
-        created_by, updated_by, import_job)
-    SELECT encode(overlay(k.base PLACING int4send(c.row_no::int) FROM 13 FOR 4), 'hex')::uuid, c.n_vin, c.n_plate,
-           c.b_name, c.m_name, c.t_code, c.t_category,
+), ready AS (
+    INSERT INTO {batch} (row_no, {", ".join(INSERT_COLUMNS)})
+    SELECT c.row_no, encode(overlay($3::bytea PLACING int4send(c.row_no::int) FROM 13 FOR 4), 'hex')::uuid, c.n_vin,
+           c.n_plate, c.b_name, c.m_name, c.t_code, c.t_category,
            btrim(coalesce(c.commercial_name, '')), nullif(c.year, '')::integer, btrim(coalesce(c.colour, '')),
            c.e_label, {int_values}, nullif(c.first_registration_date, '')::date, btrim(coalesce(c.customs_ref, '')),
            CASE WHEN c.n_chars = '' THEN '{{}}'::text[] ELSE string_to_array(c.n_chars, ';') END,
            coalesce(c.remarks, ''),
            CASE WHEN c.n_owners = '' THEN '{{}}'::uuid[] ELSE string_to_array(c.n_owners, ';')::uuid[] END,
            c.n_status, $1, $1, $2
-    -- One UUIDv7 per import, its last 4 bytes replaced by the row number: ids stay time-ordered,
+    -- $3: one UUIDv7 per import, its last 4 bytes replaced by the row number: ids stay time-ordered,
     -- follow the file's order, and cost a fraction of a random UUID per row.
-    FROM checked c CROSS JOIN (SELECT uuid_send(vehicles.uuid7()) AS base) k
+    FROM checked c
     WHERE c.reason IS NULL AND NOT c.existing
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM pg_temp.{STAGING}) AS total,
-       (SELECT count(*) FROM inserted) AS inserted,
-       (SELECT count(*) FROM rejected) AS rejected
+SELECT (SELECT count(*) FROM checked) AS total,
+       (SELECT count(*) FROM rejected) AS rejected,
+       (SELECT count(*) FROM ready) AS ready
 """
 
 
@@ -363,54 +390,139 @@ CROSS JOIN (SELECT label, lower(label) AS k FROM vehicles.energies
 ORDER BY b.k, lower(m.name), tk.k, ck.k, e.k, b.code, e.label
 """
 
-IMPORT_SQL = _import_sql()
+# Keys found twice in the file, and keys already in the registry, for the whole file at once (rows
+# with none of these, nearly all of them, are not in the table): a batch then looks its rows up here
+# instead of hashing every staged row again or probing the registry's indexes row by row.
+FLAGS_SQL = f"""
+CREATE TEMP TABLE {FLAGS} AS
+WITH keys AS MATERIALIZED (
+    SELECT row_no, upper(replace(coalesce(vin, ''), ' ', '')) AS vin_k, replace({_n_plate("st")}, ' ', '') AS plate_k
+    FROM pg_temp.{STAGING} st
+), dup_vin AS (
+    -- Duplicates inside the file are rare: hashing the keys alone, then joining the few repeated
+    -- ones back, costs far less than sorting every staged row by VIN and by plate.
+    SELECT vin_k, min(row_no) AS first_row FROM keys GROUP BY 1 HAVING count(*) > 1
+), dup_plate AS (
+    SELECT plate_k, min(row_no) AS first_row FROM keys WHERE plate_k IS NOT NULL GROUP BY 1 HAVING count(*) > 1
+)
+SELECT k.row_no, dv.first_row AS vin_first, dp.first_row AS plate_first, v.id AS existing_id, pv.vin AS plate_owner_vin
+FROM keys k
+LEFT JOIN dup_vin dv ON dv.vin_k = k.vin_k
+LEFT JOIN dup_plate dp ON dp.plate_k = k.plate_k
+LEFT JOIN vehicles.vehicles v ON v.vin = k.vin_k
+LEFT JOIN vehicles.vehicles pv ON pv.plate_key = k.plate_k
+WHERE dv.first_row IS NOT NULL OR dp.first_row IS NOT NULL OR v.id IS NOT NULL OR pv.vin IS NOT NULL
+"""
 
 
 async def staged_rows(con: asyncpg.Connection) -> int:
     return await con.fetchval(f"SELECT count(*) FROM pg_temp.{STAGING}")
 
 
-async def registry_size_estimate(con: asyncpg.Connection) -> int:
-    """Rows of vehicles.vehicles as the planner knows them (cheap; -1 before the first ANALYZE)."""
-    return await con.fetchval("SELECT reltuples::bigint FROM pg_class WHERE oid = 'vehicles.vehicles'::regclass")
-
-
-async def drop_secondary_indexes(con: asyncpg.Connection) -> list[str]:
-    """Drop every index of vehicles.vehicles but the primary key; return their definitions.
-
-    Read from the catalogue, so a later migration's index comes back exactly as it defined it.
-    """
-    rows = await con.fetch(
-        "SELECT quote_ident(i.relname) AS name, pg_get_indexdef(i.oid) AS def FROM pg_index x"
-        " JOIN pg_class i ON i.oid = x.indexrelid"
-        " WHERE x.indrelid = 'vehicles.vehicles'::regclass AND NOT x.indisprimary"
-    )
-    for r in rows:
-        await con.execute(f"DROP INDEX vehicles.{r['name']}")
-    return [r["def"] for r in rows]
-
-
-async def create_indexes(con: asyncpg.Connection, definitions: list[str]) -> None:
-    for definition in definitions:
-        await con.execute(definition)
-
-
-class ImportCounts(msgspec.Struct, frozen=True, kw_only=True):
-    total: int
-    inserted: int
-    rejected: int
-
-
-async def import_staged(con: asyncpg.Connection, job_id: UUID, by: str) -> ImportCounts:
-    """Validate the staged rows, insert the good ones, keep the rejected ones: (total, inserted, rejected)."""
-    await con.execute(f"DROP TABLE IF EXISTS pg_temp.{COMBOS}")
+async def prepare_checks(con: asyncpg.Connection) -> None:
+    """What every batch's checks look up: the catalogue's combinations, the duplicated and known keys."""
+    await con.execute(f"DROP TABLE IF EXISTS pg_temp.{COMBOS}, pg_temp.{FLAGS}")
     await con.execute(COMBOS_SQL)
-    # Real row counts for the planner: the freshly filled staging table has no statistics, and a
-    # wrong guess makes hash joins split into batches on disk.
-    await con.execute(f"ANALYZE pg_temp.{COMBOS}, pg_temp.{STAGING}")
-    counts = from_row(ImportCounts, await con.fetchrow(IMPORT_SQL, by, job_id))
+    await con.execute(FLAGS_SQL)
+    await con.execute(f"CREATE INDEX ON pg_temp.{FLAGS} (row_no)")
+    # Real row counts for the planner: the freshly filled tables have no statistics, and a wrong
+    # guess makes hash joins split into batches on disk.
+    await con.execute(f"ANALYZE pg_temp.{COMBOS}, pg_temp.{STAGING}, pg_temp.{FLAGS}")
+
+
+async def batch_ranges(con: asyncpg.Connection, staged: int, batch_rows: int) -> list[tuple[int, int]]:
+    """Block ranges of the staging table of about batch_rows rows each, in row order.
+
+    COPY appends to a fresh table, so its blocks hold the rows in file order: a batch is a TID range
+    scan of its own blocks, never a scan of the whole table.
+    """
+    blocks = await con.fetchval(f"SELECT pg_relation_size('pg_temp.{STAGING}') / current_setting('block_size')::int")
+    if staged == 0 or blocks == 0:
+        return []
+    per_batch = max(1, batch_rows * blocks // staged)
+    return [(lo, min(lo + per_batch, blocks)) for lo in range(0, blocks, per_batch)]
+
+
+def batch_table(job_id: UUID, batch: int) -> str:
+    """A batch's validated rows, typed as inserted: unlogged, visible to the inserting connection."""
+    return f'vehicles."import_{job_id.hex}_{batch}"'
+
+
+class BatchCounts(msgspec.Struct, frozen=True, kw_only=True):
+    total: int
+    rejected: int
+    ready: int  # valid rows whose VIN is new: to insert
+
+
+async def check_batch(
+    con: asyncpg.Connection, job_id: UUID, batch: int, blocks: tuple[int, int], base: bytes, by: str
+) -> BatchCounts:
+    """Validate the staged rows of these blocks into the batch table (created here) and the rejects."""
+    table = batch_table(job_id, batch)
+    await con.execute(
+        f"CREATE UNLOGGED TABLE {table} AS SELECT 0::bigint AS row_no, {', '.join(INSERT_COLUMNS)}"
+        " FROM vehicles.vehicles WITH NO DATA"
+    )
+    lo, hi = blocks
+    row = await con.fetchrow(_check_sql(table), by, job_id, base, (lo, 0), (hi, 0))
+    counts = from_row(BatchCounts, row)
     assert counts is not None  # an aggregate: always one row
     return counts
+
+
+async def insert_batch(con: asyncpg.Connection, job_id: UUID, batch: int) -> int:
+    """Insert a checked batch into the registry (in the caller's transaction); the count inserted.
+
+    ON CONFLICT (vin) DO NOTHING: a vehicle registered with one of these VINs since the checks is
+    skipped like any already registered one. A plate taken meanwhile raises UniqueViolationError.
+    """
+    cols = ", ".join(INSERT_COLUMNS)
+    status = await con.execute(
+        f"INSERT INTO vehicles.vehicles ({cols}) SELECT {cols} FROM {batch_table(job_id, batch)}"
+        " ON CONFLICT (vin) DO NOTHING"
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def reject_taken_plates(con: asyncpg.Connection, job_id: UUID, batch: int) -> int:
+    """Move the rows of a batch whose plate another vehicle took since the checks to the rejects.
+
+    On the connection that staged the file: the rejects keep the row's original text.
+    """
+    table = batch_table(job_id, batch)
+    status = await con.execute(
+        f"""
+        WITH moved AS (
+            DELETE FROM {table} b USING vehicles.vehicles v
+            WHERE v.plate_key = replace(b.plate, ' ', '') AND v.vin <> b.vin
+              AND NOT EXISTS (SELECT 1 FROM vehicles.vehicles x WHERE x.vin = b.vin)
+            RETURNING b.row_no
+        )
+        INSERT INTO pg_temp.{REJECTS} (row_no, reason, {", ".join(CSV_COLUMNS)})
+        SELECT st.row_no, 'plate: already assigned to another vehicle', {", ".join(f"st.{c}" for c in CSV_COLUMNS)}
+        FROM pg_temp.{STAGING} st JOIN moved USING (row_no)
+        """
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def drop_batch(con: asyncpg.Connection, job_id: UUID, batch: int) -> None:
+    await con.execute(f"DROP TABLE IF EXISTS {batch_table(job_id, batch)}")
+
+
+async def drop_batches(con: asyncpg.Connection, job_id: UUID) -> None:
+    """Drop what is left of a job's batch tables (after a failure)."""
+    names = await con.fetch(
+        "SELECT quote_ident(relname) AS name FROM pg_class WHERE relnamespace = 'vehicles'::regnamespace"
+        " AND relkind = 'r' AND relname LIKE $1",
+        f"import\\_{job_id.hex}\\_%",
+    )
+    for r in names:
+        await con.execute(f"DROP TABLE IF EXISTS vehicles.{r['name']}")
+
+
+async def rejected_rows(con: asyncpg.Connection) -> int:
+    return await con.fetchval(f"SELECT count(*) FROM pg_temp.{REJECTS}")
 
 
 async def write_rejects(con: asyncpg.Connection, path: str) -> None:

@@ -648,7 +648,8 @@ class VehicleArchived(Event):
 
 
 class VehiclesImported(Event):
-    """One event per import job (not one per row: a national import would flood the outbox)."""
+    """One event per committed batch of an import job (not one per row: a national import would flood
+    the outbox); `inserted` counts that batch's rows."""
 
     job_id: UUID
     inserted: int
