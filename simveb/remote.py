@@ -256,6 +256,14 @@ class RemoteTransport:
             with contextlib.suppress(Exception):
                 await client.aclose()
 
+    async def ping(self) -> bool:
+        """Is Redis answering (within a second)?"""
+        try:
+            async with asyncio.timeout(1.0):
+                return bool(await self.redis.ping())
+        except Exception:
+            return False
+
     # sending --------------------------------------------------------------------------------------
 
     async def ask(self, actor: str, message: Ask[Any], timeout: float) -> Any:

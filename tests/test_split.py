@@ -31,7 +31,7 @@ from tests.conftest import truncate_all
 from tests.documents_support import pdf_bytes, upload
 from tests.payments_support import checkout, simulators
 from tests.registrations_support import FIRST_DOCS, new_vehicle, person
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ROOT, free_port, simveb, wait_for
 
 FRONT = "registrations,payments,documents"
 BACK = "config,integrations,notifications,users,auth,vehicles"
@@ -142,6 +142,16 @@ async def test_an_event_with_subscribers_in_two_processes_reaches_both(
         await one.stop()
 
 
+# --- placement is checked before anything starts ---------------------------------------------------
+
+
+def test_serve_refuses_an_unknown_actor_and_a_partial_placement_without_transport(settings: Settings) -> None:
+    unknown = simveb(settings, "serve", "--actors", "payments,nope", env={"SIMVEB_PLACEMENT__REDIS_URL": ""})
+    assert unknown.returncode == 1 and "placement.actors: unknown actor(s) nope" in unknown.stderr
+    alone = simveb(settings, "serve", "--actors", "payments", env={"SIMVEB_PLACEMENT__REDIS_URL": ""})
+    assert alone.returncode == 1 and "needs placement.redis_url" in alone.stderr
+
+
 # --- two `simveb serve` processes ---------------------------------------------------------------------
 
 
@@ -250,6 +260,7 @@ async def test_a_registration_completes_across_two_processes_and_survives_killin
     front.start()
     placed = await front.ready()  # migrates and seeds the empty database first
     assert placed["placement"]["hosted"] == ["documents", "payments", "registrations"]
+    assert placed["checks"]["transport"] == "ok"
     back.start()
     assert (await back.ready())["placement"]["remote"] == ["documents", "payments", "registrations"]
 

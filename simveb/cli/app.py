@@ -67,8 +67,13 @@ def settings_of(ctx: click.Context) -> Settings:
 
 async def with_runtime(settings: Settings, work: Callable[[Any], Awaitable[T]], *, seed: bool = False) -> T:
     """Start a runtime without an outbox relay (the server relays what the CLI emits) and run work."""
+    from simveb.config import with_overrides
     from simveb.runtime import Runtime
 
+    # A command hosts every actor in its own process whatever the servers' placement: it must not
+    # join the servers' consumer groups and take their requests for the few seconds it runs.
+    if settings.placement.actors or settings.placement.redis_url:
+        settings = with_overrides(settings, placement={"actors": [], "redis_url": ""})
     runtime = Runtime(settings, relay=False)
     await runtime.start(seed_if_empty=seed)
     try:

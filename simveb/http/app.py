@@ -223,7 +223,8 @@ class HealthController(Controller):
 
     @get("/ready", opt={"public": True}, media_type=MediaType.JSON)
     async def ready(self, state: State) -> Response[dict[str, Any]]:
-        """Database reachable, every actor up, no pending migration."""
+        """Database reachable, every hosted actor up, no pending migration, the transport (if any) reachable;
+        also which actors this process hosts and which it reaches in other processes."""
         runtime: Runtime = state.runtime
         checks: dict[str, Any] = {}
         db_ok = runtime.db is not None and await runtime.db.ping()
@@ -235,15 +236,19 @@ class HealthController(Controller):
         if runtime.bus is not None:
             placement["hosted"] = sorted(runtime.bus.cells)
             placement["remote"] = sorted(runtime.bus.remote_cells)
-            if runtime.transport is not None:
-                latency = runtime.transport.latency
-                placement["remote_ask_p50_s"] = {name: latency.quantile(name, 0.5) for name in latency.counts}
+        transport_ok = True
+        if runtime.transport is not None:
+            # Without Redis this process reaches none of the actors hosted elsewhere.
+            transport_ok = await runtime.transport.ping()
+            checks["transport"] = "ok" if transport_ok else "unreachable"
+            latency = runtime.transport.latency
+            placement["remote_ask_p50_s"] = {name: latency.quantile(name, 0.5) for name in latency.counts}
         pending = None
         if db_ok:
             async with runtime.db.pool.acquire() as con:  # type: ignore[union-attr]
                 pending = await migrate.pending_count(con)
         checks["migrations"] = "ok" if pending == 0 else {"pending": pending}
-        ready = db_ok and not down and pending == 0
+        ready = db_ok and not down and pending == 0 and transport_ok
         return Response(
             {"status": "ready" if ready else "not_ready", "checks": checks, "placement": placement},
             status_code=200 if ready else 503,
