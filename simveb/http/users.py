@@ -17,6 +17,10 @@ asks users, and the ask graph must stay acyclic):
 - Staff creation (`POST /api/users` with a token holding users:write): one `CreateAccount` to auth,
   which runs the saga (policy, users' CreateUser, password, and `AbortCreation` if the password
   cannot be set).
+- Email change (`POST /api/users/{me}/email-change`, then `/email-change/confirm`): auth checks the
+  password and sends a code to the new address, then, with the code, asks users to `ChangeEmail`,
+  which tells the old address. `PUT /api/users/{me}` refuses one's own email (a stolen access token
+  and a password reset to a new address would otherwise take the account).
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.exceptions import ValidationException
 from litestar.params import Parameter
 
-from simveb.actors.auth.messages import CreateAccount, OtpRequested, RequestOtp
+from simveb.actors.auth.messages import (
+    ConfirmEmailChange,
+    CreateAccount,
+    OtpRequested,
+    RequestEmailChange,
+    RequestOtp,
+)
 from simveb.actors.users.messages import (
     Caller,
     CreateUser,
@@ -70,6 +80,7 @@ from simveb.actors.users.messages import (
     VerifyNpi,
 )
 from simveb.bus import Bus
+from simveb.errors import NotFound
 from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of, field_of, record_of
 from simveb.http.security import requires
 from simveb.messages import PAGE_LIMIT_DEFAULT
@@ -154,6 +165,20 @@ RolesIn = body_of(SetUserRoles, exclude=("user_id", "caller"), name="RolesIn")
 KycIn = body_of(ValidateKyc, exclude=("user_id", "caller"), name="KycIn")
 
 
+class EmailChangeIn(Input):
+    """The new address and the current password (a stolen access token alone is not enough)."""
+
+    email: Email
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class EmailChangeConfirmIn(Input):
+    """The code sent to the new address."""
+
+    challenge_id: UUID
+    code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class ReleaseIn(Input):
     reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
 
@@ -176,6 +201,12 @@ class RegistrationAccepted(msgspec.Struct, kw_only=True):
 
 def _client_ip(request: Request[Any, Any, Any]) -> str | None:
     return request.client.host if request.client else None
+
+
+def _only_self(caller: Caller, user_id: UUID) -> None:
+    """An email change is the account owner's own act: anyone else's id is a 404, as if it did not exist."""
+    if caller.sub != str(user_id):
+        raise NotFound(f"no user {user_id}", code="unknown_user")
 
 
 # --- routes -------------------------------------------------------------------------------------------
@@ -250,9 +281,34 @@ class UsersController(Controller):
 
     @put("/{user_id:uuid}")
     async def update_user(self, bus: Bus, caller: Caller, user_id: UUID, data: UserUpdate) -> User:
-        """Change contact details (email, phone, language): oneself or users:write."""
+        """Change contact details: language (oneself), email and phone (users:write, for others; one's
+        own email goes through /email-change)."""
         return await bus.ask(
             UpdateUser(user_id=user_id, caller=caller, email=data.email, phone=data.phone, language=data.language)
+        )
+
+    @post("/{user_id:uuid}/email-change", status_code=202)
+    async def request_email_change(
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], user_id: UUID, data: EmailChangeIn
+    ) -> OtpRequested:
+        """Ask to change one's email: the password, then a code is sent to the new address (confirm it next)."""
+        _only_self(caller, user_id)
+        return await bus.ask(
+            RequestEmailChange(
+                user_id=user_id, new_email=data.email, password=data.password, client_ip=_client_ip(request)
+            )
+        )
+
+    @post("/{user_id:uuid}/email-change/confirm", status_code=200)
+    async def confirm_email_change(
+        self, bus: Bus, caller: Caller, request: Request[Any, Any, Any], user_id: UUID, data: EmailChangeConfirmIn
+    ) -> User:
+        """Confirm an email change with the code sent to the new address; the old address is told."""
+        _only_self(caller, user_id)
+        return await bus.ask(
+            ConfirmEmailChange(
+                user_id=user_id, challenge_id=data.challenge_id, code=data.code, client_ip=_client_ip(request)
+            )
         )
 
     @delete("/{user_id:uuid}", status_code=200)

@@ -46,6 +46,7 @@ from simveb.actors.auth import store
 from simveb.actors.auth.messages import (
     AccountCreated,
     CheckPasswordPolicy,
+    ConfirmEmailChange,
     CreateAccount,
     DeniedTokens,
     EnableTotp,
@@ -59,6 +60,7 @@ from simveb.actors.auth.messages import (
     OtpRequested,
     RecoveryCodes,
     RefreshSession,
+    RequestEmailChange,
     RequestOtp,
     ResetPassword,
     ResetTotp,
@@ -76,10 +78,12 @@ from simveb.actors.config.messages import GetSetting
 from simveb.actors.notifications.messages import SendOtp
 from simveb.actors.users.messages import (
     AbortCreation,
+    ChangeEmail,
     ConfirmRegistration,
     CreateUser,
     GetUserAuthz,
     ResolveLogin,
+    User,
     UserAuthz,
     UserDeactivated,
     UserRolesChanged,
@@ -604,11 +608,17 @@ class AuthActor(Actor):
                     "too many code requests; try again later", code="code_budget_spent", retry_after=retry_after
                 )
 
-    async def _deliver(self, authz: UserAuthz, code: str, purpose: str, challenge_id: UUID) -> None:
+    async def _deliver(
+        self, authz: UserAuthz, code: str, purpose: str, challenge_id: UUID, *, to_email: str | None = None
+    ) -> None:
+        """Queue the code with notifications: to the account's phone (else its email), or to `to_email`."""
         if not self.bus.handles(SendOtp):
             log.warning("no notifications service in this process: one-time code %s not sent", challenge_id)
             return
-        channel, to = ("sms", authz.phone) if authz.phone else ("email", authz.email)
+        if to_email is not None:
+            channel, to = "email", to_email
+        else:
+            channel, to = ("sms", authz.phone) if authz.phone else ("email", authz.email)
         try:
             await self.bus.ask(
                 SendOtp(
@@ -624,15 +634,29 @@ class AuthActor(Actor):
             log.warning("one-time code %s could not be queued: %s", challenge_id, type(exc).__name__)
 
     async def _open_challenge(
-        self, challenge_id: UUID, code: str, purposes: tuple[str, ...], client_ip: str | None
+        self,
+        challenge_id: UUID,
+        code: str,
+        purposes: tuple[str, ...],
+        client_ip: str | None,
+        *,
+        user_id: UUID | None = None,
+        refuse: type[DomainError] = Unauthorized,
     ) -> tuple[store.Challenge, bool]:
-        """Lock a challenge and check the code; return (row, ok). Refusals that are not a wrong code raise."""
+        """Lock a challenge and check the code; return (row, ok). Refusals that are not a wrong code
+        raise (`refuse`: Unauthorized for a sign-in; Forbidden for a signed-in caller, whose token is
+        not in question). With `user_id`, another user's challenge is refused before any code is tried."""
         async with self.db.transaction() as con:
             row = await store.challenge(con, challenge_id)
-            if row is None or row.consumed_at is not None or row.purpose not in purposes:
-                raise Unauthorized(INVALID_CODE, code="invalid_code")
+            if (
+                row is None
+                or row.consumed_at is not None
+                or row.purpose not in purposes
+                or (user_id is not None and row.user_id != user_id)
+            ):
+                raise refuse(INVALID_CODE, code="invalid_code")
             if row.expired:
-                raise Unauthorized("the code expired; ask for a new one", code="code_expired")
+                raise refuse("the code expired; ask for a new one", code="code_expired")
             if row.attempts >= self.conf.otp_max_attempts:
                 left = (row.expires_at - datetime.now(UTC)).total_seconds()
                 raise TooManyRequests(
@@ -877,6 +901,71 @@ class AuthActor(Actor):
             await store.set_password(con, user_id, hashed, "password_reset")
             await store.revoke_sessions(con, [], "password_reset", user_id=user_id)
         await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, "otp")
+
+    # --- email change ------------------------------------------------------------------------------
+
+    # The email is where password reset codes go for an account without a phone, and what a reset
+    # can be asked by: changing it with a stolen access token alone would hand the account over. So
+    # the change needs the password (counted like a sign-in) and a code sent to the new address;
+    # users then tells the old address. No connection is held across the asks or the hash.
+
+    @handler
+    async def request_email_change(self, msg: RequestEmailChange) -> OtpRequested:
+        key = f"user:{msg.user_id}"
+        await self._check_locks(key, msg.client_ip)
+        authz = await self.bus.ask(GetUserAuthz(user_id=msg.user_id))
+        hashed = None
+        if authz.status == "active":
+            async with self.db.connection() as con:
+                hashed = await store.password_hash(con, msg.user_id)
+        password = msg.password[:MAX_PASSWORD_LENGTH]
+        if not (await asyncio.to_thread(_verify, hashed or self._dummy_hash, password) and hashed is not None):
+            await self._failed(key, msg.user_id, msg.client_ip, "password")
+            raise Forbidden("wrong password", code="wrong_password")
+        await self._check_locks(key, msg.client_ip)  # a parallel guess may have locked it meanwhile
+        new_email = msg.new_email.strip().lower()
+        if new_email == (authz.email or "").lower():
+            raise Invalid("this is already the account's email", code="same_email")
+        if await self._resolve(new_email) is not None:
+            raise Conflict("this email belongs to another account", code="email_taken", field="email")
+        account = account_key(new_email)
+        cooldown = self.conf.otp_resend_cooldown_s
+        async with self.db.connection() as con:
+            recent = await store.recent_challenge(con, account, "email_change", cooldown, user_id=msg.user_id)
+        if recent is not None:
+            return OtpRequested(
+                challenge_id=recent.id, expires_at=recent.expires_at, resend_after_s=max(1, math.ceil(recent.wait))
+            )
+        await self._within_budgets(account, msg.client_ip)
+        challenge_id = uuid.uuid4()
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        async with self.db.connection() as con:
+            expires_at = await store.create_challenge(
+                con,
+                challenge_id=challenge_id,
+                account=account,
+                user_id=msg.user_id,
+                purpose="email_change",
+                code_hash=self._code_hash(challenge_id, code),
+                client_ip=msg.client_ip,
+                ttl_s=self.conf.otp_ttl_s,
+                new_email=new_email,
+            )
+        await self._deliver(authz, code, "email_change", challenge_id, to_email=new_email)
+        log.info("email change asked by user %s (code %s sent to the new address)", msg.user_id, challenge_id)
+        return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+
+    @handler
+    async def confirm_email_change(self, msg: ConfirmEmailChange) -> User:
+        # The caller is signed in: a wrong code refuses this change (403), it says nothing of the token.
+        row, ok = await self._open_challenge(
+            msg.challenge_id, msg.code, ("email_change",), msg.client_ip, user_id=msg.user_id, refuse=Forbidden
+        )
+        if not ok:
+            await self._failed(f"user:{msg.user_id}", msg.user_id, msg.client_ip, "otp")
+            raise Forbidden(INVALID_CODE, code="invalid_code")
+        assert row.new_email is not None  # the table's check: an email_change row keeps its address
+        return await self.bus.ask(ChangeEmail(user_id=msg.user_id, email=row.new_email, by=str(msg.user_id)))
 
     # --- verifiers ---------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.actors.users.messages import CreateUser, User
+from simveb.actors.users.messages import CreateUser, Email, User
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from simveb.messages import Ask, Caller, Record
 
@@ -265,6 +265,36 @@ class ResetPassword(Ask[None]):
     challenge_id: UUID
     code: str
     new_password: str
+    client_ip: str | None = None
+
+
+# --- email change ------------------------------------------------------------------------------------
+
+
+class RequestEmailChange(Ask[OtpRequested]):
+    """A signed-in user asks to move their account to `new_email`: the current password is checked
+    (a wrong one counts as a failed sign-in: Forbidden `wrong_password`, then the lockout), then a
+    code is sent to the new address (purpose email_change; the same expiry, attempts, cooldown and
+    budgets as every one-time code). Conflict `email_taken` when another account has that email."""
+
+    errors = (Forbidden, NotFound, Conflict, Invalid, TooManyRequests)
+
+    user_id: UUID
+    new_email: Email
+    password: str
+    client_ip: str | None = None
+
+
+class ConfirmEmailChange(Ask[User]):
+    """The code sent to the new address, for the user who asked: the users service changes the email
+    (`ChangeEmail`) and tells the old address. Forbidden `invalid_code` / `code_expired` for a wrong,
+    spent, expired or someone else's code; TooManyRequests once attempts or lockouts are spent."""
+
+    errors = (Forbidden, NotFound, Conflict, TooManyRequests)
+
+    user_id: UUID
+    challenge_id: UUID
+    code: str
     client_ip: str | None = None
 
 

@@ -51,6 +51,7 @@ class Challenge(msgspec.Struct, frozen=True, kw_only=True):
     code_hash: bytes | None
     attempts: int
     method: str | None
+    new_email: str | None = None  # the address an email_change code proves
     created_at: datetime
     expires_at: datetime
     consumed_at: datetime | None
@@ -391,22 +392,25 @@ async def add_lockout(
 # --- one-time codes and challenges -------------------------------------------------------------------
 
 _OTP_COLS = (
-    "id, account, user_id, purpose, code_hash, attempts, method, created_at, expires_at, consumed_at,"
+    "id, account, user_id, purpose, code_hash, attempts, method, new_email, created_at, expires_at, consumed_at,"
     " expires_at <= now() AS expired"
 )
 
 
 async def recent_challenge(
-    con: asyncpg.Connection, account: str, purpose: str, cooldown_s: int
+    con: asyncpg.Connection, account: str, purpose: str, cooldown_s: int, *, user_id: UUID | None = None
 ) -> RecentChallenge | None:
-    """The newest unconsumed code sent to this account for this purpose within the cooldown."""
+    """The newest unconsumed code sent to this account for this purpose within the cooldown (with
+    `user_id`: only one this user asked for)."""
     row = await con.fetchrow(
         "SELECT id, expires_at, extract(epoch FROM created_at + make_interval(secs => $3) - now())::float8 AS wait"
         " FROM auth.otp_verifications WHERE account = $1 AND purpose = $2 AND consumed_at IS NULL"
-        " AND created_at > now() - make_interval(secs => $3) ORDER BY created_at DESC LIMIT 1",
+        " AND created_at > now() - make_interval(secs => $3) AND ($4::uuid IS NULL OR user_id = $4)"
+        " ORDER BY created_at DESC LIMIT 1",
         account,
         purpose,
         float(cooldown_s),
+        user_id,
     )
     return from_row(RecentChallenge, row)
 
@@ -445,10 +449,12 @@ async def create_challenge(
     client_ip: str | None,
     ttl_s: int,
     method: str | None = None,
+    new_email: str | None = None,
 ) -> datetime:
     return await con.fetchval(
-        "INSERT INTO auth.otp_verifications (id, account, user_id, purpose, code_hash, client_ip, method, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8)) RETURNING expires_at",
+        "INSERT INTO auth.otp_verifications"
+        " (id, account, user_id, purpose, code_hash, client_ip, method, new_email, expires_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9)) RETURNING expires_at",
         challenge_id,
         account,
         user_id,
@@ -456,6 +462,7 @@ async def create_challenge(
         code_hash,
         client_ip,
         method,
+        new_email,
         float(ttl_s),
     )
 

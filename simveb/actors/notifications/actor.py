@@ -314,12 +314,15 @@ class NotificationsActor(Actor):
             return  # a step the applicant is not shown (RegistrationStatusChanged): nobody is told
         params = {**fields, "event_type": tag}
         digest = _event_identity(event)
+        # An address in the event (not a user id) is written to in the event's language, if it says.
+        spoken = fields.get("language") if fields.get("language") in ("fr", "en") else "fr"
         for sub in subs:
             value = fields.get(sub.recipient_field)
             if value is None:
-                log.warning("subscription %s: event %s has no field %s", sub.id, tag, sub.recipient_field)
-                continue
-            for recipient, user_id, language in await self._recipients(con, sub.channel, str(value)):
+                if sub.recipient_field not in fields:
+                    log.warning("subscription %s: event %s has no field %s", sub.id, tag, sub.recipient_field)
+                continue  # present but empty (no old email to tell): nobody to write to
+            for recipient, user_id, language in await self._recipients(con, sub.channel, str(value), spoken):
                 try:
                     async with con.transaction():  # a savepoint: one bad subscription spoils no other
                         await self._enqueue(
@@ -338,16 +341,17 @@ class NotificationsActor(Actor):
                     log.error("subscription %s on %s could not queue a message: %s", sub.id, tag, exc.detail)
 
     async def _recipients(
-        self, con: asyncpg.Connection, channel: str, value: str
+        self, con: asyncpg.Connection, channel: str, value: str, spoken: str = "fr"
     ) -> list[tuple[str, UUID | None, str]]:
-        """(address, user id, language) for a recipient field: a user id through the read model, or an address."""
+        """(address, user id, language) for a recipient field: a user id through the read model, or an
+        address (written to in `spoken`)."""
         try:
             user_id: UUID | None = UUID(value)
         except ValueError:
             user_id = None
         if user_id is None:
             if channel in ("email", "sms") and (EMAIL.match(value) if channel == "email" else PHONE.match(value)):
-                return [(value, None, "fr")]
+                return [(value, None, spoken)]
             log.warning("notification recipient field is neither a user id nor a %s address", channel)
             return []
         contact = await store.get_contact(con, user_id)

@@ -116,7 +116,7 @@ class SendOtp(Ask[Accepted]):
     channel: Literal["sms", "email"]
     to: str  # +229 phone number or email address
     code: str
-    purpose: Literal["login", "two_factor", "register", "password_reset"]
+    purpose: Literal["login", "two_factor", "register", "password_reset", "email_change"]
     language: Literal["fr", "en"] = "fr"
     idempotency_key: str
 

@@ -15,6 +15,7 @@ _OTP_PURPOSE = {
     "two_factor": ("de vérification", "verification"),
     "register": ("d'inscription", "registration"),
     "password_reset": ("de réinitialisation du mot de passe", "password reset"),
+    "email_change": ("de changement d'adresse e-mail", "email change"),
 }
 
 
@@ -56,6 +57,17 @@ def _otp_templates() -> list[TemplateRow]:
 
 _WELCOME_FR = "Bienvenue sur SIMVEB{% if name is defined %}, {{ name }}{% endif %} ! Votre compte est actif."
 _WELCOME_EN = "Welcome to SIMVEB{% if name is defined %}, {{ name }}{% endif %}! Your account is active."
+# UserEmailChanged, sent to the OLD address: the owner of an account being taken learns it there.
+_EMAIL_CHANGED_FR = (
+    "Bonjour,\n\nL'adresse e-mail de votre compte SIMVEB vient d'être remplacée par {{ new_email }}.\n\n"
+    "Si vous n'êtes pas à l'origine de ce changement, votre compte est peut-être compromis : contactez"
+    " sans attendre le support SIMVEB pour le bloquer.\n\nSIMVEB"
+)
+_EMAIL_CHANGED_EN = (
+    "Hello,\n\nThe email address of your SIMVEB account was just changed to {{ new_email }}.\n\n"
+    "If you did not make this change, your account may be compromised: contact SIMVEB support at once"
+    " to have it blocked.\n\nSIMVEB"
+)
 # RegistrationStatusChanged carries number / from_status / to_status; other publishers may use
 # reference / old_status / new_status.
 _STATUS_FR = (
@@ -71,6 +83,17 @@ _STATUS_EN = (
 
 TEMPLATES: list[TemplateRow] = [
     *_otp_templates(),
+    ("email_changed", "email", "fr", "SIMVEB : adresse e-mail modifiée", _EMAIL_CHANGED_FR, []),
+    ("email_changed", "email", "en", "SIMVEB: email address changed", _EMAIL_CHANGED_EN, []),
+    (
+        "email_changed",
+        "in_app",
+        "fr",
+        "Adresse e-mail modifiée",
+        "Votre adresse e-mail est maintenant {{ new_email }}.",
+        [],
+    ),
+    ("email_changed", "in_app", "en", "Email address changed", "Your email address is now {{ new_email }}.", []),
     ("welcome", "email", "fr", "Bienvenue sur SIMVEB", _WELCOME_FR + "\n\nSIMVEB", []),
     ("welcome", "email", "en", "Welcome to SIMVEB", _WELCOME_EN + "\n\nSIMVEB", []),
     ("welcome", "sms", "fr", "", _WELCOME_FR, []),
@@ -120,6 +143,8 @@ TEMPLATES: list[TemplateRow] = [
 SUBSCRIPTIONS: list[tuple[str, str, str, str]] = [
     ("UserRegistered", "email", "welcome", "user_id"),
     ("UserRegistered", "in_app", "welcome", "user_id"),
+    ("UserEmailChanged", "email", "email_changed", "old_email"),
+    ("UserEmailChanged", "in_app", "email_changed", "user_id"),
     ("RegistrationStatusChanged", "in_app", "status_changed", "applicant_id"),
     ("RegistrationStatusChanged", "sms", "status_changed", "applicant_id"),
     ("RegistrationStatusChanged", "push", "status_changed", "applicant_id"),

@@ -79,6 +79,18 @@ class UserContactChanged(Event):
     active: bool = True
 
 
+class UserEmailChanged(Event):
+    """A user's email changed (proved by a code sent to the new address, or set by an admin). The
+    seeded subscription tells the old address (`old_email`, None when there was none): an owner
+    whose account is being taken learns it where the attacker cannot hide it."""
+
+    user_id: UUID
+    old_email: str | None = None
+    new_email: str
+    language: Literal["fr", "en"] = "fr"
+    by: str
+
+
 class UserRegistered(Event, omit_defaults=True):
     """An account became active for the first time: a citizen confirmed their registration with the
     code sent to their phone, or staff created the account. Emitted after the `UserContactChanged` of
@@ -314,7 +326,9 @@ class AbortCreation(Ask[None]):
 
 class UpdateUser(Ask[User]):
     """Contact details; a None field is left unchanged. Self or users:write; the phone (where sign-in
-    codes go) only with users:write until a change proved by a code exists."""
+    codes go) only with users:write until a change proved by a code exists; one's own email never
+    (Forbidden `email_change_needs_code`: `ChangeEmail`, through auth, proves the new address). An
+    admin changing another user's email tells the old address (`UserEmailChanged`)."""
 
     errors = (Forbidden, NotFound, Conflict)
 
@@ -323,6 +337,18 @@ class UpdateUser(Ask[User]):
     email: Email | None = None
     phone: Phone | None = None
     language: Language | None = None
+
+
+class ChangeEmail(Ask[User]):
+    """Sent by auth once the user gave their password and the code sent to the new address: the email
+    changes, the history keeps old and new, `UserEmailChanged` tells the old address. Conflict
+    `email_taken` when another account has it by now; `account_inactive` for a deactivated account."""
+
+    errors = (NotFound, Conflict)
+
+    user_id: UUID
+    email: Email
+    by: str
 
 
 class DeactivateUser(Ask[User]):
