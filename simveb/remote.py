@@ -193,6 +193,7 @@ class RemoteTransport:
         self.process = process_id()
         self.prefix = settings.stream_prefix
         self.reply_stream = f"{self.prefix}rep:{self.process}"
+        self._ttl = max(1, int(settings.stream_retention_s))  # seconds a silent reply stream lives
         self.redis = aioredis.from_url(settings.redis_url)
         # Blocking reads hold a connection each: they get their own clients, so sends never wait.
         self._reader = aioredis.from_url(settings.redis_url)
@@ -230,7 +231,7 @@ class RemoteTransport:
                 await self.redis.xgroup_create(self.request_stream(actor), GROUP, id="0", mkstream=True)
         # Replies are read from this entry on ("$" would miss a reply written before the first read).
         self._reply_from = await self.redis.xadd(self.reply_stream, {"hello": b"1"})
-        await self.redis.expire(self.reply_stream, int(self.settings.stream_retention_s))
+        await self.redis.expire(self.reply_stream, self._ttl)
         self._tasks.append(asyncio.create_task(self._read_replies(), name="remote:replies"))
         if self.hosted:
             self._tasks.append(asyncio.create_task(self._serve(), name="remote:serve"))
@@ -411,6 +412,8 @@ class RemoteTransport:
                 if reply is not None and reply_to:
                     reply["id"] = fields.get(b"id", b"")
                     pipe.xadd(reply_to, reply, maxlen=10000, approximate=True)
+                    # An asker that died leaves no stream behind for ever (ours re-creates it).
+                    pipe.expire(reply_to, self._ttl)
                 pipe.xack(stream, GROUP, entry_id)
                 await pipe.execute()
             self.served += 1
@@ -435,14 +438,28 @@ class RemoteTransport:
             await asyncio.sleep(settings.reclaim_interval_s)
             try:
                 await self.reclaim_once()
-                minid = int((time.time() - settings.stream_retention_s) * 1000)
-                for actor in self.hosted:
-                    await self.redis.xtrim(self.request_stream(actor), minid=minid, approximate=True)
-                await self.redis.expire(self.reply_stream, int(settings.stream_retention_s))
+                await self.tidy_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("remote maintenance failed; retrying", exc_info=True)
+
+    async def tidy_once(self) -> None:
+        """Trim entries older than the retention, forget consumers gone that long, keep our stream."""
+        retention = self.settings.stream_retention_s
+        minid = int((time.time() - retention) * 1000)
+        for actor in self.hosted:
+            stream = self.request_stream(actor)
+            await self.redis.xtrim(stream, minid=minid, approximate=True)
+            # Every process start is a new consumer name: those idle past the retention with nothing
+            # pending are gone processes, removed so the group does not grow with every restart.
+            for consumer in await self.redis.xinfo_consumers(stream, GROUP):
+                name = consumer["name"]
+                if isinstance(name, bytes):
+                    name = name.decode()
+                if name != self.process and consumer["pending"] == 0 and consumer["idle"] > retention * 1000:
+                    await self.redis.xgroup_delconsumer(stream, GROUP, name)
+        await self.redis.expire(self.reply_stream, self._ttl)
 
     async def reclaim_once(self) -> int:
         """Claim and handle requests idle in another consumer's pending list; return how many."""

@@ -215,3 +215,22 @@ async def test_a_request_a_dead_consumer_left_pending_is_reclaimed_and_answered(
         assert (await client.xpending(stream, GROUP))["pending"] == 0
     finally:
         await client.aclose()
+
+
+async def test_gone_consumers_are_forgotten_and_old_entries_trimmed(
+    placement: Settings, processes: Any, redis_url: str
+) -> None:
+    _, host = await processes(host=True)
+    host.settings = with_overrides(placement, placement={"stream_retention_s": 0.5}).placement
+    stream = host.request_stream("remote_echo")
+    client = aioredis.from_url(redis_url)
+    try:
+        await client.xadd(stream, {"id": "old", "kind": b"tell", "deadline": "0", "body": b""})
+        await client.xreadgroup(GROUP, "gone-process", {stream: "0"}, count=1)  # a consumer with nothing pending
+        await asyncio.sleep(0.7)
+        await host.tidy_once()
+        names = {c["name"] for c in await client.xinfo_consumers(stream, GROUP)}
+        assert b"gone-process" not in names
+        assert await client.xlen(stream) == 0
+    finally:
+        await client.aclose()

@@ -142,6 +142,29 @@ async def test_an_event_with_subscribers_in_two_processes_reaches_both(
         await one.stop()
 
 
+# --- N identical processes share the rate limit -------------------------------------------------------
+
+
+async def test_a_client_spreading_requests_over_processes_gets_one_budget_through_the_transport_redis(
+    runtime: Runtime, settings: Settings, redis_url: str
+) -> None:
+    from simveb.http.app import create_app
+
+    # No rate-limit store of its own: the transport's Redis carries the counts.
+    limited = with_overrides(
+        settings, ratelimit={"per_minute": 3}, redis={"url": ""}, placement={"redis_url": redis_url}
+    )
+    address = f"10.14.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
+    apps = [create_app(limited, runtime=runtime) for _ in range(3)]  # three processes behind a balancer
+    codes = []
+    for _ in range(2):
+        for app in apps:  # round robin, as a balancer would spread the attacker's requests
+            transport = httpx.ASGITransport(app=app, client=(address, 1))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                codes.append((await c.get("/api/config/services")).status_code)
+    assert codes == [200, 200, 200, 429, 429, 429]
+
+
 # --- placement is checked before anything starts ---------------------------------------------------
 
 
