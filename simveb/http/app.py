@@ -16,7 +16,7 @@ from typing import Any
 from litestar import Controller, Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme, Tag
@@ -38,7 +38,7 @@ from simveb.http import payments as payments_http
 from simveb.http import registrations as registrations_http
 from simveb.http import users as users_http
 from simveb.http import vehicles as vehicles_http
-from simveb.http.inputs import field_of
+from simveb.http.inputs import field_errors, malformed_body
 from simveb.http.logs import configure_logging, flush_logs, request_id_var
 from simveb.http.security import attach_verifier, caller, load_deny_list, maybe_caller, token
 from simveb.http.shell import OPEN_PREFIXES, HttpMetrics, Shell
@@ -107,18 +107,21 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         "detail": detail,
         "code": code,
     }
+    errors = None
     if isinstance(exc, ValidationException):
+        params = _parameters(request)
+        raw = exc.extra if isinstance(exc.extra, list) else [exc.extra]
+        errors = field_errors(raw, body=params.get("data"), params=params)
+    elif status == 400 and isinstance(exc.__cause__, SerializationException):
+        # The body is not JSON at all (Litestar wraps msgspec's decode error in a 400).
+        errors = malformed_body(str(exc.detail).removeprefix("JSON is malformed: "))
+    if errors is not None:
+        # Every refused field, named, with what was expected; 400 for every malformed request
+        # (422 is kept for well-formed input a domain rule refuses).
         body["code"] = "validation_error"
         body["type"] = "https://simveb.bj/problems/validation-error"
-        body["errors"] = exc.extra if isinstance(exc.extra, list) else [exc.extra]
-        # Litestar names the whole body "data"; the msgspec message names the field itself.
-        fields = [
-            (field_of(str(e.get("message", ""))) or e.get("key")) if e.get("key") == "data" else e.get("key")
-            for e in body["errors"]
-            if isinstance(e, dict) and e.get("key")
-        ]
-        if fields:
-            body["detail"] = f"{exc.detail} ({', '.join(str(f) for f in fields)})"
+        body["errors"] = errors
+        body["detail"] = "; ".join(f"{e.get('field') or e.get('source', 'request')}: {e['message']}" for e in errors)
     elif status == 413:
         body["code"] = "payload_too_large"
     headers = dict(exc.headers or {})
@@ -128,6 +131,15 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         headers.setdefault("Retry-After", str(max(1, int(reset))))
         body["code"] = "rate_limited"
     return problem(request, status, body, headers)
+
+
+def _parameters(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The route's parameters (and body, as "data") by name with their annotations, to say what was expected."""
+    try:
+        signature = request.route_handler.parsed_fn_signature
+    except Exception:  # no route matched (404/405): nothing to describe
+        return {}
+    return {name: f.annotation for name, f in signature.parameters.items()}
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -10,6 +10,7 @@ from litestar import Controller, get, post, put
 from litestar.params import Parameter
 
 from simveb.actors.config.messages import (
+    KEY_PATTERN,
     Code,
     CreateFee,
     CreateService,
@@ -19,7 +20,6 @@ from simveb.actors.config.messages import (
     GetService,
     HistoryPage,
     IsFeatureEnabled,
-    Key,
     ListFeatures,
     ListFees,
     ListHistory,
@@ -47,6 +47,10 @@ READ_HISTORY = [requires_any("config:read", "config:write")]
 
 SettingIn = body_of(PutSetting, exclude=("key", "by"), name="SettingIn")
 FeatureIn = body_of(PutFeature, exclude=("key", "by"), name="FeatureIn")
+
+
+# A setting's or flag's key in the path obeys the same rule as a key in a body.
+KeyPath = Annotated[str, Parameter(pattern=KEY_PATTERN, description="Lowercase letters, digits, _ and .")]
 
 
 class ServiceUpdate(ServiceFields, forbid_unknown_fields=True):
@@ -79,9 +83,8 @@ class ConfigController(Controller):
         return await bus.ask(ListSettings(include_private=private))
 
     @put("/settings/{key:str}", guards=WRITE)
-    async def put_setting(self, bus: Bus, caller: Caller, key: str, data: SettingIn) -> Setting:
+    async def put_setting(self, bus: Bus, caller: Caller, key: KeyPath, data: SettingIn) -> Setting:
         """Create or change a setting (typed value)."""
-        _ = msgspec.convert(key, Key)  # the path segment obeys the same rule as a body key
         return await bus.ask(PutSetting(key=key, by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/services", opt=PUBLIC)
@@ -150,9 +153,8 @@ class ConfigController(Controller):
         return FeatureState(key=key, subject=subject, enabled=enabled)
 
     @put("/features/{key:str}", guards=WRITE)
-    async def put_feature(self, bus: Bus, caller: Caller, key: str, data: FeatureIn) -> FeatureFlag:
+    async def put_feature(self, bus: Bus, caller: Caller, key: KeyPath, data: FeatureIn) -> FeatureFlag:
         """Switch a flag on or off, with an optional rollout percentage."""
-        _ = msgspec.convert(key, Key)
         return await bus.ask(PutFeature(key=key, by=caller.sub, **msgspec.structs.asdict(data)))
 
     @get("/history", guards=READ_HISTORY)

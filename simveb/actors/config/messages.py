@@ -15,7 +15,8 @@ from simveb.errors import Conflict, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
-Key = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{1,99}$")]
+KEY_PATTERN = r"^[a-z][a-z0-9_.]{1,99}$"
+Key = Annotated[str, msgspec.Meta(pattern=KEY_PATTERN)]
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 Amount = Annotated[int, msgspec.Meta(ge=0, le=100_000_000)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
