@@ -84,7 +84,7 @@ from simveb.actors.vehicles.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
-from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of, record_of
+from simveb.http.inputs import CursorQuery, LimitQuery, body_of, record_of
 from simveb.http.security import requires, requires_any
 from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
@@ -125,32 +125,20 @@ class VehicleIn(FieldsIn):
 
 
 class VehicleUpdate(FieldsIn):
-    version: int | None = None  # instead of If-Match
+    version: int | None = None  # UpdateVehicle's version, here optional: If-Match may carry it instead
     reason: Text1000 = ""
 
 
-class TransferIn(Input):
-    owners: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
-    version: int | None = None
-    reason: Text1000 = ""
-
-
-class PlateIn(Input):
-    plate: PlateText | None
-    reason: Text1000 = ""
-
-
-class StatusIn(Input):
-    status: VehicleStatus
-    version: int | None = None
-    reason: Text1000 = ""
+# `version` is the version the client read, as If-Match carries it (the body's wins when both are sent).
+TransferIn = body_of(ChangeOwners, exclude=("vehicle_id", "by"), name="TransferIn")
+PlateIn = body_of(AssignPlate, exclude=("vehicle_id", "by"), name="PlateIn")
+StatusIn = body_of(SetVehicleStatus, exclude=("vehicle_id", "by"), name="StatusIn")
 
 
 EncumbranceIn = body_of(DeclareEncumbrance, exclude=("vehicle_id", "kind", "by"), name="EncumbranceIn")
 
 
-class LiftIn(Input):
-    reason: Text1000 = ""
+LiftIn = body_of(LiftEncumbrance, exclude=("vehicle_id", "encumbrance_id", "kind", "by"), name="LiftIn")
 
 
 BlacklistIn = body_of(AddToBlacklist, exclude=("by",), name="BlacklistIn")
@@ -458,7 +446,7 @@ class VehiclesController(Controller):
             UpdateVehicle(
                 vehicle_id=vehicle_id,
                 fields=record_of(data, VehicleFields),
-                expected_version=version,
+                version=version,
                 viewer=viewer_of(caller, writing=True),
                 reason=data.reason,
                 by=caller.sub,
@@ -474,7 +462,7 @@ class VehiclesController(Controller):
         vehicle = await bus.ask(
             ArchiveVehicle(
                 vehicle_id=vehicle_id,
-                expected_version=expected_version(request, None, required=False),
+                version=expected_version(request, None, required=False),
                 by=caller.sub,
             )
         )
@@ -499,7 +487,7 @@ class VehiclesController(Controller):
             ChangeOwners(
                 vehicle_id=vehicle_id,
                 owners=data.owners,
-                expected_version=expected_version(request, data.version, required=False),
+                version=expected_version(request, data.version, required=False),
                 reason=data.reason,
                 by=caller.sub,
             )
@@ -521,7 +509,7 @@ class VehiclesController(Controller):
             SetVehicleStatus(
                 vehicle_id=vehicle_id,
                 status=data.status,
-                expected_version=expected_version(request, data.version, required=False),
+                version=expected_version(request, data.version, required=False),
                 reason=data.reason,
                 by=caller.sub,
             )

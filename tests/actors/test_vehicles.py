@@ -150,21 +150,17 @@ async def test_duplicates_unknown_catalogue_and_wrong_values(bus, runtime):
 
 async def test_update_with_version_and_history(bus, runtime):
     v = await register(bus)
-    new = await bus.ask(
-        UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Rouge", seats=4), expected_version=1, by="agent-2")
-    )
+    new = await bus.ask(UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Rouge", seats=4), version=1, by="agent-2"))
     assert (new.colour, new.seats, new.version, new.updated_by) == ("Rouge", 4, 2, "agent-2")
     with pytest.raises(PreconditionFailed) as stale:
-        await bus.ask(UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Bleu"), expected_version=1, by=AGENT))
+        await bus.ask(UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Bleu"), version=1, by=AGENT))
     assert stale.value.extra["current_version"] == 2
     assert (await bus.ask(GetVehicle(vehicle_id=v.id))).colour == "Rouge"  # no silent overwrite
     history = await bus.ask(GetVehicleHistory(vehicle_id=v.id))
     changes = {(h.field, h.old_value, h.new_value, h.actor) for h in history[1:]}
     assert changes == {("colour", "Gris", "Rouge", "agent-2"), ("seats", 5, 4, "agent-2")}
     # Nothing changed: no new version, no history.
-    same = await bus.ask(
-        UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Rouge", seats=4), expected_version=2, by=AGENT)
-    )
+    same = await bus.ask(UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Rouge", seats=4), version=2, by=AGENT))
     assert same.version == 2
     async with runtime.db.pool.acquire() as con:
         with pytest.raises(Exception, match="append-only"):
@@ -181,7 +177,7 @@ async def test_plate_owners_status_archive_history(bus):
     with pytest.raises(Conflict):
         await bus.ask(SetVehicleStatus(vehicle_id=v.id, status="exported", by=AGENT))
     v = await bus.ask(SetVehicleStatus(vehicle_id=v.id, status="active", reason="retrouvé", by="police-1"))
-    v = await bus.ask(ArchiveVehicle(vehicle_id=v.id, expected_version=v.version, by=AGENT))
+    v = await bus.ask(ArchiveVehicle(vehicle_id=v.id, version=v.version, by=AGENT))
     assert v.archived_at is not None
     assert (await bus.ask(GetVehicle(vehicle_id=v.id))).archived_by == AGENT  # archived, not erased
     with pytest.raises(Conflict):
@@ -260,7 +256,7 @@ async def test_visibility(bus):
     aff = Viewer(sub="affiliate-1", scope="filed")
     assert [v.id for v in (await bus.ask(SearchVehicles(viewer=aff))).items] == [filed.id]
     with pytest.raises(NotFound):
-        await bus.ask(UpdateVehicle(vehicle_id=mine.id, fields=fields(), expected_version=1, viewer=aff, by="x"))
+        await bus.ask(UpdateVehicle(vehicle_id=mine.id, fields=fields(), version=1, viewer=aff, by="x"))
     assert len((await bus.ask(SearchVehicles(viewer=Viewer(sub="police", scope="all")))).items) == 2
     # A subject that is not a user id owns nothing.
     assert (await bus.ask(SearchVehicles(viewer=Viewer(sub="not-a-uuid", scope="own")))).items == []

@@ -359,7 +359,7 @@ class VehiclesActor(Actor):
 
     @handler
     async def update(self, msg: UpdateVehicle, con: asyncpg.Connection) -> Vehicle:
-        old = await self._locked(con, msg.vehicle_id, msg.expected_version, msg.viewer)
+        old = await self._locked(con, msg.vehicle_id, msg.version, msg.viewer)
         fields = await self._fields(con, msg.fields)
         changes = [
             (name, _plain(getattr(old, name)), _plain(fields[name]))
@@ -377,7 +377,7 @@ class VehiclesActor(Actor):
 
     @handler
     async def archive(self, msg: ArchiveVehicle, con: asyncpg.Connection) -> Vehicle:
-        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        old = await self._locked(con, msg.vehicle_id, msg.version)
         new = await store.archive(con, old.id, msg.by)
         await store.record(con, old.id, msg.by, [("archived", None, _plain(new.archived_at))], msg.reason)
         await self.emit(con, VehicleArchived(vehicle_id=old.id, by=msg.by))
@@ -409,7 +409,7 @@ class VehiclesActor(Actor):
         owners = list(dict.fromkeys(msg.owners))
         if not owners:
             raise Invalid("a vehicle needs at least one owner", code="owners_required")
-        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        old = await self._locked(con, msg.vehicle_id, msg.version)
         if owners == old.owners:
             return old
         standing = await self._standing(con, old, [str(o) for o in owners])
@@ -478,7 +478,7 @@ class VehiclesActor(Actor):
 
     @handler
     async def set_status(self, msg: SetVehicleStatus, con: asyncpg.Connection) -> Vehicle:
-        old = await self._locked(con, msg.vehicle_id, msg.expected_version)
+        old = await self._locked(con, msg.vehicle_id, msg.version)
         if msg.status == old.status:
             return old
         if msg.status not in STATUS_TRANSITIONS[old.status]:

@@ -338,13 +338,13 @@ class GetVehicleHistory(Ask[list[HistoryEntry]]):
 
 
 class UpdateVehicle(Ask[Vehicle]):
-    """Replace the carte grise fields; refused with 412 when expected_version is not the current one."""
+    """Replace the carte grise fields; refused with 412 when version (the one the client read) is not the current one."""
 
     errors = (NotFound, Conflict, PreconditionFailed, Invalid)
 
     vehicle_id: UUID
     fields: VehicleFields
-    expected_version: int
+    version: int
     viewer: Viewer | None = None  # an affiliate may update only the vehicles it filed
     reason: Text1000 = ""
     by: str
@@ -356,7 +356,7 @@ class ArchiveVehicle(Ask[Vehicle]):
     errors = (NotFound, Conflict, PreconditionFailed)
 
     vehicle_id: UUID
-    expected_version: int | None = None
+    version: int | None = None
     reason: Text1000 = ""
     by: str
 
@@ -378,8 +378,8 @@ class ChangeOwners(Ask[Vehicle]):
     errors = (NotFound, Conflict, PreconditionFailed, Invalid)
 
     vehicle_id: UUID
-    owners: list[UUID]
-    expected_version: int | None = None
+    owners: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
+    version: int | None = None  # the version the client read (If-Match); None: whatever is current
     reason: Text1000 = ""
     by: str
 
@@ -391,7 +391,7 @@ class SetVehicleStatus(Ask[Vehicle]):
 
     vehicle_id: UUID
     status: VehicleStatus
-    expected_version: int | None = None
+    version: int | None = None
     reason: Text1000 = ""
     by: str
 
