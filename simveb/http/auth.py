@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from uuid import UUID
 
 import jwt
@@ -32,6 +32,7 @@ from litestar.datastructures import CacheControlHeader
 from simveb.actors.auth.messages import (
     EnableTotp,
     GetJwks,
+    Identifier,
     Jwks,
     ListSessions,
     Login,
@@ -44,6 +45,7 @@ from simveb.actors.auth.messages import (
     ResetPassword,
     ResetTotp,
     RevokeSession,
+    Secret,
     Session,
     SetupTotp,
     TotpSetup,
@@ -53,7 +55,7 @@ from simveb.actors.documents.messages import GetDocumentKeys
 from simveb.actors.users.messages import GetUserAuthz
 from simveb.bus import Bus
 from simveb.errors import DomainError, Invalid, Unauthorized
-from simveb.http.inputs import Input
+from simveb.http.inputs import Input, body_of
 from simveb.http.security import DenyList, Token, requires, user_id_of
 from simveb.messages import Caller
 
@@ -62,16 +64,12 @@ log = logging.getLogger("simveb.http.auth")
 PUBLIC = {"public": True}
 NO_STORE = CacheControlHeader(no_store=True)
 
-Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=254)]
-Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-
 
 # --- bodies and replies ------------------------------------------------------------------------------
 
 
 class LoginIn(Input):
-    """One of identifier, email or phone, and the password."""
+    """One of identifier, email or phone (Login's identifier, under the name the client knows), and the password."""
 
     password: Secret
     identifier: Identifier | None = None
@@ -80,36 +78,19 @@ class LoginIn(Input):
 
 
 class OtpIn(Input):
-    identifier: Identifier  # NPI, phone (+229...) or email
+    """RequestOtp's identifier; the purposes a client may ask here (a password reset has its own route)."""
+
+    identifier: Identifier
     purpose: Literal["login", "register"] = "login"
 
 
-class VerifyOtpIn(Input):
-    challenge_id: UUID
-    code: Code
-
-
-class RefreshIn(Input):
-    refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-
-
-class ResetRequestIn(Input):
-    identifier: Identifier
-
-
-class ResetIn(Input):
-    challenge_id: UUID
-    code: Code
-    new_password: Secret
-
-
-class TotpCodeIn(Input):
-    code: Code
-    password: Secret  # asked again: a stolen access token alone cannot bind another authenticator
-
-
-class TotpResetIn(Input):
-    reason: Annotated[str, msgspec.Meta(min_length=3, max_length=500)]
+# The other bodies are their messages' own fields, less what the route fills in (address, session, caller).
+VerifyOtpIn = body_of(VerifyOtp, exclude=("client_ip", "user_agent"), name="VerifyOtpIn")
+RefreshIn = body_of(RefreshSession, exclude=("client_ip",), name="RefreshIn")
+ResetRequestIn = body_of(RequestOtp, exclude=("purpose", "client_ip"), name="ResetRequestIn")
+ResetIn = body_of(ResetPassword, exclude=("client_ip",), name="ResetIn")
+TotpCodeIn = body_of(EnableTotp, exclude=("user_id", "session_id"), name="TotpCodeIn")
+TotpResetIn = body_of(ResetTotp, exclude=("user_id", "caller"), name="TotpResetIn")
 
 
 class Me(msgspec.Struct, kw_only=True):

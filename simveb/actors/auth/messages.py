@@ -18,6 +18,12 @@ from simveb.actors.users.messages import CreateUser, Email, User
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from simveb.messages import Ask, Caller, Record
 
+# What a client may send, in bounds the HTTP bodies made from these messages check and document.
+Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="NPI, phone (+229…) or email")]
+Secret = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+RefreshToken = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
 
 class CheckPasswordPolicy(Ask[None]):
     """Invalid (422, naming each rule broken) unless the password is acceptable for this user."""
@@ -74,7 +80,7 @@ class RequestOtp(Ask[OtpRequested]):
 
     errors = (NotFound, Invalid, TooManyRequests)
 
-    identifier: str
+    identifier: Identifier
     purpose: Literal["login", "register", "password_reset"]
     client_ip: str | None = None
 
@@ -162,8 +168,8 @@ class Login(Ask[LoginResult]):
 
     errors = (Unauthorized, NotFound, TooManyRequests)
 
-    identifier: str
-    password: str
+    identifier: Identifier
+    password: Secret
     client_ip: str | None = None
     user_agent: str | None = None
 
@@ -174,7 +180,7 @@ class VerifyOtp(Ask[LoginResult]):
     errors = (Unauthorized, NotFound, Conflict, TooManyRequests)
 
     challenge_id: UUID
-    code: str
+    code: Code
     client_ip: str | None = None
     user_agent: str | None = None
 
@@ -184,7 +190,7 @@ class RefreshSession(Ask[LoginResult]):
 
     errors = (Unauthorized, NotFound)
 
-    refresh_token: str
+    refresh_token: RefreshToken
     client_ip: str | None = None
 
 
@@ -238,8 +244,8 @@ class EnableTotp(Ask[RecoveryCodes]):
     errors = (Forbidden, Conflict, Invalid, TooManyRequests)
 
     user_id: UUID
-    code: str
-    password: str
+    code: Code
+    password: Secret  # asked again: a stolen access token alone cannot bind another authenticator
     session_id: UUID | None = None
 
 
@@ -263,8 +269,8 @@ class ResetPassword(Ask[None]):
     errors = (Unauthorized, NotFound, Invalid, TooManyRequests)
 
     challenge_id: UUID
-    code: str
-    new_password: str
+    code: Code
+    new_password: Secret
     client_ip: str | None = None
 
 
