@@ -336,3 +336,25 @@ async def test_a_plate_taken_while_the_import_runs_is_rejected_not_fatal(bus, ru
     with (tmp_path / "race.errors.csv").open(encoding="utf-8", newline="") as f:
         (reported,) = list(csv.DictReader(f))
     assert reported["row"] == "8" and "already assigned" in reported["reason"] and reported["plate"] == taken
+
+
+async def test_non_ascii_text_in_ascii_fields_is_rejected_and_case_is_folded(bus, tmp_path):
+    # VIN, plate, owners, codes and status are case-folded byte by byte (the "C" collation): an
+    # accented letter must still be refused with the field's reason, and plain lower case accepted.
+    rows = [
+        good_row(1) | {"vin": "lbpke130000000001", "plate": "1a 0001", "status": "ACTIVE"},
+        good_row(2) | {"vin": "LBPKE13000000000é"},
+        good_row(3) | {"plate": "AB 12É4"},
+        good_row(4) | {"status": "volé"},
+        good_row(5) | {"characteristics": "utilité"},
+    ]
+    job = await run_import(bus, write_csv(tmp_path / "accents.csv", rows), tmp_path / "accents.errors.csv")
+    assert (job.inserted, job.rejected) == (1, 4), job
+    with (tmp_path / "accents.errors.csv").open(encoding="utf-8", newline="") as f:
+        reasons = {int(r["row"]): r["reason"] for r in csv.DictReader(f)}
+    assert reasons[2].startswith("vin: only letters and digits"), reasons
+    assert reasons[3].startswith("plate: only letters"), reasons
+    assert reasons[4].startswith("status:"), reasons
+    assert reasons[5].startswith("characteristics: unknown code"), reasons
+    page = await bus.ask(SearchVehicles(filter=VehicleFilter(vin="LBPKE130000000001")))
+    assert (page.items[0].plate, page.items[0].status) == ("1A 0001", "active")
