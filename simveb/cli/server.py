@@ -180,11 +180,11 @@ def seed(ctx: click.Context) -> None:
 @fail_cleanly
 def openapi(ctx: click.Context) -> None:
     """Print the OpenAPI document (JSON)."""
-    from simveb.http.app import create_app
+    from simveb.http.app import create_app, openapi_document
 
     settings = settings_of(ctx)
     app = create_app(settings)
-    click.echo(json.dumps(app.openapi_schema.to_schema(), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(openapi_document(app), indent=2, ensure_ascii=False))
 
 
 # --- config and flags ---------------------------------------------------------------------------------

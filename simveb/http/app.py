@@ -374,6 +374,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         debug=False,
     )
     contract.document(app, open_prefixes=OPEN_PREFIXES)
+    contract.adopt(app)
     registry.register(http_metrics)  # type: ignore[arg-type]
     registry.register(BusCollector(app))  # type: ignore[arg-type]
     for collector in PROCESS_COLLECTORS:
@@ -381,6 +382,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
     if runtime is not None:
         attach_runtime(app, runtime)
     return app
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    """The OpenAPI document (JSON-ready), exactly as /schema/openapi.json serves it."""
+    return contract.openapi_document(app)
 
 
 def attach_runtime(app: Litestar, runtime: Runtime) -> None:

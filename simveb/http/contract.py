@@ -25,10 +25,12 @@ import inspect
 import re
 import textwrap
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.routes import HTTPRoute
 
@@ -312,3 +314,155 @@ def _source_markers(fn: Callable[..., Any]) -> dict[str, bool]:
     except (OSError, TypeError):
         source = ""
     return {"body": bool(_BODY_MARKERS.search(source))}
+
+
+# --- the finished document --------------------------------------------------------------------------
+
+
+class ContractPlugin(OpenAPIPlugin):
+    """Litestar's OpenAPI plugin, finishing the JSON document once it is built (`finish`).
+
+    Litestar 2 has no hook after the document is built, and what is left needs the whole document:
+    an explicit `security: []` on public operations (Litestar drops an empty list), a second media
+    type on a success answer, the catalogue of error codes. The app's own plugin instance is given
+    this class (`adopt`); it adds no state, so the instance layout is unchanged.
+    """
+
+    __slots__ = ()
+
+    def provide_openapi_schema(self) -> dict[str, Any]:
+        if not self._openapi_schema:
+            self._openapi_schema = finish(self.app, self.provide_openapi().to_schema())
+        return self._openapi_schema
+
+
+def adopt(app: Litestar) -> None:
+    """Make the app's OpenAPI plugin finish its document (see ContractPlugin)."""
+    plugin = app.plugins.get(OpenAPIPlugin)
+    plugin.__class__ = ContractPlugin
+
+
+def openapi_document(app: Litestar) -> dict[str, Any]:
+    """The OpenAPI document as served at /schema/openapi.json."""
+    return app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+
+
+def finish(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
+    """Public operations declare `security: []`; extra media types (`opt["media_types"]`, `opt["content"]`);
+    the `ErrorCode` schema lists every code the code base raises, once."""
+    paths = doc.get("paths", {})
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        item = paths.get(route.path_format or "/")
+        if item is None:
+            continue
+        for handler in route.route_handlers:
+            for method in handler.http_methods:
+                op = item.get(method.lower())
+                if op is None:
+                    continue
+                if "security" not in op:
+                    op["security"] = []
+                # opt={"media_types": {"text/csv": schema}} adds a media type to the success answer;
+                # opt={"content": {404: {"text/html": schema}}} to any documented status.
+                extra = dict(handler.opt.get("content") or {})
+                if handler.opt.get("media_types"):
+                    extra[handler.status_code] = handler.opt["media_types"]
+                for status, media in extra.items():
+                    answer = op["responses"].get(str(status))
+                    if answer is not None:
+                        for media_type, schema in media.items():
+                            answer.setdefault("content", {})[media_type] = {"schema": schema}
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    catalogue = error_codes()
+    schemas["ErrorCode"] = {
+        "type": "string",
+        "title": "ErrorCode",
+        "description": (
+            "The stable `code` of a problem, for a frontend to map to its own text. "
+            "`x-error-codes` gives each code's status and a sample detail."
+        ),
+        "enum": sorted(catalogue),
+        "x-error-codes": {code: catalogue[code] for code in sorted(catalogue)},
+    }
+    problem = schemas.get("Problem", {}).get("properties", {})
+    if "code" in problem:
+        problem["code"] = {
+            "type": "string",
+            "description": "The stable machine code: one of the `ErrorCode` schema (an older client may meet a newer one).",
+        }
+    return doc
+
+
+@functools.cache
+def error_codes() -> dict[str, dict[str, Any]]:
+    """Every literal error code in simveb's source: `code="..."` given to a DomainError (or one of its
+    family) and each class's own code, with its status and the first literal detail found."""
+    import simveb
+
+    root = Path(simveb.__file__).parent
+    found: dict[str, dict[str, Any]] = {}
+    class_defs: list[ast.ClassDef] = []
+    calls: list[ast.Call] = []
+    for path in sorted(root.rglob("*.py")):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                class_defs.append(node)
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and any(k.arg == "code" for k in node.keywords)
+            ):
+                calls.append(node)
+    known = {"DomainError": (400, "bad_request")}  # class name -> (status, code)
+    # Classes of the family, in any module: status and code from their class body, else the parent's.
+    pending = list(class_defs)
+    changed = True
+    while changed:
+        changed = False
+        for node in list(pending):
+            parents = [b.id for b in node.bases if isinstance(b, ast.Name) and b.id in known]
+            if not parents:
+                continue
+            pending.remove(node)
+            status, code = known[parents[0]]
+            for stmt in node.body:
+                if isinstance(stmt, ast.Assign | ast.AnnAssign) and isinstance(stmt.value, ast.Constant):
+                    target = stmt.targets[0] if isinstance(stmt, ast.Assign) else stmt.target
+                    if isinstance(target, ast.Name) and target.id == "status" and isinstance(stmt.value.value, int):
+                        status = stmt.value.value
+                    if isinstance(target, ast.Name) and target.id == "code" and isinstance(stmt.value.value, str):
+                        code = stmt.value.value
+            known[node.name] = (status, code)
+            found.setdefault(code, {"status": status, "detail": TITLES.get(status, "")})
+            changed = True
+    for node in calls:
+        if node.func.id not in known:  # type: ignore[attr-defined]
+            continue
+        code_kw = next(k for k in node.keywords if k.arg == "code")
+        if not isinstance(code_kw.value, ast.Constant) or not isinstance(code_kw.value.value, str):
+            continue
+        status = known[node.func.id][0]  # type: ignore[attr-defined]
+        detail = ""
+        if node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                detail = first.value
+            elif isinstance(first, ast.JoinedStr):
+                detail = "".join(v.value if isinstance(v, ast.Constant) else "…" for v in first.values)
+        entry = found.setdefault(code_kw.value.value, {"status": status, "detail": detail})
+        if not entry["detail"]:
+            entry["detail"] = detail
+    # The shell's own codes (simveb/http/app.py derives them from the status).
+    for status, title in TITLES.items():
+        found.setdefault(title.lower().replace(" ", "_"), {"status": status, "detail": title})
+    found.setdefault(
+        "validation_error", {"status": 400, "detail": "the request does not match the route's parameters or body"}
+    )
+    found.setdefault("rate_limited", {"status": 429, "detail": "more requests a minute than allowed from this address"})
+    return found

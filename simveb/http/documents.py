@@ -26,6 +26,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 
@@ -462,7 +463,22 @@ class VerifyController(Controller):
     path = "/verify"
     tags = ["documents"]
 
-    @get("/{number:str}", opt=PUBLIC)
+    @get(
+        "/{number:str}",
+        opt={**PUBLIC, "content": {200: {"text/html": {"type": "string"}}, 404: {"text/html": {"type": "string"}}}},
+        responses={
+            200: ResponseSpec(
+                Verification,
+                description="The certificate's standing (HTML unless JSON is asked for).",
+                generate_examples=False,
+            ),
+            404: ResponseSpec(
+                Verification,
+                description="No such certificate: the same answer, `found` false.",
+                generate_examples=False,
+            ),
+        },
+    )
     async def verify(
         self,
         request: Request[Any, Any, Any],

@@ -16,6 +16,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.openapi.datastructures import ResponseSpec
 
 from simveb.actors.registrations.messages import (
     AssignRequest,
@@ -268,7 +269,16 @@ class RegistrationsController(Controller):
             )
         )
 
-    @get("/stats", guards=READ_ALL)
+    @get(
+        "/stats",
+        guards=READ_ALL,
+        opt={"media_types": {"text/csv": {"type": "string"}}},
+        responses={
+            200: ResponseSpec(
+                Stats, description="The statistics (JSON, or CSV with `format=csv`).", generate_examples=False
+            )
+        },
+    )
     async def stats(
         self,
         caller: Caller,
@@ -282,14 +292,14 @@ class RegistrationsController(Controller):
         if format == "csv":
             return Response(
                 _stats_csv(stats),
-                media_type="text/csv; charset=utf-8",
+                media_type="text/csv",  # Litestar adds the charset of a text type itself
                 headers={"Content-Disposition": 'attachment; filename="immatriculations-stats.csv"'},
             )
         if format != "json":
             raise BadRequest("format is json or csv", code="invalid_format")
         return Response(msgspec.to_builtins(stats))
 
-    @get("/stats.csv", guards=READ_ALL)
+    @get("/stats.csv", guards=READ_ALL, media_type="text/csv")
     async def stats_csv(
         self,
         caller: Caller,
@@ -299,7 +309,7 @@ class RegistrationsController(Controller):
     ) -> Response[str]:
         """The statistics as CSV (section, key, value, count)."""
         stats = await bus.ask(GetStats(caller=caller, created_from=created_from, created_to=created_to))
-        return Response(_stats_csv(stats), media_type="text/csv; charset=utf-8")
+        return Response(_stats_csv(stats), media_type="text/csv")
 
     @get("/{request_id:uuid}")
     async def get_request(self, request_id: UUID, caller: Caller, bus: Bus) -> RegistrationRequest:

@@ -328,7 +328,7 @@ class VehiclesController(Controller):
         """Roadside check by plate: stolen, opposed, pledged, blacklisted, and only what a check needs (recorded)."""
         return await bus.ask(RoadsideLookup(plate=plate, by=caller.sub))
 
-    @get("/export", guards=IMPORT)
+    @get("/export", guards=IMPORT, media_type="text/csv")
     async def export(
         self,
         bus: Bus,
@@ -373,7 +373,7 @@ class VehiclesController(Controller):
 
         return Stream(
             body(),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",  # Litestar adds the charset of a text type itself
             headers={"Content-Disposition": 'attachment; filename="vehicles.csv"'},
         )
 
@@ -412,7 +412,7 @@ class VehiclesController(Controller):
         path = Path(job.error_path)
         if job.rejected == 0 or not path.is_file():
             raise NotFound("this import rejected no row", code="no_rejected_rows")
-        return File(path, filename=f"import-{job_id}-errors.csv", media_type="text/csv; charset=utf-8")
+        return File(path, filename=f"import-{job_id}-errors.csv", media_type="text/csv")
 
     @get("/blacklist", guards=STANDING)
     async def blacklist(self, bus: Bus, include_lifted: bool = False) -> list[BlacklistEntry]:
