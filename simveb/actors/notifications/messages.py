@@ -22,6 +22,9 @@ TemplateEvent = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_.]{1,99}$")]
 ParamName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")]
 ParamValue = Annotated[str, msgspec.Meta(max_length=2000)] | int | float | bool | None
 Params = Annotated[dict[ParamName, ParamValue], msgspec.Meta(max_length=30)]
+IdempotencyKey = Annotated[str, msgspec.Meta(min_length=8, max_length=200)]
+Address = Annotated[str, msgspec.Meta(min_length=3, max_length=254, description="An email address or a phone")]
+PhoneNumber = Annotated[str, msgspec.Meta(pattern=r"^\+[1-9][0-9]{7,14}$", description="E.164, like +22990000000")]
 
 
 # --- replies -----------------------------------------------------------------------------------------
@@ -128,12 +131,12 @@ class SendNotification(Ask[Accepted]):
     errors = (NotFound, Conflict, Invalid)
 
     channel: Channel
-    template: str
-    to: str | None = None
+    template: TemplateEvent
+    to: Address | None = None
     user_id: UUID | None = None
-    params: dict[str, ParamValue] = {}
+    params: Params = {}
     language: Language | None = None
-    idempotency_key: str | None = None
+    idempotency_key: IdempotencyKey | None = None
     by: str = "system"
 
 
