@@ -13,6 +13,8 @@ makes it from the message's own fields.
 from __future__ import annotations
 
 import enum
+import functools
+import operator
 import re
 import sys
 import types
@@ -36,13 +38,36 @@ class Input(msgspec.Struct, metaclass=KwOnlyMeta, forbid_unknown_fields=True):
     """Base of HTTP input structs."""
 
 
-def body_of(message: type[msgspec.Struct], *, exclude: Iterable[str] = (), name: str, doc: str = "") -> type[Input]:
+def _without_none(annotation: Any) -> Any:
+    """`X | None` as `X` (other annotations unchanged)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return functools.reduce(operator.or_, rest) if rest else annotation
+    return annotation
+
+
+def body_of(
+    message: type[msgspec.Struct],
+    *,
+    exclude: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    required: Iterable[str] = (),
+    name: str,
+    doc: str = "",
+) -> type[Input]:
     """An HTTP body made of a message's own fields (types, constraints, defaults), less those the route
-    fills in itself (the caller, path parameters). One list of fields serves the contract and the route."""
-    skip = set(exclude)
+    fills in itself (the caller, path parameters). One list of fields serves the contract and the route.
+
+    `only` keeps just those fields (a route for one procedure of a general message); `required` makes
+    fields the message defaults required in this body (a transfer must name its vehicle)."""
     known = {f.name for f in msgspec.structs.fields(message)}
-    if skip - known:
-        raise TypeError(f"{message.__name__} has no field {sorted(skip - known)}")
+    skip = set(exclude) | (known - set(only) if only is not None else set())
+    must = set(required)
+    unknown = (set(exclude) | set(only or ()) | must) - known
+    if unknown or must & skip:
+        raise TypeError(
+            f"{message.__name__}: no field {sorted(unknown)} or required but left out {sorted(must & skip)}"
+        )
     annotations: dict[str, Any] = {}
     # The calling module, so the body is documented (OpenAPI) under the route's module.
     namespace: dict[str, Any] = {"__module__": sys._getframe(1).f_globals.get("__name__", __name__)}
@@ -50,6 +75,9 @@ def body_of(message: type[msgspec.Struct], *, exclude: Iterable[str] = (), name:
         if f.name in skip:
             continue
         annotations[f.name] = f.type
+        if f.name in must:
+            annotations[f.name] = _without_none(f.type)  # required here means given, and not null
+            continue
         if f.default_factory is not msgspec.NODEFAULT:
             namespace[f.name] = msgspec.field(default_factory=f.default_factory)
         elif f.default is not msgspec.NODEFAULT:

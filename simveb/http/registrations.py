@@ -21,7 +21,6 @@ from litestar.openapi.datastructures import ResponseSpec
 from simveb.actors.registrations.messages import (
     AssignRequest,
     ChangeStatus,
-    DocCode,
     DuplicateOf,
     DuplicateReason,
     FileRequest,
@@ -33,9 +32,6 @@ from simveb.actors.registrations.messages import (
     ListReservations,
     ListSeries,
     NewVehicle,
-    Note,
-    OwnerType,
-    PrestigeText,
     RejectRequest,
     ReleaseReservation,
     RequestFilter,
@@ -52,7 +48,7 @@ from simveb.actors.registrations.messages import Request as RegistrationRequest
 from simveb.bus import Bus
 from simveb.csvcells import safe_writer
 from simveb.errors import BadRequest
-from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of
+from simveb.http.inputs import CursorQuery, LimitQuery, body_of
 from simveb.http.security import requires
 from simveb.http.vehicles import FieldsIn
 from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
@@ -64,60 +60,47 @@ PLATES = [requires("registrations:plates")]
 RegType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 
 
-class NewVehicleIn(Input):
-    vin: Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
+class NewVehicleIn(NewVehicle, forbid_unknown_fields=True):
+    """NewVehicle (the VIN and the carte grise fields), refusing unknown fields like every body."""
+
     fields: FieldsIn
 
 
-class FileIn(Input):
+# Every filing body is FileRequest's own fields (one list of fields and bounds), less what the route
+# sets: the caller, the idempotency key and, on the procedure routes, the procedure itself.
+_FILED = ("vehicle_id", "applicant_id", "owner_type", "declared_documents", "note")
+
+
+class FileIn(body_of(FileRequest, exclude=("caller", "idempotency", "vehicle"), name="FileBase")):  # type: ignore[misc]
     """A request of any procedure of the catalogue; first registration by default."""
 
-    procedure: RegType = "first_registration"
-    vehicle_id: UUID | None = None
-    vehicle: NewVehicleIn | None = None
-    applicant_id: UUID | None = None  # an affiliate filing for a customer
-    owner_type: OwnerType = "person"
-    registration_type: RegType = "ordinary"
-    declared_documents: list[DocCode] = []
-    new_owners: list[UUID] = []
-    seller_consent: bool = False
-    duplicate_reason: DuplicateReason | None = None
-    prestige_plate: PrestigeText | None = None
-    note: Note = ""
+    vehicle: NewVehicleIn | None = None  # NewVehicle, refusing unknown carte grise fields
 
 
-class RenewalIn(Input):
-    vehicle_id: UUID
-    applicant_id: UUID | None = None
-    owner_type: OwnerType = "person"
-    declared_documents: list[DocCode] = []
-    note: Note = ""
+RenewalIn = body_of(FileRequest, only=_FILED, required=("vehicle_id",), name="RenewalIn")
 
 
-class TransferIn(Input):
-    vehicle_id: UUID
+class TransferIn(  # type: ignore[misc]
+    body_of(
+        FileRequest, only=(*_FILED, "seller_consent"), required=("vehicle_id", "seller_consent"), name="TransferBase"
+    )
+):
+    """An ownership transfer: FileRequest's fields, at least one new owner and the seller's consent."""
+
     new_owners: Annotated[list[UUID], msgspec.Meta(min_length=1, max_length=20)]
-    seller_consent: bool
-    applicant_id: UUID | None = None
-    owner_type: OwnerType = "person"
-    declared_documents: list[DocCode] = []
-    note: Note = ""
 
 
-class DuplicateIn(Input):
-    vehicle_id: UUID
+class DuplicateIn(body_of(FileRequest, only=_FILED, required=("vehicle_id",), name="DuplicateBase")):  # type: ignore[misc]
+    """FileRequest's fields; `reason` is its duplicate_reason, `of` chooses the procedure."""
+
     reason: DuplicateReason
     of: DuplicateOf = "carte_grise"
-    applicant_id: UUID | None = None
-    owner_type: OwnerType = "person"
-    declared_documents: list[DocCode] = []
-    note: Note = ""
 
 
-class StatusIn(Input):
+class StatusIn(body_of(ChangeStatus, only=("note", "declared_documents"), name="StatusBase")):  # type: ignore[misc]
+    """ChangeStatus's fields; `status` is its to_status."""
+
     status: Status
-    note: Note = ""
-    declared_documents: list[DocCode] | None = None
 
 
 ValidateIn = body_of(ValidateRequest, exclude=("request_id", "caller", "idempotency"), name="ValidateIn")
@@ -129,12 +112,7 @@ RejectIn = body_of(RejectRequest, exclude=("request_id", "caller", "idempotency"
 AssignIn = body_of(AssignRequest, exclude=("request_id", "caller", "idempotency"), name="AssignIn")
 
 
-class ReserveIn(Input):
-    format_code: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
-    series: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,3}$")] | None = None
-    number_from: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
-    number_to: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
-    reason: Note = ""
+ReserveIn = body_of(ReservePlates, exclude=("by", "idempotency"), name="ReserveIn")
 
 
 def _idem(request: Request[Any, Any, Any], data: Any) -> Idempotency | None:

@@ -198,14 +198,14 @@ class FileRequest(Ask[Request]):
     errors = (Forbidden, NotFound, Conflict, Invalid)
 
     caller: Caller
-    procedure: str = "first_registration"
+    procedure: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")] = "first_registration"
     vehicle_id: UUID | None = None
     vehicle: NewVehicle | None = None
     applicant_id: UUID | None = None
     owner_type: OwnerType = "person"
     registration_type: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")] = "ordinary"
     declared_documents: list[DocCode] = []
-    new_owners: list[UUID] = []  # transfer
+    new_owners: Annotated[list[UUID], msgspec.Meta(max_length=20)] = []  # transfer
     seller_consent: bool = False  # transfer: the current owner agrees (recorded)
     duplicate_reason: DuplicateReason | None = None  # duplicate
     prestige_plate: PrestigeText | None = None  # prestige number
@@ -299,7 +299,7 @@ class ReservePlates(Ask[Reservation]):
 
     errors = (NotFound, Conflict, Invalid)
 
-    format_code: str
+    format_code: Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
     series: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{1,3}$")] | None = None
     number_from: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
     number_to: Annotated[int, msgspec.Meta(ge=1, le=9999)] | None = None
