@@ -24,7 +24,6 @@ from typing import Annotated, Any
 from urllib.parse import quote
 from uuid import UUID
 
-import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
@@ -37,7 +36,6 @@ from simveb.actors.documents.messages import (
     Certificate,
     CloseDownload,
     DecideDocument,
-    Decision,
     Document,
     DocumentPage,
     DocumentStatus,
@@ -61,7 +59,7 @@ from simveb.actors.documents.messages import (
 from simveb.bus import Bus
 from simveb.config import Settings
 from simveb.errors import BadRequest, DomainError, PayloadTooLarge
-from simveb.http.inputs import CursorQuery, Input, LimitQuery
+from simveb.http.inputs import CursorQuery, LimitQuery, body_of
 from simveb.http.security import requires
 from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
@@ -70,21 +68,10 @@ FIELDS = {"type", "request_id", "vehicle_id", "owner_id", "replaces_id"}
 MAX_FIELD_BYTES = 200
 
 
-class DecisionIn(Input):
-    decision: Decision
-    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
-
-
-class CertificateIn(Input):
-    vehicle_id: UUID
-    request_id: UUID | None = None
-    holder_ids: Annotated[list[UUID], msgspec.Meta(max_length=20)] = []
-    duplicate: bool = False
-    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
-
-
-class ReceiptIn(Input):
-    invoice_id: UUID
+# Bodies are the messages' own fields, less what the route sets (the caller, the document in the path).
+DecisionIn = body_of(DecideDocument, exclude=("document_id", "caller"), name="DecisionIn")
+CertificateIn = body_of(IssueCertificate, exclude=("caller",), name="CertificateIn")
+ReceiptIn = body_of(GenerateReceipt, exclude=("caller",), name="ReceiptIn")
 
 
 def staging_dir(settings: Settings) -> Path:

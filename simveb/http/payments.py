@@ -16,14 +16,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 from uuid import UUID
 
-import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import HeaderParameter
 
 from simveb.actors.payments.messages import (
     CancelPayment,
     ConfirmPayment,
-    CounterMethod,
     GetInvoice,
     GetPayment,
     HandleWebhook,
@@ -33,10 +31,6 @@ from simveb.actors.payments.messages import (
     Invoice,
     ListTransactions,
     PaymentDetail,
-    Phone,
-    Provider,
-    Reason,
-    ReceiptReference,
     Refund,
     RefundPayment,
     TransactionPage,
@@ -44,7 +38,7 @@ from simveb.actors.payments.messages import (
     WebhookResult,
 )
 from simveb.bus import Bus
-from simveb.http.inputs import CursorQuery, Input, LimitQuery
+from simveb.http.inputs import CursorQuery, LimitQuery, body_of
 from simveb.http.security import requires
 from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
@@ -55,27 +49,13 @@ Key = Annotated[
 ]
 
 
-class InitiateIn(Input):
-    provider: Provider
-    payment_id: UUID | None = None
-    payable_id: UUID | None = None
-    payable_kind: str = "registration"
-    phone: Phone | None = None
-
-
-class ConfirmIn(Input):
-    transaction_id: str | None = None  # the KKiaPay widget's transactionId
-    method: CounterMethod | None = None  # counter payment (payments:confirm)
-    receipt_reference: ReceiptReference | None = None
-
-
-class CancelIn(Input):
-    reason: Reason = ""
-
-
-class RefundIn(Input):
-    amount_xof: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    reason: Reason = ""
+# Bodies are the messages' own fields, less what the route sets (the caller, the payment in the path,
+# the Idempotency-Key header).
+_ROUTE_SETS = ("caller", "idempotency_key")
+InitiateIn = body_of(InitiatePayment, exclude=_ROUTE_SETS, name="InitiateIn")
+ConfirmIn = body_of(ConfirmPayment, exclude=(*_ROUTE_SETS, "payment_id"), name="ConfirmIn")
+CancelIn = body_of(CancelPayment, exclude=(*_ROUTE_SETS, "payment_id"), name="CancelIn")
+RefundIn = body_of(RefundPayment, exclude=(*_ROUTE_SETS, "payment_id"), name="RefundIn")
 
 
 class PaymentsController(Controller):

@@ -318,7 +318,7 @@ class IssueCertificate(Ask[Certificate]):
     caller: Caller
     vehicle_id: UUID
     request_id: UUID | None = None  # when given and already certified, that certificate is returned
-    holder_ids: tuple[UUID, ...] = ()  # default: the vehicle's owners
+    holder_ids: Annotated[tuple[UUID, ...], msgspec.Meta(max_length=20)] = ()  # default: the vehicle's owners
     duplicate: bool = False
     reason: Reason = ""
 
