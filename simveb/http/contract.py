@@ -26,7 +26,7 @@ import re
 import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Litestar
@@ -86,15 +86,19 @@ _MEANING = {
 }
 
 
-class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One field of a refused request."""
+def _said(text: str) -> Any:
+    return msgspec.Meta(description=text)
 
-    field: str | None = None
-    """The field or parameter (a body field by name, `$.a.b` for a nested one), when known."""
-    message: str
-    """What was wrong and what was expected."""
-    source: str | None = None
-    """Where the field is: body, query, path, header or cookie."""
+
+class FieldError(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One refused field of a request."""
+
+    field: Annotated[
+        str | None,
+        _said("The body field (`vehicle.vin` when nested) or parameter; absent when the body as a whole is wrong."),
+    ] = None
+    message: Annotated[str, _said("What was wrong and what was expected.")]
+    source: Annotated[str | None, _said("Where the field is: body, query, path, header or cookie.")] = None
 
 
 class Problem(msgspec.Struct, kw_only=True):
@@ -105,32 +109,15 @@ class Problem(msgspec.Struct, kw_only=True):
     `allowed`, `reasons` …), described with the code.
     """
 
-    type: str
-    """A URI naming the kind of problem (`https://simveb.bj/problems/<code>`)."""
-    title: str
-    """A short summary of the status."""
-    status: int
-    """The HTTP status."""
-    detail: str
-    """What happened, for humans."""
-    code: str
-    """The stable machine code (see the `ErrorCode` schema)."""
-    instance: str
-    """The request path."""
-    errors: list[FieldError] | msgspec.UnsetType = msgspec.UNSET
-    """The refused fields, on validation errors."""
-
-
-def _example(status: int) -> dict[str, Any]:
-    code = TITLES[status].lower().replace(" ", "_")
-    return {
-        "type": f"https://simveb.bj/problems/{code.replace('_', '-')}",
-        "title": TITLES[status],
-        "status": status,
-        "detail": _MEANING.get(status, TITLES[status]),
-        "code": code,
-        "instance": "/api/…",
-    }
+    type: Annotated[str, _said("A URI naming the kind of problem: `https://simveb.bj/problems/<code>`.")]
+    title: Annotated[str, _said("A short summary of the status.")]
+    status: Annotated[int, _said("The HTTP status.")]
+    detail: Annotated[str, _said("What happened, for humans (may change; do not parse it).")]
+    code: Annotated[str, _said("The stable machine code (see the `ErrorCode` schema).")]
+    instance: Annotated[str, _said("The request's path.")]
+    errors: Annotated[list[FieldError], _said("The refused fields, on validation errors.")] | msgspec.UnsetType = (
+        msgspec.UNSET
+    )
 
 
 @functools.cache
@@ -349,7 +336,7 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 def finish(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
     """Public operations declare `security: []`; extra media types (`opt["media_types"]`, `opt["content"]`);
-    the `ErrorCode` schema lists every code the code base raises, once."""
+    the `ErrorCode` schema lists every code the code base raises, once; the main bodies get examples."""
     paths = doc.get("paths", {})
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -386,6 +373,9 @@ def finish(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
         "enum": sorted(catalogue),
         "x-error-codes": {code: catalogue[code] for code in sorted(catalogue)},
     }
+    for name, examples in EXAMPLES.items():
+        if name in schemas:
+            schemas[name]["examples"] = examples
     problem = schemas.get("Problem", {}).get("properties", {})
     if "code" in problem:
         problem["code"] = {
@@ -466,3 +456,129 @@ def error_codes() -> dict[str, dict[str, Any]]:
     )
     found.setdefault("rate_limited", {"status": 429, "detail": "more requests a minute than allowed from this address"})
     return found
+
+
+# --- examples of the main bodies ------------------------------------------------------------------
+# Shown by the API browsers and code generators next to the schema; tests/http/test_contract.py checks
+# that each one is valid against its schema, so they cannot drift from the code.
+
+_VEHICLE_ID = "0f6a3c52-8a4e-4d5b-9a47-3c1f0e2b7d10"
+_USER_ID = "5b2e9f14-7c1d-4a8e-b3f6-2d9c0a1e4f77"
+_AT = "2026-12-01T09:30:00Z"
+
+EXAMPLES: dict[str, list[Any]] = {
+    "LoginIn": [
+        {"email": "agent@anatt.bj", "password": "correct horse battery"},
+        {"phone": "+22997000001", "password": "correct horse battery"},
+    ],
+    "LoginResult": [
+        {
+            "status": "authenticated",
+            "tokens": {
+                "access_token": "eyJhbGciOiJFZERTQSIsImtpZCI6Ii4uLiIsInR5cCI6ImF0K2p3dCJ9.e30.c2ln",
+                "refresh_token": "rt_3q2-7wEbWmF1lQh9",
+                "token_type": "Bearer",
+                "expires_in": 900,
+                "session_id": "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a",
+                "limited": False,
+            },
+        },
+        {
+            "status": "two_factor_required",
+            "challenge": {
+                "challenge_id": "2c4e6a8b-0d1f-4a3c-9e5b-7d9f1a3c5e7b",
+                "expires_at": _AT,
+                "methods": ["totp"],
+            },
+        },
+    ],
+    "Problem": [
+        {
+            "type": "https://simveb.bj/problems/validation-error",
+            "title": "Bad request",
+            "status": 400,
+            "detail": "vin: required",
+            "code": "validation_error",
+            "instance": "/api/vehicles",
+            "errors": [{"field": "vin", "message": "required", "source": "body"}],
+        },
+        {
+            "type": "https://simveb.bj/problems/pay-through-payments",
+            "title": "Conflict",
+            "status": 409,
+            "detail": "a request is paid through the payments service",
+            "code": "pay_through_payments",
+            "instance": "/api/immatriculations/3f1d…/status",
+        },
+    ],
+    "Vehicle": [
+        {
+            "id": _VEHICLE_ID,
+            "vin": "VF1RFB00X64123456",
+            "plate": "AB 1234 RB",
+            "make": "TOYOTA",
+            "model": "COROLLA",
+            "vehicle_type": "passenger_car",
+            "category": "car",
+            "commercial_name": "Corolla 1.6",
+            "year": 2019,
+            "colour": "blanc",
+            "energy": "petrol",
+            "cylinder_cc": 1598,
+            "power_kw": 97,
+            "fiscal_hp": 8,
+            "seats": 5,
+            "max_mass_kg": 1760,
+            "service_mass_kg": 1310,
+            "empty_mass_kg": 1240,
+            "first_registration_date": "2019-04-12",
+            "customs_ref": "DOU-2026-004512",
+            "characteristics": [],
+            "remarks": "",
+            "owners": [_USER_ID],
+            "status": "active",
+            "filed_by": None,
+            "version": 3,
+            "created_at": _AT,
+            "created_by": _USER_ID,
+            "updated_at": _AT,
+            "updated_by": _USER_ID,
+            "archived_at": None,
+            "archived_by": None,
+        }
+    ],
+    "FileIn": [
+        {
+            "procedure": "first_registration",
+            "vehicle_id": _VEHICLE_ID,
+            "declared_documents": ["customs_clearance", "invoice"],
+        },
+        {"procedure": "transfer", "vehicle_id": _VEHICLE_ID, "new_owners": [_USER_ID], "seller_consent": True},
+    ],
+    "Request": [
+        {
+            "id": "3f1d2c4b-6a8e-4f0d-9b1c-5e7a9c1e3f5d",
+            "number": "IMM-2026-000123",
+            "procedure": "first_registration",
+            "status": "waiting_for_payment",
+            "applicant_id": _USER_ID,
+            "filed_by": None,
+            "vehicle_id": _VEHICLE_ID,
+            "owner_type": "person",
+            "vehicle_category": "car",
+            "fee_total_xof": 45000,
+            "fee_lines": [],
+            "amount_paid_xof": 0,
+            "payment_id": None,
+            "assignee_id": None,
+            "required_documents": ["customs_clearance", "invoice"],
+            "declared_documents": ["customs_clearance", "invoice"],
+            "details": {},
+            "plate": None,
+            "status_since": _AT,
+            "created_at": _AT,
+            "updated_at": _AT,
+            "version": 2,
+        }
+    ],
+}
