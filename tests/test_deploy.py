@@ -154,10 +154,35 @@ def compose(path: Path) -> dict[str, Any]:
 
 
 def app_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The services that run this image (built from the repository)."""
+    """The services that run this image (built from the repository, or overriding such a service)."""
     return {
-        name: svc for name, svc in doc.get("services", {}).items() if "build" in svc or "simveb" in svc.get("image", "")
+        name: svc
+        for name, svc in doc.get("services", {}).items()
+        if "build" in svc or any(str(k).startswith("SIMVEB_") for k in svc.get("environment") or {})
     }
+
+
+def merged(*paths: Path) -> dict[str, Any]:
+    """Compose files merged as `docker compose -f a -f b` does for what these files use: mappings
+    (environment, depends_on) merge key by key, anything else is replaced."""
+
+    def merge(base: Any, override: Any) -> Any:
+        if isinstance(base, dict) and isinstance(override, dict):
+            return {**base, **{k: merge(base.get(k), v) for k, v in override.items()}}
+        return override
+
+    doc: dict[str, Any] = {}
+    for path in paths:
+        doc = merge(doc, compose(path))
+    return doc
+
+
+def hosted_actors(service: dict[str, Any]) -> list[str] | None:
+    """The actors `serve --actors a,b` names in the service's command; None = all."""
+    command = service.get("command") or []
+    if "--actors" not in command:
+        return None
+    return [name.strip() for name in command[command.index("--actors") + 1].split(",")]
 
 
 def interpolations(text: str) -> set[str]:
@@ -377,6 +402,30 @@ def test_compose_runs_the_app_with_postgres_16_redis_and_an_s3_store() -> None:
             assert cond["condition"] in {"service_healthy", "service_completed_successfully"}, f"{name} -> {dep}"
 
 
+def test_split_variant_places_every_actor_once_and_shares_the_data_volume() -> None:
+    from simveb.actors import ACTORS
+
+    base = compose(ROOT / "compose.yaml")
+    doc = merged(ROOT / "compose.yaml", ROOT / "compose.split.yaml")
+    apps = app_services(doc)
+    placements = {name: hosted_actors(svc) for name, svc in apps.items()}
+    assert len(apps) >= 2 and all(p is not None for p in placements.values()), placements
+    hosted = [actor for actors in placements.values() for actor in actors or []]
+    assert sorted(hosted) == sorted(a.name for a in ACTORS), "each actor hosted by exactly one service"
+    # Downloads read chunks from the documents host that opened them: one documents process.
+    (documents_host,) = [name for name, actors in placements.items() if "documents" in (actors or [])]
+    assert apps[documents_host].get("deploy", {}).get("replicas", 1) == 1
+    volumes = {name: {v for v in svc["volumes"] if v.endswith(":/data")} for name, svc in apps.items()}
+    assert len({frozenset(v) for v in volumes.values()}) == 1, f"uploads are staged on a shared /data: {volumes}"
+    for name, svc in apps.items():
+        assert setting_of("SIMVEB_PLACEMENT__REDIS_URL") and svc["environment"].get("SIMVEB_PLACEMENT__REDIS_URL")
+        # Apart from where actors live, every app process is configured like compose.yaml's app.
+        env = {k: v for k, v in svc["environment"].items() if k != "SIMVEB_PLACEMENT__REDIS_URL"}
+        assert env == base["services"]["app"]["environment"], name
+        for key in ("env_file", "depends_on", "init", "build", "image"):
+            assert svc.get(key) == base["services"]["app"].get(key), f"{name}: {key} differs from app"
+
+
 def test_every_compose_variable_is_in_the_template_and_every_setting_is_real() -> None:
     template = read_env_file(ENV_TEMPLATE)
     for path in COMPOSE_FILES:
@@ -391,9 +440,10 @@ def test_every_compose_variable_is_in_the_template_and_every_setting_is_real() -
                 assert (ROOT / env_file).with_name((ROOT / env_file).name + ".example") == ENV_TEMPLATE
 
 
-def production_environment(**extra: str) -> dict[str, str]:
-    """The environment a container gets: the image's ENV, the filled template, compose's app environment
-    (its ${VAR} resolved from the template), then `extra`. Empty secrets are filled with fresh values."""
+def production_environment(service: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+    """The environment a container of `service` (compose.yaml's app by default) gets: the image's ENV,
+    the filled template, the service's environment (its ${VAR} resolved from the template), then
+    `extra`. Empty secrets are filled with fresh values."""
     template = read_env_file(ENV_TEMPLATE)
     filled = dict(template)
     for name, value in template.items():
@@ -412,7 +462,7 @@ def production_environment(**extra: str) -> dict[str, str]:
             filled[name] = uuid.uuid4().hex
     env = dict(dockerfile_stages()[-1].env())
     env.update({k: v for k, v in filled.items()})
-    app = compose(ROOT / "compose.yaml")["services"]["app"]
+    app = service if service is not None else compose(ROOT / "compose.yaml")["services"]["app"]
 
     def resolve(value: str) -> str:
         return re.sub(
@@ -459,8 +509,8 @@ class Image:
             value = re.sub(rf"(?<![\w/]){re.escape(image_path)}(?=/|$|:)", str(local), value)
         return value
 
-    def environment(self, port: int, **extra: str) -> dict[str, str]:
-        env = production_environment(**extra)
+    def environment(self, port: int, service: dict[str, Any] | None = None, **extra: str) -> dict[str, str]:
+        env = production_environment(service, **extra)
         # Paths of the image (the Dockerfile's ENV) point into this layout instead.
         env.update({k: self.path(v) for k, v in self.stage.env().items() if k not in extra})
         env["PATH"] = env["PATH"].replace("$PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -629,50 +679,112 @@ async def _admin(url: str, sql: str) -> None:
         await con.close()
 
 
-def test_image_entry_point_serves_ready_in_production_as_non_root(image: Image) -> None:
+def _serve(image: Image, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    argv = exec_form(image.stage.last("ENTRYPOINT")) + command
+    with log.open("w") as out:
+        return subprocess.Popen(
+            image.command(argv, env), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=image.workdir
+        )
+
+
+def _wait_ready(image: Image, proc: subprocess.Popen[bytes], env: dict[str, str], log: Path) -> dict[str, Any]:
+    """Until the image's own HEALTHCHECK command passes (as the unprivileged user); /health/ready's body."""
+    url = f"http://127.0.0.1:{env['SIMVEB_SERVER__PORT']}/health/ready"
+    health = image.command(exec_form(image.stage.last("HEALTHCHECK")), env)
+    deadline = time.monotonic() + 120
+    while subprocess.run(health, env=env, capture_output=True, timeout=30).returncode != 0:
+        assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        if time.monotonic() > deadline:
+            lines = [line for line in log.read_text().splitlines() if "/health/ready" not in line]
+            raise AssertionError(
+                f"not ready within 120 s: {httpx.get(url, timeout=10).text}\n" + "\n".join(lines)[-4000:]
+            )
+        time.sleep(1)
+    reply = httpx.get(url, timeout=10)
+    assert reply.status_code == 200 and reply.json()["status"] == "ready", reply.text
+    return reply.json()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _services_database() -> tuple[str, str]:
     server_url = os.environ.get("SIMVEB_TEST_DATABASE_URL")
     if not server_url:
         pytest.skip("SIMVEB_TEST_DATABASE_URL is not set: production refuses the embedded database")
     name = f"simveb_deploy_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    port = _free_port()
+    return server_url, name
+
+
+# The S3 store of compose is not on this machine: documents go to the local store under the data volume.
+LOCAL_DOCUMENTS = {"SIMVEB_DOCUMENTS__STORAGE_URL": "", "SIMVEB_DOCUMENTS__S3_ENDPOINT": ""}
+
+
+def test_image_entry_point_serves_ready_in_production_as_non_root(image: Image) -> None:
+    server_url, name = _services_database()
     extra = {"SIMVEB_DATABASE__URL": _with_database(server_url, name), "SIMVEB_REDIS__URL": ""}
     if os.environ.get("SIMVEB_TEST_REDIS_URL"):
         extra["SIMVEB_REDIS__URL"] = os.environ["SIMVEB_TEST_REDIS_URL"]
-    # The local document store under the data volume: the S3 store of compose is not on this machine.
-    env = image.environment(port, SIMVEB_DOCUMENTS__STORAGE_URL="", SIMVEB_DOCUMENTS__S3_ENDPOINT="", **extra)
-    argv = exec_form(image.stage.last("ENTRYPOINT")) + exec_form(image.stage.last("CMD"))
+    env = image.environment(_free_port(), **LOCAL_DOCUMENTS, **extra)
     log = image.root / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            image.command(argv, env), stdout=out, stderr=subprocess.STDOUT, env=env, cwd=image.workdir
-        )
+    proc = _serve(image, exec_form(image.stage.last("CMD")), env, log)
     try:
-        health = image.command(exec_form(image.stage.last("HEALTHCHECK")), env)
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"the server exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            if subprocess.run(health, env=env, capture_output=True, timeout=30).returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                body = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10).text
-                lines = [line for line in log.read_text().splitlines() if "/health/ready" not in line]
-                raise AssertionError(f"not ready within 90 s: {body}\n" + "\n".join(lines)[-4000:])
-            time.sleep(1)
-        reply = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=10)
-        assert reply.status_code == 200 and reply.json()["status"] == "ready", reply.text
+        _wait_ready(image, proc, env, log)
         # Listening on every interface, as the image's SIMVEB_SERVER__HOST says.
         assert env["SIMVEB_SERVER__HOST"] == "0.0.0.0"
         if image.user:
             assert _uid_of(proc.pid) == NOBODY
         assert _uid_of(proc.pid) != 0
-        # Production took the token key from the environment: nothing was generated into the data volume.
+        # Production took its keys from the environment: nothing was generated into the data volume.
         assert not list(image.data.rglob("*.pem"))
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc)
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_split_variant_processes_become_ready_hosting_their_actors(image: Image) -> None:
+    redis_url = os.environ.get("SIMVEB_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("SIMVEB_TEST_REDIS_URL is not set: the split deployment talks through Redis Streams")
+    server_url, name = _services_database()
+    prefix = f"simveb-deploy-{uuid.uuid4().hex[:8]}:"
+    apps = app_services(merged(ROOT / "compose.yaml", ROOT / "compose.split.yaml"))
+    started: list[tuple[str, subprocess.Popen[bytes], dict[str, str], Path]] = []
+    try:
+        for service, svc in apps.items():
+            env = image.environment(
+                _free_port(),
+                svc,
+                **LOCAL_DOCUMENTS,
+                SIMVEB_DATABASE__URL=_with_database(server_url, name),
+                SIMVEB_REDIS__URL=redis_url,
+                SIMVEB_PLACEMENT__REDIS_URL=redis_url,
+                SIMVEB_PLACEMENT__STREAM_PREFIX=prefix,
+            )
+            log = image.root / f"{service}.log"
+            started.append((service, _serve(image, svc["command"], env, log), env, log))
+        for service, proc, env, log in started:
+            body = _wait_ready(image, proc, env, log)
+            hosted = hosted_actors(apps[service])
+            assert body["placement"]["hosted"] == sorted(hosted or []), body
+            assert set(body["placement"]["remote"]) == {a for s in apps.values() for a in hosted_actors(s) or []} - set(
+                hosted or []
+            )
+            assert body["checks"]["transport"] == "ok"
+    finally:
+        for _, proc, _, _ in started:
+            _stop(proc)
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()
