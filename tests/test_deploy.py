@@ -342,6 +342,8 @@ def test_build_context_leaves_out_local_data_keys_and_environments(tmp_path: Pat
         "keys/token.pem",
         "simveb/__pycache__/x.cpython-311.pyc",
         "simveb.egg-info/PKG-INFO",
+        ".schemathesis/cache.json",
+        "imports/2026.errors.csv",
     ]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("x")
