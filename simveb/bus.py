@@ -11,6 +11,10 @@ it asks another actor: the asked actor may need one from the same pool. With
 
 The hot path (ask) is an `asyncio.Queue` carrying an envelope with a future, and a `call_later`
 timer for the timeout: measured about 6x cheaper than an anyio stream guarded by `fail_after`.
+
+An actor hosted by another process (`[placement]`) is a `RemoteCell`: asks and tells to it go
+through `bus.transport` (`simveb.remote`, Redis Streams) with the same timeout and errors; the local
+path only pays one attribute test for it.
 """
 
 from __future__ import annotations

@@ -205,6 +205,11 @@ class RemoteTransport:
             if cell is not None:
                 for msg_type in cell.actor_cls._handlers:
                     self._types[msg_type.__struct_config__.tag] = msg_type  # type: ignore[attr-defined]
+        # One decoder for every message this process may be asked (a tagged union: one pass).
+        self._decoder: Any = None
+        if self._types:
+            with contextlib.suppress(TypeError):
+                self._decoder = msgspec.msgpack.Decoder(typing.Union[tuple(self._types.values())])  # noqa: UP007
         self._tasks: list[asyncio.Task[None]] = []
         self._handling: set[asyncio.Task[None]] = set()
         self._in_flight: set[bytes] = set()  # entry ids being handled here (never reclaimed from ourselves)
@@ -240,11 +245,17 @@ class RemoteTransport:
     async def stop(self) -> None:
         """Stop taking requests, let those being handled answer, fail the asks still waiting."""
         self._stopping = True
-        for task in self._tasks:
+        # Stop taking requests first; the reply reader stops last, because the requests still being
+        # handled here may be waiting for answers from other processes.
+        serving, replies = self._tasks[1:], self._tasks[:1]
+        for task in serving:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*serving, return_exceptions=True)
         if self._handling:
             await asyncio.wait(self._handling, timeout=self.bus.settings.shutdown_grace_s)
+        for task in replies:
+            task.cancel()
+        await asyncio.gather(*replies, return_exceptions=True)
         from simveb.bus import ActorStopped
 
         for fut, _rtype in self._pending.values():
@@ -422,6 +433,11 @@ class RemoteTransport:
             log.warning("could not answer remote request %s; it will be reclaimed", entry_id, exc_info=True)
 
     def _decode(self, body: bytes) -> Message:
+        if self._decoder is not None:
+            try:
+                return self._decoder.decode(body)  # type: ignore[no-any-return]
+            except msgspec.ValidationError as exc:
+                raise InternalError(f"the request does not decode here: {exc}") from None
         tag = msgspec.msgpack.decode(body, type=dict[str, Any]).get("msg_type")
         msg_type = self._types.get(tag)  # type: ignore[arg-type]
         if msg_type is None:
