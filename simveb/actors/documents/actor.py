@@ -308,9 +308,9 @@ class DocumentsActor(Actor):
                 vehicle_id = vehicle_id or old.vehicle_id
             if request_id is not None:
                 req = await store.get_request(con, request_id)
-                if req is not None and req["applicant_id"] != owner_id and not staff:
+                if req is not None and req.applicant_id != owner_id and not staff:
                     raise NotFound("no such registration request", code="request_not_found")
-                if req is not None and req["completed_at"] is not None:
+                if req is not None and req.completed_at is not None:
                     raise Conflict("this registration is completed; its documents are final", code="request_completed")
         document_id = uuid4()
         now = datetime.now(UTC)
@@ -402,7 +402,7 @@ class DocumentsActor(Actor):
             raise Conflict("a document issued by SIMVEB cannot be deleted", code="issued_document")
         if doc.request_id is not None:
             req = await store.get_request(con, doc.request_id)
-            if req is not None and req["completed_at"] is not None:
+            if req is not None and req.completed_at is not None:
                 raise Conflict(
                     "this document supports a completed registration and is kept", code="supports_completed_request"
                 )
@@ -652,7 +652,7 @@ class DocumentsActor(Actor):
                     uploaded_by=by,
                 )
                 if current is not None:
-                    await store.replace_certificate(con, current["number"], number, reason)
+                    await store.replace_certificate(con, current.number, number, reason)
                 await store.insert_certificate(
                     con,
                     number=number,
@@ -679,7 +679,7 @@ class DocumentsActor(Actor):
                         holder_ids=tuple(holders_ids),
                         plate=plate,
                         duplicate=duplicate,
-                        replaced=current["number"] if current is not None else None,
+                        replaced=current.number if current is not None else None,
                     ),
                 )
                 row = await store.certificate(con, number)
@@ -695,24 +695,24 @@ class DocumentsActor(Actor):
         # offline checks (the server never needs it to answer, but verifies it when sent).
         return f"{self.verify_base}{number}?p={payload}"
 
-    def _certificate(self, row: asyncpg.Record) -> Certificate:
+    def _certificate(self, row: store.CertificateRow) -> Certificate:
         return Certificate(
-            number=row["number"],
-            document_id=row["document_id"],
-            vehicle_id=row["vehicle_id"],
-            request_id=row["request_id"],
-            plate=row["plate"],
-            vin=row["vin"],
-            holder=row["holder"],
-            duplicate=row["duplicate"],
-            issued_at=row["issued_at"],
-            status="replaced" if row["replaced_at"] is not None else "current",
-            replaced_by=row["replaced_by"],
-            replaced_at=row["replaced_at"],
-            replaced_reason=row["replaced_reason"],
-            payload=row["payload"],
-            verify_url=self._qr_text(row["number"], row["payload"]),
-            fields={k: v for k, v in row["fields"].items() if "." not in k or k[-1].isdigit()},
+            number=row.number,
+            document_id=row.document_id,
+            vehicle_id=row.vehicle_id,
+            request_id=row.request_id,
+            plate=row.plate,
+            vin=row.vin,
+            holder=row.holder,
+            duplicate=row.duplicate,
+            issued_at=row.issued_at,
+            status="replaced" if row.replaced_at is not None else "current",
+            replaced_by=row.replaced_by,
+            replaced_at=row.replaced_at,
+            replaced_reason=row.replaced_reason,
+            payload=row.payload,
+            verify_url=self._qr_text(row.number, row.payload),
+            fields={k: v for k, v in row.fields.items() if "." not in k or k[-1].isdigit()},
         )
 
     @handler
@@ -722,7 +722,7 @@ class DocumentsActor(Actor):
             raise NotFound("no such certificate", code="certificate_not_found")
         if msg.caller is not None and not msg.caller.can("documents:read"):
             uid = msg.caller.user_id
-            if uid is None or uid not in row["holder_ids"]:
+            if uid is None or uid not in row.holder_ids:
                 raise NotFound("no such certificate", code="certificate_not_found")
         return self._certificate(row)
 
@@ -732,28 +732,28 @@ class DocumentsActor(Actor):
         row = await store.certificate(con, number) if NUMBER.match(number) else None
         if row is None:
             return Verification(number=number, found=False)
-        fields = row["fields"]
+        fields = row.fields
         signature, detail = "absent", ""
         if msg.payload:
             signature, detail = self._check_payload(msg.payload, row)
         return Verification(
             number=number,
             found=True,
-            status="replaced" if row["replaced_at"] is not None else "current",
-            plate=row["plate"],
-            vin=row["vin"],
-            holder=row["holder"],
+            status="replaced" if row.replaced_at is not None else "current",
+            plate=row.plate,
+            vin=row.vin,
+            holder=row.holder,
             make=fields.get("D.1"),
             model=fields.get("D.2"),
-            issued_on=row["issued_at"].date(),
-            duplicate=row["duplicate"],
-            replaced_by=row["replaced_by"],
-            replaced_at=row["replaced_at"],
+            issued_on=row.issued_at.date(),
+            duplicate=row.duplicate,
+            replaced_by=row.replaced_by,
+            replaced_at=row.replaced_at,
             signature=signature,  # type: ignore[arg-type]
             signature_detail=detail,
         )
 
-    def _check_payload(self, payload: str, row: asyncpg.Record) -> tuple[str, str]:
+    def _check_payload(self, payload: str, row: store.CertificateRow) -> tuple[str, str]:
         try:
             header = jwt.get_unverified_header(payload)
         except jwt.PyJWTError:
@@ -765,7 +765,7 @@ class DocumentsActor(Actor):
             claims = jwt.decode(payload, key, algorithms=[ALGORITHM], options={"verify_aud": False})
         except jwt.PyJWTError:
             return "invalid", "the signature does not match the data"
-        expected = payload_claims(row["number"], row["fields"], row["holder"], row["duplicate"])
+        expected = payload_claims(row.number, row.fields, row.holder, row.duplicate)
         if claims != expected:
             return "invalid", "signed by SIMVEB but for other data than this certificate"
         return "valid", "signed by SIMVEB and identical to the certificate on record"
@@ -782,9 +782,9 @@ class DocumentsActor(Actor):
         async with self.db.connection() as con:
             row = await store.receipt(con, msg.invoice_id)
         if row is not None:
-            if not (caller.can("documents:issue") or caller.user_id == row["payer_id"]):
+            if not (caller.can("documents:issue") or caller.user_id == row.payer_id):
                 raise NotFound("no such invoice", code="invoice_not_found")
-            return Receipt(**dict(row))
+            return row
         if not self.bus.handles(GetInvoice):
             raise Unavailable("the payments service is not running in this process", code="payments_unavailable")
         invoice = await self.bus.ask(GetInvoice(invoice_id=msg.invoice_id))
@@ -814,7 +814,7 @@ class DocumentsActor(Actor):
                 row = await store.receipt(con, msg.invoice_id)
                 if row is not None:
                     await self.storage.delete(key)
-                    return Receipt(**dict(row))
+                    return row
                 await store.insert_document(
                     con,
                     id=document_id,

@@ -8,8 +8,9 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
-from simveb.actors.documents.messages import Document, DocumentType, Validation
+from simveb.actors.documents.messages import Document, DocumentType, Receipt, Validation
 from simveb.db import from_row, from_rows
 
 # The last rejection's reason and the certificate number come with every document read.
@@ -170,11 +171,42 @@ async def upsert_request(
     )
 
 
-async def get_request(con: asyncpg.Connection, request_id: UUID) -> asyncpg.Record | None:
-    return await con.fetchrow(
+class RequestRow(msgspec.Struct, frozen=True, kw_only=True):
+    """What this actor keeps of a registration request (from its events)."""
+
+    request_id: UUID
+    number: str
+    applicant_id: UUID
+    completed_at: datetime | None = None
+
+
+class CertificateRow(msgspec.Struct, frozen=True, kw_only=True):
+    """An issued certificate as stored (the actor makes the Certificate reply from it)."""
+
+    number: str
+    document_id: UUID
+    vehicle_id: UUID
+    request_id: UUID | None
+    holder_ids: list[UUID]
+    plate: str
+    vin: str
+    holder: str
+    duplicate: bool
+    issued_at: datetime
+    issued_by: str
+    fields: dict[str, Any]
+    payload: str
+    replaced_by: str | None = None
+    replaced_at: datetime | None = None
+    replaced_reason: str | None = None
+
+
+async def get_request(con: asyncpg.Connection, request_id: UUID) -> RequestRow | None:
+    row = await con.fetchrow(
         "SELECT request_id, number, applicant_id, completed_at FROM documents.requests WHERE request_id = $1",
         request_id,
     )
+    return from_row(RequestRow, row)
 
 
 # --- certificates ----------------------------------------------------------------------------------
@@ -185,12 +217,12 @@ _CERTIFICATE = (
 )
 
 
-async def certificate(con: asyncpg.Connection, number: str) -> asyncpg.Record | None:
-    return await con.fetchrow(_CERTIFICATE + " WHERE number = $1", number)
+async def certificate(con: asyncpg.Connection, number: str) -> CertificateRow | None:
+    return from_row(CertificateRow, await con.fetchrow(_CERTIFICATE + " WHERE number = $1", number))
 
 
-async def certificate_for_request(con: asyncpg.Connection, request_id: UUID) -> asyncpg.Record | None:
-    return await con.fetchrow(_CERTIFICATE + " WHERE request_id = $1", request_id)
+async def certificate_for_request(con: asyncpg.Connection, request_id: UUID) -> CertificateRow | None:
+    return from_row(CertificateRow, await con.fetchrow(_CERTIFICATE + " WHERE request_id = $1", request_id))
 
 
 async def lock_vehicle_certificates(con: asyncpg.Connection, vehicle_id: UUID) -> None:
@@ -204,10 +236,11 @@ async def lock_vehicle_certificates(con: asyncpg.Connection, vehicle_id: UUID) -
 
 async def current_certificate(
     con: asyncpg.Connection, vehicle_id: UUID, *, lock: bool = False
-) -> asyncpg.Record | None:
-    return await con.fetchrow(
+) -> CertificateRow | None:
+    row = await con.fetchrow(
         _CERTIFICATE + " WHERE vehicle_id = $1 AND replaced_at IS NULL" + (" FOR UPDATE" if lock else ""), vehicle_id
     )
+    return from_row(CertificateRow, row)
 
 
 async def replace_certificate(con: asyncpg.Connection, number: str, by_number: str, reason: str) -> None:
@@ -231,12 +264,13 @@ async def insert_certificate(con: asyncpg.Connection, **values: Any) -> None:
 # --- receipts --------------------------------------------------------------------------------------
 
 
-async def receipt(con: asyncpg.Connection, invoice_id: UUID) -> asyncpg.Record | None:
-    return await con.fetchrow(
+async def receipt(con: asyncpg.Connection, invoice_id: UUID) -> Receipt | None:
+    row = await con.fetchrow(
         "SELECT invoice_id, invoice_number, document_id, payer_id, issued_at FROM documents.receipts"
         " WHERE invoice_id = $1",
         invoice_id,
     )
+    return from_row(Receipt, row)
 
 
 async def insert_receipt(

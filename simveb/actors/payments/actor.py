@@ -180,13 +180,13 @@ class PaymentsActor(Actor):
         async with self.db.transaction() as con:
             stored = await store.claim_key(con, owner, key, operation, digest, ttl)
         if stored is not None:
-            if stored["operation"] != operation or stored["request_hash"] != digest:
+            if stored.operation != operation or stored.request_hash != digest:
                 raise Invalid("this Idempotency-Key was used with another request", code="idempotency_key_reused")
-            if stored["status"] != "done":
+            if stored.status != "done":
                 raise Conflict("a request with this Idempotency-Key is still in progress", code="idempotency_in_flight")
-            if stored["error"] is not None:
-                raise ReplayedError(stored["error"])
-            return msgspec.convert(stored["response"], reply)
+            if stored.error is not None:
+                raise ReplayedError(stored.error)
+            return msgspec.convert(stored.response, reply)
         try:
             result = await work()
         except DomainError as exc:

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from simveb.actors.payments.messages import Invoice, Payment, PaymentRequested, Refund, Transaction
 from simveb.db import from_row, from_rows
@@ -85,14 +86,6 @@ async def add_refunded(con: asyncpg.Connection, payment: Payment, amount: int, *
     fresh = await get_payment(con, payment.id)
     assert fresh is not None
     return fresh
-
-
-async def history(con: asyncpg.Connection, payment_id: UUID) -> list[dict[str, Any]]:
-    rows = await con.fetch(
-        "SELECT from_status, to_status, by, reason, at FROM payments.history WHERE payment_id = $1 ORDER BY id",
-        payment_id,
-    )
-    return [dict(r) for r in rows]
 
 
 # --- transactions -----------------------------------------------------------------------------------
@@ -356,9 +349,19 @@ async def pending_automatic_refunds(con: asyncpg.Connection) -> list[Refund]:
 # --- idempotency keys -------------------------------------------------------------------------------
 
 
+class ClaimedKey(msgspec.Struct, frozen=True, kw_only=True):
+    """An Idempotency-Key already used: by which operation, for which request, and how it ended."""
+
+    operation: str
+    request_hash: str
+    status: str
+    response: Any = None
+    error: dict[str, Any] | None = None
+
+
 async def claim_key(
     con: asyncpg.Connection, owner: str, key: str, operation: str, request_hash: str, ttl_h: int
-) -> dict[str, Any] | None:
+) -> ClaimedKey | None:
     """None when this request now owns the key; otherwise the stored row (an expired one is replaced)."""
     await con.execute(
         "DELETE FROM payments.idempotency_keys WHERE owner = $1 AND key = $2"
@@ -383,7 +386,7 @@ async def claim_key(
         owner,
         key,
     )
-    return dict(row) if row else None
+    return from_row(ClaimedKey, row)
 
 
 async def finish_key(

@@ -193,7 +193,7 @@ class RegistrationsActor(Actor):
             return True
         if await store.handled_by(con, req.id, caller.sub):
             return True
-        workflow = _transitions(await store.get_workflow_json(con, req.id))
+        workflow = await store.get_workflow(con, req.id)
         return any(
             t.from_status == req.status
             and caller.can(t.permission)
@@ -223,7 +223,7 @@ class RegistrationsActor(Actor):
             req = await self._visible(con, msg.caller, msg.request_id)
             staff = bool(set(msg.caller.permissions) & STAFF_PERMISSIONS)
             steps = await store.steps(con, req.id, visible_only=not staff)
-            workflow = _transitions(await store.get_workflow_json(con, req.id))
+            workflow = await store.get_workflow(con, req.id)
         nxt = [t for t in workflow if t.from_status == req.status and self._may_take(msg.caller, req, t)]
         return Workflow(
             request_id=req.id, number=req.number, procedure=req.procedure, status=req.status, steps=steps, next=nxt
@@ -261,8 +261,7 @@ class RegistrationsActor(Actor):
         if not msg.caller.can(READ_ALL_PERMISSION):
             raise Forbidden("needs permission registrations:read", code="missing_permission")
         async with self.db.connection() as con:
-            data = await store.stats(con, msg.created_from, msg.created_to, [WAITING])
-        return Stats(**data)
+            return await store.stats(con, msg.created_from, msg.created_to, [WAITING])
 
     # --- filing -------------------------------------------------------------------------------------
 
@@ -579,7 +578,7 @@ class RegistrationsActor(Actor):
 
     async def _auto(self, con: asyncpg.Connection, req: Request, pre: Prefetched) -> Request:
         """Transitions the system takes by itself: submitted -> payment, free -> paid, paid -> assigned."""
-        workflow = _transitions(await store.get_workflow_json(con, req.id))
+        workflow = await store.get_workflow(con, req.id)
         out = [t for t in workflow if t.from_status == req.status]
         for t in out:
             if t.to_status == WAITING and t.permission == SUBMIT_PERMISSION:
@@ -748,7 +747,7 @@ class RegistrationsActor(Actor):
             return replay
         async with self.db.connection() as con:
             req = await self._visible(con, caller, request_id)
-            workflow = _transitions(await store.get_workflow_json(con, req.id))
+            workflow = await store.get_workflow(con, req.id)
         t = self._transition(caller, req, workflow, to_status)
         if t.to_status == PAID and self.bus.handles(ConfirmPayment):
             # With payments in the process a person's "paid" would bypass it: no invoice, the payable
@@ -849,7 +848,7 @@ class RegistrationsActor(Actor):
                 raise NotFound(f"no request {msg.request_id}", code="request_not_found")
             if req.status in TERMINAL:
                 raise Conflict(f"a {req.status} request is not assigned", code="request_closed")
-            workflow = _transitions(await store.get_workflow_json(con, req.id))
+            workflow = await store.get_workflow(con, req.id)
             pending = [t for t in workflow if t.from_status == req.status and t.to_status == "assigned_to_staff"]
             await store.touch_staff(con, msg.assignee_id)
             if pending:
@@ -900,7 +899,7 @@ class RegistrationsActor(Actor):
                 await store.update_request(con, req.id, amount_paid_xof=paid)
                 log.warning("request %s: paid %d of %d", req.number, paid, req.fee_total_xof)
                 return
-            workflow = _transitions(await store.get_workflow_json(con, req.id))
+            workflow = await store.get_workflow(con, req.id)
             t = next((t for t in workflow if t.from_status == WAITING and t.to_status == PAID), None)
             if t is None:
                 log.error("request %s: its workflow has no %s -> %s", req.number, WAITING, PAID)

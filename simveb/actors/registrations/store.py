@@ -17,8 +17,10 @@ from simveb.actors.registrations.messages import (
     RequestFilter,
     Reservation,
     SeriesPosition,
+    Stats,
     Step,
     StepTime,
+    Transition,
 )
 from simveb.db import from_row, from_rows
 
@@ -76,8 +78,10 @@ async def get_request(con: asyncpg.Connection, request_id: UUID, *, lock: bool =
     return from_row(Request, row)
 
 
-async def get_workflow_json(con: asyncpg.Connection, request_id: UUID) -> list[dict[str, Any]]:
-    return await con.fetchval(f"SELECT workflow FROM {_REQ} WHERE id = $1", request_id) or []
+async def get_workflow(con: asyncpg.Connection, request_id: UUID) -> list[Transition]:
+    """The workflow the request pinned when it was filed."""
+    steps = await con.fetchval(f"SELECT workflow FROM {_REQ} WHERE id = $1", request_id) or []
+    return msgspec.convert(steps, list[Transition])
 
 
 async def get_registration_type(con: asyncpg.Connection, request_id: UUID) -> str:
@@ -307,18 +311,6 @@ async def add_duplicate(con: asyncpg.Connection, request_id: UUID, vehicle_id: U
     )
 
 
-async def history_counts(con: asyncpg.Connection, request_id: UUID) -> dict[str, int]:
-    """Rows of each history table for one request (tests and the workflow story)."""
-    row = await con.fetchrow(
-        "SELECT (SELECT count(*) FROM registrations.renewal_history WHERE request_id = $1) AS renewal,"
-        " (SELECT count(*) FROM registrations.transfer_history WHERE request_id = $1) AS transfer,"
-        " (SELECT count(*) FROM registrations.duplicate_history WHERE request_id = $1) AS duplicate,"
-        " (SELECT count(*) FROM registrations.plate_assignments WHERE request_id = $1) AS plate",
-        request_id,
-    )
-    return dict(row)
-
-
 async def effects(con: asyncpg.Connection, procedure: str) -> Effects:
     row = await con.fetchrow(
         "SELECT plate, owners, duplicate, replaces, history FROM registrations.procedure_effects WHERE procedure = $1",
@@ -530,7 +522,7 @@ async def idem_put(con: asyncpg.Connection, sub: str, key: str, fingerprint: str
 
 async def stats(
     con: asyncpg.Connection, created_from: datetime | None, created_to: datetime | None, due_statuses: Sequence[str]
-) -> dict[str, Any]:
+) -> Stats:
     where = "($1::timestamptz IS NULL OR r.created_at >= $1) AND ($2::timestamptz IS NULL OR r.created_at < $2)"
 
     async def counts(expr: str) -> list[CountRow]:
@@ -557,12 +549,12 @@ async def stats(
         created_from,
         created_to,
     )
-    return {
-        "by_status": await counts("r.status"),
-        "by_procedure": await counts("r.procedure"),
-        "by_day": await counts("to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
-        "by_assignee": await counts("coalesce(r.assignee_id::text, 'unassigned')"),
-        "amount_due_xof": money["due"],
-        "amount_paid_xof": money["paid"],
-        "median_step_s": from_rows(StepTime, medians),
-    }
+    return Stats(
+        by_status=await counts("r.status"),
+        by_procedure=await counts("r.procedure"),
+        by_day=await counts("to_char(r.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"),
+        by_assignee=await counts("coalesce(r.assignee_id::text, 'unassigned')"),
+        amount_due_xof=money["due"],
+        amount_paid_xof=money["paid"],
+        median_step_s=from_rows(StepTime, medians),
+    )
