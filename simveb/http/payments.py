@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, get, post
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, Parameter
 
 from simveb.actors.payments.messages import (
     CancelPayment,
@@ -83,7 +83,9 @@ class PaymentsController(Controller):
         bus: Bus,
         caller: Caller,
         status: TransactionStatus | None = None,
-        provider: str | None = None,
+        provider: Annotated[
+            str | None, Parameter(pattern=r"^[a-z][a-z0-9_]{0,29}$", description="fedapay, kkiapay or counter")
+        ] = None,
         payment_id: UUID | None = None,
         payer_id: UUID | None = None,
         flagged: bool | None = None,

@@ -17,6 +17,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
 
 from simveb.actors.registrations.messages import (
     AssignRequest,
@@ -57,7 +58,15 @@ SUBMIT = [requires("registrations:submit")]
 READ_ALL = [requires("registrations:read")]
 ASSIGN = [requires("registrations:assign")]
 PLATES = [requires("registrations:plates")]
-RegType = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
+
+CODE = r"^[a-z][a-z0-9_]{0,49}$"
+StatusQuery = Annotated[str | None, Parameter(pattern=CODE, max_length=50, description="A status of the workflow")]
+AssigneeQuery = Annotated[
+    str | None,
+    Parameter(
+        pattern=r"^(me|[0-9a-fA-F-]{36})$", description="A staff member's user id, or `me` (an agent's own queue)"
+    ),
+]
 
 
 class NewVehicleIn(NewVehicle, forbid_unknown_fields=True):
@@ -199,13 +208,15 @@ class RegistrationsController(Controller):
         self,
         caller: Caller,
         bus: Bus,
-        status: str | None = None,
-        procedure: str | None = None,
-        assignee: str | None = None,
-        applicant: UUID | None = None,
-        vehicle: UUID | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
+        status: StatusQuery = None,
+        procedure: Annotated[
+            str | None, Parameter(pattern=CODE, max_length=50, description="A procedure code of the catalogue")
+        ] = None,
+        assignee: AssigneeQuery = None,
+        applicant: Annotated[UUID | None, Parameter(description="Requests filed for this user")] = None,
+        vehicle: Annotated[UUID | None, Parameter(description="Requests about this vehicle")] = None,
+        created_from: Annotated[datetime | None, Parameter(description="Filed at or after (ISO 8601)")] = None,
+        created_to: Annotated[datetime | None, Parameter(description="Filed before (ISO 8601)")] = None,
         cursor: CursorQuery = None,
         limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> RequestPage:
@@ -232,8 +243,8 @@ class RegistrationsController(Controller):
         self,
         caller: Caller,
         bus: Bus,
-        status: str | None = None,
-        assignee: str | None = None,
+        status: StatusQuery = None,
+        assignee: AssigneeQuery = None,
         cursor: CursorQuery = None,
         limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> RequestPage:

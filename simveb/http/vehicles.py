@@ -204,7 +204,15 @@ def import_dir(settings: Settings) -> Path:
 
 
 # Query parameters shared by search and export.
-Q = Annotated[str | None, Parameter(description="VIN or plate prefix, or make / model / commercial name (fuzzy)")]
+Q = Annotated[
+    str | None,
+    Parameter(max_length=100, description="VIN or plate prefix, or make / model / commercial name (fuzzy)"),
+]
+# The search filters, with VehicleFilter's bounds, checked and documented by the route.
+VinQuery = Annotated[str | None, Parameter(max_length=17, description="A VIN, or its first characters")]
+PlateQuery = Annotated[str | None, Parameter(max_length=20, description="The current plate (spaces ignored)")]
+NameQuery = Annotated[str | None, Parameter(max_length=100, description="Exact, case-insensitive")]
+YearQuery = Annotated[int | None, Parameter(ge=1900, le=2100, description="Year of manufacture bound (inclusive)")]
 
 
 class VehiclesController(Controller):
@@ -271,14 +279,14 @@ class VehiclesController(Controller):
         bus: Bus,
         caller: Caller,
         q: Q = None,
-        vin: str | None = None,
-        plate: str | None = None,
-        owner: UUID | None = None,
-        make: str | None = None,
-        model: str | None = None,
+        vin: VinQuery = None,
+        plate: PlateQuery = None,
+        owner: Annotated[UUID | None, Parameter(description="Vehicles this user owns or co-owns")] = None,
+        make: NameQuery = None,
+        model: NameQuery = None,
         status: VehicleStatus | None = None,
-        year_min: int | None = None,
-        year_max: int | None = None,
+        year_min: YearQuery = None,
+        year_max: YearQuery = None,
         include_archived: bool = False,
         cursor: CursorQuery = None,
         limit: LimitQuery = PAGE_LIMIT_DEFAULT,
