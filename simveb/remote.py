@@ -409,9 +409,13 @@ class RemoteTransport:
                 result: Any = await self.bus.ask(message, timeout=remaining)  # type: ignore[arg-type]
                 reply = {"ok": b"1", "body": _encoder.encode(result)}
             else:
-                await self.bus.tell(message)  # type: ignore[arg-type]
+                # A tell is acknowledged once handled, not once queued: a host that dies before
+                # handling it leaves it pending, for another host to reclaim (at least once).
                 reply = None
+                await self.bus.ask(message, timeout=remaining)  # type: ignore[arg-type]
         except DomainError as exc:
+            if kind != b"ask":
+                log.warning("remote %s refused: %s", type(exc).__name__, exc)
             reply = {"ok": b"0", "body": _encoder.encode(error_body(exc))}
         except Exception as exc:
             log.exception("remote request %s on %s failed", entry_id, stream)

@@ -36,6 +36,7 @@ class Shout(Ask[Echoed]):
 
 class Remember(Tell):
     n: int
+    delay: float = 0.0
 
 
 class Recall(Ask[list[int]]):
@@ -63,6 +64,8 @@ class Remote(Actor):
 
     @handler
     async def remember(self, msg: Remember) -> None:
+        if msg.delay:
+            await asyncio.sleep(msg.delay)
         self.notes.append(msg.n)
 
     @handler
@@ -232,5 +235,22 @@ async def test_gone_consumers_are_forgotten_and_old_entries_trimmed(
         names = {c["name"] for c in await client.xinfo_consumers(stream, GROUP)}
         assert b"gone-process" not in names
         assert await client.xlen(stream) == 0
+    finally:
+        await client.aclose()
+
+
+async def test_a_tell_is_acknowledged_once_handled_not_once_queued(processes: Any, redis_url: str) -> None:
+    _, host = await processes(host=True)
+    asker_bus, _ = await processes(host=False)
+    stream = host.request_stream("remote_echo")
+    client = aioredis.from_url(redis_url)
+    try:
+        await asker_bus.tell(Remember(n=7, delay=0.5))
+        # Taken by the host and being handled: still pending, so a host dying now leaves it reclaimable.
+        await wait_for(lambda: host._in_flight, timeout=5)
+        assert (await client.xpending(stream, GROUP))["pending"] == 1
+        await wait_for(lambda: not host._in_flight, timeout=5)
+        assert (await client.xpending(stream, GROUP))["pending"] == 0
+        assert await asker_bus.ask(Recall()) == [7]
     finally:
         await client.aclose()
