@@ -68,6 +68,11 @@ current_actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("simv
 # The id of the event being handled (outbox event id, or the id publish() gave it): consumers derive
 # idempotency keys from it, so one event never produces the same effect twice.
 current_event_id: contextvars.ContextVar[uuid.UUID | None] = contextvars.ContextVar("simveb_event", default=None)
+# The id of the HTTP request (X-Request-ID) a message is part of. A contextvar does not cross into an
+# actor's worker task by itself: the sender's value travels in the envelope (in the stream entry of
+# a remote request, and in the outbox row of an event) and the worker sets it for the handling, so
+# audit entries and log lines name the request that caused them however many actors it went through.
+current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("simveb_request_id", default=None)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -148,7 +153,7 @@ class Actor:
 
     async def emit(self, con: asyncpg.Connection, *events: Event) -> None:
         """Write events to the outbox in the caller's transaction; they are delivered after commit."""
-        await emit(con, *events, source=self.name)
+        await emit(con, *events, source=self.name, request_id=current_request_id.get())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -156,7 +161,7 @@ class Actor:
 
 
 class Envelope:
-    __slots__ = ("event_id", "future", "message", "sender")
+    __slots__ = ("event_id", "future", "message", "request_id", "sender")
 
     def __init__(
         self,
@@ -164,11 +169,13 @@ class Envelope:
         future: asyncio.Future[Any] | None,
         sender: str | None,
         event_id: uuid.UUID | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.message = message
         self.future = future
         self.sender = sender
         self.event_id = event_id
+        self.request_id = request_id
 
 
 _STOP = object()
@@ -340,6 +347,7 @@ class Cell:
             if fut is not None and fut.done():
                 self.expired += 1
                 continue
+            current_request_id.set(env.request_id)
             try:
                 result = await self._dispatch(env)
             except DomainError as exc:
@@ -435,6 +443,8 @@ class Bus:
         self.remote_cells: dict[str, RemoteCell] = {}
         self.transport: Any = None
         self._routes: dict[type, Cell | RemoteCell] = {}
+        # Messages several actors answer (`addressed = True`), routed by their `to` field.
+        self._addressed: dict[type, dict[str, Cell | RemoteCell]] = {}
         # Every subscriber of an event type, hosted here or not, by name (the relay's "who must get it").
         self._all_subscribers: dict[type, list[str]] = {}
         self._all_wildcard: list[str] = []
@@ -474,6 +484,8 @@ class Bus:
                 self._all_subscribers.setdefault(msg_type, []).append(cell.name)
                 if isinstance(cell, Cell):
                     self._subscribers.setdefault(msg_type, []).append(cell)
+            elif getattr(msg_type, "addressed", False):
+                self._addressed.setdefault(msg_type, {})[cell.name] = cell
             elif msg_type in self._routes:
                 raise BusError(f"{msg_type.__name__} is handled by {self._routes[msg_type].name} and {cell.name}")
             else:
@@ -525,6 +537,8 @@ class Bus:
 
     def _target(self, message: Message) -> Any:
         cell = self._routes.get(type(message))
+        if cell is None and (by_name := self._addressed.get(type(message))) is not None:
+            cell = by_name.get(message.to)  # type: ignore[attr-defined]
         if cell is None:
             self.dead_letters += 1
             log.error("dead letter: no actor handles %s", type(message).__name__)
@@ -560,7 +574,7 @@ class Bus:
         timer = loop.call_later(limit, _expire, fut, message, limit)
         started = time.perf_counter()
         try:
-            env = Envelope(message, fut, current_actor.get())
+            env = Envelope(message, fut, current_actor.get(), None, current_request_id.get())
             try:
                 cell.queue.put_nowait(env)
             except asyncio.QueueFull:
@@ -585,7 +599,7 @@ class Bus:
         if cell.remote:
             await self.transport.tell(cell.name, message)
             return
-        await cell.queue.put(Envelope(message, None, current_actor.get()))
+        await cell.queue.put(Envelope(message, None, current_actor.get(), None, current_request_id.get()))
 
     def subscribers(self, event_type: type[Event]) -> list[Cell]:
         return list(dict.fromkeys([*self._subscribers.get(event_type, ()), *self._wildcard]))
@@ -596,7 +610,11 @@ class Bus:
 
     def handles(self, message_type: type[Message]) -> bool:
         """Is there an actor for this request type, in this process or reachable in another?"""
-        return message_type in self._routes
+        return message_type in self._routes or bool(self._addressed.get(message_type))
+
+    def addressees(self, message_type: type[Message]) -> list[str]:
+        """The actors answering an addressed message type (`addressed = True`, routed by `to`)."""
+        return sorted(self._addressed.get(message_type, {}))
 
     async def publish(self, event: Event, *, event_id: uuid.UUID | None = None) -> int:
         """Non-durable fan-out of an event to its subscribers; returns how many got it."""
@@ -606,11 +624,17 @@ class Bus:
             log.debug("event %s has no subscriber", type(event).__name__)
         eid = event_id or uuid.uuid4()
         for cell in cells:
-            await cell.queue.put(Envelope(event, None, current_actor.get(), eid))
+            await cell.queue.put(Envelope(event, None, current_actor.get(), eid, current_request_id.get()))
         return len(cells)
 
     async def deliver(
-        self, event_id: uuid.UUID, event: Event, *, timeout: float | None = None, only: Iterable[str] | None = None
+        self,
+        event_id: uuid.UUID,
+        event: Event,
+        *,
+        timeout: float | None = None,
+        only: Iterable[str] | None = None,
+        request_id: str | None = None,
     ) -> list[str]:
         """Deliver one outbox event to every subscriber hosted here (or those named in `only`) and
         wait; return the names that failed."""
@@ -625,7 +649,7 @@ class Bus:
                 waits.append((cell, None))
                 continue
             fut: asyncio.Future[Any] = loop.create_future()
-            await cell.queue.put(Envelope(event, fut, "relay", event_id))
+            await cell.queue.put(Envelope(event, fut, "relay", event_id, request_id))
             waits.append((cell, fut))
         limit = timeout or self.settings.ask_timeout_s
         failed = []

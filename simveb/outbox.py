@@ -46,13 +46,20 @@ log = logging.getLogger("simveb.outbox")
 CHANNEL = "simveb_outbox"
 
 
-async def emit(con: asyncpg.Connection, *events: Event, source: str) -> None:
-    """Insert events into bus.outbox on `con` (inside its transaction) and wake the relays on commit."""
+async def emit(con: asyncpg.Connection, *events: Event, source: str, request_id: str | None = None) -> None:
+    """Insert events into bus.outbox on `con` (inside its transaction) and wake the relays on commit.
+
+    `request_id` (the request that caused them) is delivered with the events, so what their
+    consumers do is traced, and audited, under the same request.
+    """
     if not events:
         return
     await con.executemany(
-        "INSERT INTO bus.outbox (event_id, source, type, payload) VALUES ($1, $2, $3, $4::text::jsonb)",
-        [(uuid.uuid4(), source, ev.__struct_config__.tag, msgspec.json.encode(ev).decode()) for ev in events],
+        "INSERT INTO bus.outbox (event_id, source, type, payload, request_id) VALUES ($1, $2, $3, $4::text::jsonb, $5)",
+        [
+            (uuid.uuid4(), source, ev.__struct_config__.tag, msgspec.json.encode(ev).decode(), request_id)
+            for ev in events
+        ],
     )
     # NOTIFY is transactional: the relays wake only if this transaction commits.
     await con.execute("SELECT pg_notify($1, '')", CHANNEL)
@@ -229,7 +236,7 @@ class OutboxRelay:
                 "   AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())"
                 "   AND type = ANY($2::text[]) AND (pending IS NULL OR pending && $5::text[])"
                 "   ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, event_id, type, payload::text AS payload, attempts, pending",
+                " RETURNING id, event_id, type, payload::text AS payload, attempts, pending, request_id",
                 settings.relay_batch,
                 self._refresh_types(),
                 settings.relay_lease_s,
@@ -276,7 +283,7 @@ class OutboxRelay:
         pending = row["pending"] if row["pending"] is not None else self.bus.subscriber_names(type(event))
         here = [name for name in pending if name in self.bus.cells]
         elsewhere = [name for name in pending if name not in self.bus.cells]
-        failed = await self.bus.deliver(row["event_id"], event, only=here) if here else []
+        failed = await self.bus.deliver(row["event_id"], event, only=here, request_id=row["request_id"]) if here else []
         if not failed and elsewhere:
             await self._settle(
                 "UPDATE bus.outbox SET pending = $3, lease_until = NULL WHERE id = $1 AND claimed_by = $2",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from simveb.bus import current_request_id
 from simveb.errors import DomainError, InternalError, Unavailable
 from simveb.messages import Ask, Message
 
@@ -294,6 +295,7 @@ class RemoteTransport:
                         "kind": b"ask",
                         "reply_to": self.reply_stream,
                         "deadline": repr(time.time() + timeout),
+                        "rid": current_request_id.get() or "",
                         "body": _encoder.encode(message),
                     },
                 )
@@ -314,6 +316,7 @@ class RemoteTransport:
                     "id": uuid.uuid4().hex,
                     "kind": b"tell",
                     "deadline": repr(time.time() + self.settings.tell_ttl_s),
+                    "rid": current_request_id.get() or "",
                     "body": _encoder.encode(message),
                 },
             )
@@ -403,6 +406,8 @@ class RemoteTransport:
             self.expired_requests += 1
             await self._ack(stream, entry_id)
             return
+        # The request id of the asker's process: this task's asks carry it into the actor's envelope.
+        current_request_id.set(fields.get(b"rid", b"").decode("latin-1") or None)
         try:
             message = self._decode(fields.get(b"body", b""))
             if kind == b"ask":

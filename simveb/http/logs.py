@@ -8,7 +8,6 @@ freezes what the record must keep (message text, request id, exception text) and
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import queue
@@ -21,7 +20,8 @@ from typing import IO
 
 import msgspec
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("simveb_request_id", default=None)
+# The runtime's request id: the shell sets it, the bus carries it into actors (and their log lines).
+from simveb.bus import current_request_id as request_id_var
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
