@@ -43,6 +43,7 @@ RUNTIME = {
     "simveb.remote",
     "simveb.csvcells",
     "simveb.metrics",
+    "simveb.audit",
 }
 # The one place the CLI may import the HTTP layer: `simveb serve` and `simveb openapi` host the
 # application itself (its factory), they do not borrow HTTP logic.

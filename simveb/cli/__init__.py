@@ -1,6 +1,7 @@
 """The `simveb` command line: `main` and one module of commands per domain (see `simveb.cli.app`)."""
 
 from simveb.cli import (
+    audit,
     auth,
     config,
     events,
@@ -15,6 +16,7 @@ from simveb.cli import (
 from simveb.cli.app import main
 
 __all__ = [
+    "audit",
     "auth",
     "config",
     "events",

@@ -88,6 +88,7 @@ from simveb.actors.users.messages import (
     UserDeactivated,
     UserRolesChanged,
 )
+from simveb.audit import Audited
 from simveb.bus import Actor, handler
 from simveb.errors import (
     Conflict,
@@ -139,7 +140,7 @@ def _verify(hashed: str, password: str) -> bool:
         return False
 
 
-class AuthActor(Actor):
+class AuthActor(Audited, Actor):
     name = "auth"
     # Stateless apart from the key ring (replaced atomically): logins overlap while argon2 runs in
     # threads. Lockouts and refresh rotation take row or advisory locks in the database.
@@ -295,6 +296,7 @@ class AuthActor(Actor):
         hashed = await asyncio.to_thread(HASHER.hash, password)
         async with self.db.transaction() as con:
             await store.set_password(con, user_id, hashed, by)
+            await self.audit(con, by, user_id, "password_set")
 
     @handler
     async def set_password(self, msg: SetPassword) -> None:
@@ -354,6 +356,8 @@ class AuthActor(Actor):
         proved again between guesses resets nothing, so "password, wrong codes, password ..." locks.
         """
         locked: float | None = None
+        # Whoever failed is not known: the subject is the account tried (its key when none matched).
+        who, subject = "anonymous", str(user_id) if user_id else key
         scope, limit = (
             ("two_factor", self.conf.two_factor_max_failures)
             if kind == "two_factor"
@@ -378,6 +382,7 @@ class AuthActor(Actor):
                 )
                 if left is not None
             ]
+            lockouts: list[tuple[str, dict[str, Any]]] = []
             if already:
                 locked = max(already)
             elif (failures := await store.recent_failures(con, scope, key, self.conf.failure_window_s)) >= limit:
@@ -392,6 +397,7 @@ class AuthActor(Actor):
                 )
                 locked = self.conf.lockout_s
                 log.warning("account locked after %d failures", failures, extra={"account": key, "ip": client_ip})
+                lockouts.append((subject, {"scope": scope, "failures": failures, "seconds": self.conf.lockout_s}))
             if client_ip and not already:
                 by_address = await store.recent_failures(con, "address", client_ip, self.conf.failure_window_s)
                 if by_address >= self.conf.address_max_failures:
@@ -406,6 +412,16 @@ class AuthActor(Actor):
                     )
                     locked = max(locked or 0, self.conf.address_lockout_s)
                     log.warning("client address locked after %d failures", by_address, extra={"ip": client_ip})
+                    lockouts.append(
+                        (
+                            f"address:{client_ip}",
+                            {"scope": "address", "failures": by_address, "seconds": self.conf.address_lockout_s},
+                        )
+                    )
+            # Last in the transaction: the chain's head stays locked only for the commit.
+            await self.audit(con, who, subject, "sign_in_failed", factor=kind, client_ip=client_ip)
+            for locked_subject, detail in lockouts:
+                await self.audit(con, "system", locked_subject, "locked_out", client_ip=client_ip, **detail)
         if locked is not None:
             raise TooManyRequests(
                 "too many failed attempts; try again later", retry_after=max(1, math.ceil(locked)), code="locked_out"
@@ -492,6 +508,17 @@ class AuthActor(Actor):
             )
             tokens = await self._issue(
                 con, authz, session_id, limited=limited, mfa=mfa, method=method, max_ttl_s=staff_s
+            )
+            await self.audit(
+                con,
+                str(authz.user_id),
+                authz.user_id,
+                "signed_in",
+                method=method,
+                mfa=mfa,
+                limited=limited,
+                session_id=session_id,
+                client_ip=client_ip,
             )
         return LoginResult(status="authenticated", tokens=tokens)
 
@@ -697,7 +724,10 @@ class AuthActor(Actor):
                 return False
             await store.use_totp_step(con, user_id, step)
             return True
-        return await store.use_recovery_code(con, user_id, sha256(normalise_recovery(code)))
+        used = await store.use_recovery_code(con, user_id, sha256(normalise_recovery(code)))
+        if used:
+            await self.audit(con, str(user_id), user_id, "recovery_code_used")
+        return used
 
     async def _code_failed(self, row: store.Challenge, client_ip: str | None) -> None:
         key = f"user:{row.user_id}" if row.user_id else f"id:{row.account}"
@@ -768,6 +798,7 @@ class AuthActor(Actor):
             elif row.rotated_at is not None:
                 # Reuse of an exchanged token: it was stolen or replayed. Revoke the whole family.
                 await store.revoke_sessions(con, [row.session_id], "refresh_token_reuse")
+                await self.audit(con, "anonymous", row.user_id, "refresh_token_reused", session_id=row.session_id)
                 log.warning("refresh token reused: session %s revoked", row.session_id)
                 refused = Unauthorized("refresh token already used; session revoked", code="refresh_token_reused")
             elif row.revoked_at is not None or row.expired or authz is None:
@@ -838,6 +869,7 @@ class AuthActor(Actor):
         if current is not None and current.enabled_at is not None:
             raise Conflict("two-factor authentication is already enabled", code="two_factor_enabled")
         await store.start_totp(con, msg.user_id, self._seal_totp(msg.user_id, secret))
+        await self.audit(con, str(msg.user_id), msg.user_id, "totp_setup_started")
         uri = pyotp.TOTP(secret).provisioning_uri(name=msg.account_name, issuer_name=self.conf.totp_issuer)
         svg = segno.make(uri, error="m").svg_inline(scale=4)
         return TotpSetup(secret=secret, otpauth_uri=uri, qr_svg=svg)
@@ -867,6 +899,7 @@ class AuthActor(Actor):
             await store.use_totp_step(con, msg.user_id, step, enable=True)
             await store.replace_recovery_codes(con, msg.user_id, [sha256(normalise_recovery(c)) for c in codes])
             await store.revoke_sessions(con, [], "two_factor_enabled", user_id=msg.user_id, keep=msg.session_id)
+            await self.audit(con, str(msg.user_id), msg.user_id, "totp_enabled")
         return RecoveryCodes(codes=codes)
 
     @handler
@@ -876,6 +909,7 @@ class AuthActor(Actor):
         done = await store.reset_totp(con, msg.user_id, msg.caller.sub, msg.reason)
         # Sessions proved with the old factor (or waiting to set one up) end: sign in again.
         await store.revoke_sessions(con, [], "two_factor_reset", user_id=msg.user_id)
+        await self.audit(con, msg.caller, msg.user_id, "totp_reset", reason=msg.reason, had_totp=done)
         log.warning("second factor of user %s reset by %s", msg.user_id, msg.caller.sub)
         return done
 
@@ -900,6 +934,7 @@ class AuthActor(Actor):
         async with self.db.transaction() as con:
             await store.set_password(con, user_id, hashed, "password_reset")
             await store.revoke_sessions(con, [], "password_reset", user_id=user_id)
+            await self.audit(con, str(user_id), user_id, "password_reset", client_ip=msg.client_ip)
         await self._succeeded(f"user:{user_id}", user_id, msg.client_ip, "otp")
 
     # --- email change ------------------------------------------------------------------------------

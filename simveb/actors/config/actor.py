@@ -45,6 +45,7 @@ from simveb.actors.config.messages import (
     UpdateService,
     VehicleCategory,
 )
+from simveb.audit import Audited
 from simveb.bus import Actor, handler
 from simveb.db import Listener
 from simveb.errors import Conflict, Invalid, NotFound
@@ -79,7 +80,7 @@ def rollout_bucket(key: str, subject: str) -> int:
     return int.from_bytes(digest[:4], "big") % 100
 
 
-class ConfigActor(Actor):
+class ConfigActor(Audited, Actor):
     name = "config"
 
     async def on_start(self) -> None:
@@ -109,8 +110,9 @@ class ConfigActor(Actor):
         return self._cache
 
     async def _changed(self, con: asyncpg.Connection, entity: str, key: str, by: str, old: Any, new: Any) -> None:
-        """History row, outbox event and cross-process NOTIFY, all in the caller's transaction."""
+        """History row, audit entry, outbox event and cross-process NOTIFY, all in the caller's transaction."""
         await store.record(con, entity, key, by, old, new)
+        await self.audit(con, by, f"{entity}:{key}", "config_changed", entity=entity, key=key, old=old, new=new)
         await self.emit(con, ConfigChanged(entity=entity, key=key, by=by))  # type: ignore[arg-type]
         await con.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{entity}:{key}")
 

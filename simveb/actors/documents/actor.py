@@ -75,6 +75,7 @@ from simveb.actors.payments.messages import GetInvoice
 from simveb.actors.registrations.messages import RegistrationSubmitted, RegistrationValidated
 from simveb.actors.users.messages import SYSTEM, GetProfile, Profile
 from simveb.actors.vehicles.messages import GetVehicle, ListCategories, ListEnergies, Vehicle
+from simveb.audit import Audited
 from simveb.bus import Actor, handler
 from simveb.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound, PayloadTooLarge, Unavailable
 from simveb.keys import ALGORITHM, document_ring
@@ -200,7 +201,7 @@ class _Download:
         self.used = time.monotonic()
 
 
-class DocumentsActor(Actor):
+class DocumentsActor(Audited, Actor):
     name = "documents"
     # Rendering runs in worker processes and storage I/O is awaited: several messages at once.
     # Correctness comes from the database (row locks, unique request and current-certificate indexes).
@@ -407,6 +408,7 @@ class DocumentsActor(Actor):
                     "this document supports a completed registration and is kept", code="supports_completed_request"
                 )
         await store.archive(con, doc.id, caller.sub)
+        await self.audit(con, caller, doc.id, "document_archived", type=doc.type_code, status=doc.status)
         found = await store.get_document(con, doc.id)
         assert found is not None
         return found
@@ -427,6 +429,9 @@ class DocumentsActor(Actor):
         decision = "approved" if msg.decision == "approve" else "rejected"
         await store.add_validation(con, doc.id, decision, reason, caller.sub)
         await store.set_status(con, doc.id, "validated" if decision == "approved" else "rejected")
+        await self.audit(
+            con, caller, doc.id, f"document_{decision}", type=doc.type_code, request_id=doc.request_id, reason=reason
+        )
         if decision == "approved":
             event: Any = DocumentValidated(
                 document_id=doc.id,

@@ -64,6 +64,7 @@ from simveb.actors.payments.providers import fedapay as fedapay_wire
 from simveb.actors.payments.providers import kkiapay as kkiapay_wire
 from simveb.actors.payments.providers.fedapay import FedaPay
 from simveb.actors.payments.providers.kkiapay import KKiaPay
+from simveb.audit import Audited
 from simveb.bus import Actor, current_event_id, handler
 from simveb.errors import BadRequest, Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
 from simveb.messages import Caller, decode_cursor, page
@@ -100,7 +101,7 @@ def _may_see(caller: Caller | None, payment: Payment) -> bool:
     return caller.user_id == payment.payer_id or caller.can("payments:read") or caller.can("payments:confirm")
 
 
-class PaymentsActor(Actor):
+class PaymentsActor(Audited, Actor):
     name = "payments"
     # No in-memory state but clients and a cache: correctness comes from row locks on payments.
     concurrency = 8
@@ -407,6 +408,7 @@ class PaymentsActor(Actor):
                 return await self._detail(con, payment.id)
             await store.cancel_pending(con, payment.id, msg.reason or "cancelled by the payer")
             await store.set_payment_status(con, payment, "cancelled", by=by, reason=msg.reason)
+            await self.audit(con, by, payment.id, "payment_cancelled", reason=msg.reason)
             await self.emit(
                 con,
                 PaymentFailed(
@@ -445,12 +447,16 @@ class PaymentsActor(Actor):
             refund = await store.insert_refund(
                 con, payment_id=payment.id, transaction_id=txn.id, amount_xof=amount, reason=msg.reason, requested_by=by
             )
+            await self.audit(
+                con, by, payment.id, "refund_requested", refund_id=refund.id, amount_xof=amount, reason=msg.reason
+            )
         try:
             provider_ref = await self._provider_refund(txn, amount)
         except (ProviderError, ProviderRefused) as exc:
             log.warning("refund %s of payment %s failed at %s: %s", refund.id, payment.id, txn.provider, exc)
             async with self.db.transaction() as con:
                 await store.settle_refund(con, refund.id, "failed", error=str(exc))
+                await self.audit(con, by, payment.id, "refund_failed", refund_id=refund.id, error=str(exc)[:300])
             if isinstance(exc, ProviderRefused):
                 raise Conflict(f"the provider refused the refund: {exc}", code="refund_refused") from None
             raise Unavailable(f"the provider cannot refund now: {exc}", code="provider_unavailable") from None
@@ -458,6 +464,9 @@ class PaymentsActor(Actor):
             payment = await self._resolve(con, payment.id, None, lock=True)
             done = await store.settle_refund(con, refund.id, "succeeded", provider_ref=provider_ref)
             payment = await store.add_refunded(con, payment, amount, by=by, reason=msg.reason or "refund")
+            await self.audit(
+                con, by, payment.id, "refunded", refund_id=refund.id, amount_xof=amount, status=payment.status
+            )
             await self.emit(
                 con,
                 PaymentRefunded(
@@ -491,9 +500,19 @@ class PaymentsActor(Actor):
             log.error("automatic refund %s of double payment %s failed: %s", refund.id, txn.id, exc)
             async with self.db.transaction() as con:
                 await store.settle_refund(con, refund.id, "failed", error=str(exc))
+                await self.audit(con, "system", refund.payment_id, "refund_failed", refund_id=refund.id, automatic=True)
             return
         async with self.db.transaction() as con:
             await store.settle_refund(con, refund.id, "succeeded", provider_ref=ref)
+            await self.audit(
+                con,
+                "system",
+                refund.payment_id,
+                "refunded",
+                refund_id=refund.id,
+                amount_xof=refund.amount_xof,
+                automatic=True,
+            )
 
     # --- settling what a provider says --------------------------------------------------------------
 
@@ -513,6 +532,18 @@ class PaymentsActor(Actor):
             provider_reference=txn.provider_ref,
             paid_transaction_id=txn.id,
             paid_at=dt.datetime.now(dt.UTC),
+        )
+        await self.audit(
+            con,
+            by,
+            payment.id,
+            "payment_confirmed",
+            provider=txn.provider,
+            provider_reference=txn.provider_ref,
+            transaction_id=txn.id,
+            amount_xof=payment.amount_xof,
+            invoice_number=number,
+            reason=reason,
         )
         await self.emit(
             con,
@@ -609,6 +640,16 @@ class PaymentsActor(Actor):
                         failure_reason=f"amount_mismatch: provider {remote.amount_xof} {remote.currency}",
                     )
                     await self._fail_if_last(con, payment, txn, "amount_mismatch", by)
+                    await self.audit(
+                        con,
+                        by,
+                        payment.id,
+                        "amount_mismatch",
+                        transaction_id=txn.id,
+                        provider=txn.provider,
+                        reported_xof=remote.amount_xof,
+                        expected_xof=txn.amount_xof,
+                    )
                     return "amount_mismatch"
                 if payment.status in PAID:
                     await store.settle_transaction(
@@ -624,6 +665,9 @@ class PaymentsActor(Actor):
                         automatic=True,
                     )
                     log.warning("payment %s paid twice (transaction %s): refunding automatically", payment.id, txn.id)
+                    await self.audit(
+                        con, by, payment.id, "double_payment", transaction_id=txn.id, refund_id=auto_refund.id
+                    )
                     outcome = "double_payment"
                 else:
                     txn = await store.settle_transaction(con, txn.id, "succeeded", provider_status=remote.status)

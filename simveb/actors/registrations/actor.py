@@ -76,6 +76,7 @@ from simveb.actors.vehicles.messages import (
     Vehicle,
     VehicleStanding,
 )
+from simveb.audit import Audited
 from simveb.bus import Actor, handler
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_MAX, Caller, decode_cursor, page
@@ -137,7 +138,7 @@ class Prefetched(msgspec.Struct, kw_only=True):
     plate: str | None = None  # the sequential plate issued to the request before validation
 
 
-class RegistrationsActor(Actor):
+class RegistrationsActor(Audited, Actor):
     name = "registrations"
     # No in-memory state that matters (the staff cache is a hint): requests are serialised by row
     # locks, plates by the series row lock and the issued_plates primary key.
@@ -545,6 +546,18 @@ class RegistrationsActor(Actor):
             updates.update(await self._on_validated(con, req, pre, by))
         req = await store.update_request(con, req.id, **updates)
         await store.add_step(con, req.id, t.from_status, t.to_status, by, note, t.visible_to_applicant)
+        # Every decision (verify, validate, reject, assign, the system's own moves) is on the trail.
+        await self.audit(
+            con,
+            by,
+            req.id,
+            "status_changed",
+            number=req.number,
+            old=t.from_status,
+            new=t.to_status,
+            note=note,
+            **({"plate": req.plate} if t.to_status == VALIDATED else {}),
+        )
         await self.emit(
             con,
             RegistrationStatusChanged(
@@ -869,6 +882,9 @@ class RegistrationsActor(Actor):
                 )
                 await store.add_step(
                     con, req.id, req.status, req.status, caller.sub, msg.note or f"reassigned from {old}", False
+                )
+                await self.audit(
+                    con, caller, req.id, "reassigned", number=req.number, old=old, new=msg.assignee_id, note=msg.note
                 )
             await self._remember(con, caller, msg.idempotency, req)
         return req

@@ -59,6 +59,7 @@ from simveb.actors.users.messages import (
     ValidateKyc,
     VerifyNpi,
 )
+from simveb.audit import Audited
 from simveb.bus import Actor, handler
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests
 from simveb.messages import decode_cursor, page
@@ -126,7 +127,7 @@ def _unique_field(exc: asyncpg.UniqueViolationError) -> str:
     return "identifier"
 
 
-class UsersActor(Actor):
+class UsersActor(Audited, Actor):
     name = "users"
     # No in-memory state: several messages at once, so a slow registry lookup during one NPI
     # verification never holds up logins. Consistency comes from row locks and unique indexes.
@@ -250,6 +251,7 @@ class UsersActor(Actor):
         if row.status == "pending":
             await store.set_status(con, msg.user_id, "active", "auth")
             await store.record(con, msg.user_id, "auth", "registration_confirmed", "pending", "active")
+            await self.audit(con, str(msg.user_id), msg.user_id, "status_changed", old="pending", new="active")
             profile = await store.get_profile(con, msg.user_id)
             assert profile is not None
             await self.emit(
@@ -280,6 +282,9 @@ class UsersActor(Actor):
                         # An abandoned registration must not hold an NPI or a phone forever.
                         await store.set_status(con, row.id, "inactive", "system", release=True)
                         await store.record(con, row.id, "system", "registration_expired", "pending", "inactive")
+                        await self.audit(
+                            con, "system", row.id, "status_changed", old="pending", new="inactive", npi_released=True
+                        )
                 live = [r for r in live if not (r.status == "pending" and now - r.created_at > ttl)]
                 if live:
                     same = live[0]
@@ -358,6 +363,7 @@ class UsersActor(Actor):
                     await store.put_identity(con, user_id, "ifu", msg.ifu)
                 await store.replace_roles(con, user_id, [], roles, by)
                 await store.record(con, user_id, by, "created", None, _public(msg))
+                await self.audit(con, by, user_id, "user_created", kind=msg.kind, roles=roles, pending=msg.pending)
                 await self.emit(con, _contact_event(await store.get_row(con, user_id)))
                 if not msg.pending:  # a pending account is welcomed when it is confirmed
                     name = msg.company_name or _display_name(msg.first_name, msg.last_name)
@@ -374,6 +380,7 @@ class UsersActor(Actor):
             raise _not_found(msg.user_id)
         await store.set_status(con, msg.user_id, "inactive", msg.by, release=True)
         await store.record(con, msg.user_id, msg.by, "creation_aborted", row.status, {"reason": msg.reason})
+        await self.audit(con, msg.by, msg.user_id, "status_changed", old=row.status, new="inactive", reason=msg.reason)
         await self.emit(
             con,
             UserDeactivated(user_id=msg.user_id, by=msg.by),
@@ -419,6 +426,9 @@ class UsersActor(Actor):
                         con, msg.user_id, new["email"], new["phone"], new["language"], msg.caller.sub
                     )
                     await store.record(con, msg.user_id, msg.caller.sub, "contact_changed", old, new)
+                    # Which fields, not their values: the history keeps those, the trail proves the act.
+                    fields = sorted(k for k in new if new[k] != old[k])
+                    await self.audit(con, msg.caller, msg.user_id, "contact_changed", fields=fields)
                     changed = await store.get_row(con, msg.user_id)
                     await self.emit(con, _contact_event(changed))
                     if email != row.email and email is not None:
@@ -451,6 +461,7 @@ class UsersActor(Actor):
                     await self.emit(
                         con, _contact_event(await store.get_row(con, msg.user_id)), _email_event(row, email, msg.by)
                     )
+                    await self.audit(con, msg.by, msg.user_id, "contact_changed", fields=["email"], proved_by="code")
                 return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
         except asyncpg.UniqueViolationError as exc:
             field = _unique_field(exc)
@@ -466,6 +477,9 @@ class UsersActor(Actor):
             # Released too: a deactivated account must not hold its NPI, phone or email for ever.
             await store.set_status(con, msg.user_id, "inactive", msg.caller.sub, release=True)
             await store.record(con, msg.user_id, msg.caller.sub, "deactivated", row.status, {"reason": msg.reason})
+            await self.audit(
+                con, msg.caller, msg.user_id, "status_changed", old=row.status, new="inactive", reason=msg.reason
+            )
             await self.emit(
                 con,
                 UserDeactivated(user_id=msg.user_id, by=msg.caller.sub),
@@ -492,6 +506,7 @@ class UsersActor(Actor):
             {"npi": row.npi, "status": row.status},
             {"reason": msg.reason},
         )
+        await self.audit(con, msg.caller, msg.user_id, "npi_released", old_status=row.status, reason=msg.reason)
         events: list[Any] = [_contact_event(await store.get_row(con, msg.user_id))]
         if row.status != "inactive":
             events.insert(0, UserDeactivated(user_id=msg.user_id, by=msg.caller.sub))
@@ -540,6 +555,15 @@ class UsersActor(Actor):
                     # An admin correction voids the verification: it has to be done again.
                     await store.set_kyc(con, msg.user_id, "unverified", caller.sub)
                     await store.record(con, msg.user_id, caller.sub, "kyc_reset", row.kyc_status, "unverified")
+                    await self.audit(
+                        con,
+                        caller,
+                        msg.user_id,
+                        "kyc_changed",
+                        old=row.kyc_status,
+                        new="unverified",
+                        fields=changed_identity,
+                    )
                 if f.ifu is not None and f.ifu != old.ifu and row.kyc_status != "unverified":
                     if not caller.can("users:write"):
                         raise Conflict(
@@ -591,6 +615,7 @@ class UsersActor(Actor):
                 if await store.active_admins(con) <= 1:
                     raise Conflict("the last active admin keeps the admin role", code="last_admin")
             await store.replace_roles(con, msg.user_id, old, roles, caller.sub)
+            await self.audit(con, caller, msg.user_id, "roles_changed", old=old, new=roles)
             await self.emit(con, UserRolesChanged(user_id=msg.user_id, roles=roles, by=caller.sub))
         return await self._roles_reply(con, msg.user_id)
 
@@ -657,6 +682,7 @@ class UsersActor(Actor):
                 if current.sex is None and citizen.sex in ("M", "F"):
                     await store.upsert_profile(con, msg.user_id, ProfileFields(sex=citizen.sex))  # type: ignore[arg-type]
                 await store.record(con, msg.user_id, caller.sub, "npi_verified", "unverified", "npi_verified")
+                await self.audit(con, caller, msg.user_id, "kyc_changed", old="unverified", new="npi_verified")
             return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     @handler
@@ -676,6 +702,7 @@ class UsersActor(Actor):
         if row.kyc_status == "npi_verified":
             await store.set_kyc(con, msg.user_id, "kyc_verified", caller.sub)
             await store.record(con, msg.user_id, caller.sub, "kyc_verified", "npi_verified", {"note": msg.note})
+            await self.audit(con, caller, msg.user_id, "kyc_changed", old="npi_verified", new="kyc_verified")
         return await store.get_user(con, msg.user_id)  # type: ignore[return-value]
 
     # --- seed --------------------------------------------------------------------------------------

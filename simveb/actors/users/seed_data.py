@@ -48,6 +48,7 @@ PERMISSIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "payments:confirm": ("confirm a payment made at the counter", ("agent", "supervisor")),
     "payments:read": ("see every payment, transaction and invoice (finance)", ("supervisor", "admin")),
     "payments:refund": ("refund a payment, in part or in full", ("supervisor",)),
+    "audit:read": ("read the audit trail of every service", ("admin",)),
 }
 
 

@@ -83,6 +83,7 @@ from simveb.actors.vehicles.messages import (
     VehicleUpdated,
     Viewer,
 )
+from simveb.audit import Audited
 from simveb.bus import Actor, handler, reader
 from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
 from simveb.messages import decode_cursor, page
@@ -138,7 +139,7 @@ def _plain(value: Any) -> Any:
     return msgspec.to_builtins(value)
 
 
-class VehiclesActor(Actor):
+class VehiclesActor(Audited, Actor):
     name = "vehicles"
     # No in-memory state correctness depends on: reads (GET by id, searches) run side by side.
     concurrency = 8
@@ -380,6 +381,7 @@ class VehiclesActor(Actor):
         old = await self._locked(con, msg.vehicle_id, msg.version)
         new = await store.archive(con, old.id, msg.by)
         await store.record(con, old.id, msg.by, [("archived", None, _plain(new.archived_at))], msg.reason)
+        await self.audit(con, msg.by, old.id, "vehicle_archived", reason=msg.reason)
         await self.emit(con, VehicleArchived(vehicle_id=old.id, by=msg.by))
         return new
 
@@ -397,6 +399,7 @@ class VehiclesActor(Actor):
                         raise Conflict(f"plate {plate} is assigned to another vehicle", code="plate_taken")
                 new = await store.set_column(con, old.id, "plate", plate, msg.by)
                 await store.record(con, old.id, msg.by, [("plate", old.plate, plate)], msg.reason)
+                await self.audit(con, msg.by, old.id, "plate_changed", old=old.plate, new=plate, reason=msg.reason)
                 await self.emit(
                     con, VehicleUpdated(vehicle_id=old.id, version=new.version, fields=["plate"], by=msg.by)
                 )
@@ -421,6 +424,7 @@ class VehiclesActor(Actor):
             )
         new = await store.set_column(con, old.id, "owners", owners, msg.by)
         await store.record(con, old.id, msg.by, [("owners", _plain(old.owners), _plain(owners))], msg.reason)
+        await self.audit(con, msg.by, old.id, "owners_changed", old=old.owners, new=owners, reason=msg.reason)
         await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=msg.by))
         return new
 
@@ -441,6 +445,7 @@ class VehiclesActor(Actor):
         by = f"registrations:{event.request_id}"
         new = await store.set_column(con, old.id, "plate", plate, by)
         await store.record(con, old.id, by, [("plate", old.plate, plate)], f"registration request {event.request_id}")
+        await self.audit(con, by, old.id, "plate_changed", old=old.plate, new=plate, request_id=event.request_id)
         await self.emit(con, VehicleUpdated(vehicle_id=old.id, version=new.version, fields=["plate"], by=by))
 
     @handler
@@ -459,6 +464,7 @@ class VehiclesActor(Actor):
             [("owners", _plain(old.owners), _plain(owners))],
             f"registration request {event.request_id} ({event.number})",
         )
+        await self.audit(con, by, old.id, "owners_changed", old=old.owners, new=owners, number=event.number)
         await self.emit(con, OwnerChanged(vehicle_id=old.id, old_owners=old.owners, new_owners=owners, by=by))
 
     @handler
@@ -485,6 +491,7 @@ class VehiclesActor(Actor):
             raise Conflict(f"a vehicle {old.status} cannot become {msg.status}", code="invalid_transition")
         new = await store.set_column(con, old.id, "status", msg.status, msg.by)
         await store.record(con, old.id, msg.by, [("status", old.status, msg.status)], msg.reason)
+        await self.audit(con, msg.by, old.id, "status_changed", old=old.status, new=msg.status, reason=msg.reason)
         await self.emit(
             con,
             VehicleStatusChanged(
@@ -604,6 +611,10 @@ class VehiclesActor(Actor):
             [(msg.kind, None, {"id": str(created.id), "holder": created.holder, "reference": created.reference})],
             msg.reason,
         )
+        await self.audit(
+            con, msg.by, vehicle.id, "standing_declared", kind=msg.kind, id=created.id, holder=created.holder,
+            reference=created.reference, reason=msg.reason,
+        )  # fmt: skip
         await self.emit(con, VehicleStandingChanged(vehicle_id=vehicle.id, kind=msg.kind, action="declared", by=msg.by))
         return created
 
@@ -621,6 +632,9 @@ class VehiclesActor(Actor):
             msg.by,
             [(found.kind, {"id": str(found.id), "holder": found.holder, "reference": found.reference}, None)],
             msg.reason,
+        )
+        await self.audit(
+            con, msg.by, found.vehicle_id, "standing_lifted", kind=found.kind, id=found.id, reason=msg.reason
         )
         await self.emit(
             con, VehicleStandingChanged(vehicle_id=found.vehicle_id, kind=found.kind, action="lifted", by=msg.by)
@@ -644,6 +658,10 @@ class VehiclesActor(Actor):
             raise Conflict(f"{msg.subject_kind} {subject} is blacklisted already", code="already_blacklisted")
         if vehicle_id is not None:
             await store.record(con, vehicle_id, msg.by, [("blacklist", None, {"id": str(entry.id)})], msg.reason)
+        await self.audit(
+            con, msg.by, subject, "standing_declared", kind="blacklist", subject_kind=msg.subject_kind, id=entry.id,
+            reason=msg.reason,
+        )  # fmt: skip
         await self.emit(
             con,
             VehicleStandingChanged(
@@ -663,6 +681,15 @@ class VehiclesActor(Actor):
         vehicle_id = UUID(found.subject) if found.subject_kind == "vehicle" else None
         if vehicle_id is not None:
             await store.record(con, vehicle_id, msg.by, [("blacklist", {"id": str(found.id)}, None)])
+        await self.audit(
+            con,
+            msg.by,
+            found.subject,
+            "standing_lifted",
+            kind="blacklist",
+            subject_kind=found.subject_kind,
+            id=found.id,
+        )
         await self.emit(
             con,
             VehicleStandingChanged(
