@@ -28,6 +28,7 @@ from simveb import migrate
 from simveb.bus import Bus
 from simveb.config import Settings, check_providers_reachable
 from simveb.errors import DomainError
+from simveb.http import audit as audit_http
 from simveb.http import auth as auth_http
 from simveb.http import config as config_http
 from simveb.http import contract
@@ -293,6 +294,7 @@ def _controllers(settings: Settings) -> Sequence[Any]:
         *registrations_http.CONTROLLERS,
         *documents_http.CONTROLLERS,
         *payments_http.CONTROLLERS,
+        *audit_http.CONTROLLERS,
     ]
     if settings.server.sandbox:
         from simveb.sandbox import sandbox_router

@@ -1,0 +1,59 @@
+"""HTTP route of the audit trail: GET /api/audit, for holders of `audit:read` (admins).
+
+Each actor keeps its own chain (simveb/audit.py); this route asks every audited actor (or the one
+named by `chain`) for its newest matching entries and merges them into one page, newest first by
+(at, chain, seq), with a cursor that continues across every chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import Parameter, QueryParameter
+
+from simveb.audit import PERMISSION, AuditFilter, AuditPage, ListAudit, decode_cursor, merge_pages
+from simveb.bus import Bus
+from simveb.errors import Invalid
+from simveb.http.security import requires
+from simveb.messages import Caller
+
+READ = [requires(PERMISSION)]
+
+
+class AuditController(Controller):
+    path = "/api/audit"
+    tags = ["audit"]
+
+    @get("/", guards=READ)
+    async def list_entries(
+        self,
+        caller: Caller,
+        bus: Bus,
+        chain: str | None = None,
+        actor: str | None = None,
+        subject: str | None = None,
+        action: str | None = None,
+        at_from: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        at_to: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> AuditPage:
+        """Audit entries of every service (or `chain`), newest first; filters: actor (who), subject, action, from/to."""
+        chains = bus.addressees(ListAudit)
+        if chain is not None:
+            if chain not in chains:
+                raise Invalid(f"no audit trail named {chain!r}; one of {', '.join(chains)}", code="unknown_chain")
+            chains = [chain]
+        if cursor is not None:
+            decode_cursor(cursor)  # a bad cursor is the caller's 422, found before any actor is asked
+        f = AuditFilter(actor=actor, subject=subject, action=action, at_from=at_from, at_to=at_to)
+        pages = await asyncio.gather(
+            *(bus.ask(ListAudit(to=name, caller=caller, filter=f, cursor=cursor, limit=limit)) for name in chains)
+        )
+        return merge_pages(list(pages), limit)
+
+
+CONTROLLERS = [AuditController]
