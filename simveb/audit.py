@@ -176,7 +176,9 @@ async def append(
 
     The head row is locked FOR UPDATE until the transaction ends, so appends to one chain are
     serialised and each links to the one committed before it. `request_id` defaults to the request
-    the current message belongs to.
+    the current message belongs to. Call it late in the transaction, after the other row locks: a
+    transaction holding the head while it waits for a row another holds, who then waits for the
+    head, would deadlock.
     """
     s = _schema(schema)
     if not con.is_in_transaction():

@@ -687,6 +687,19 @@ class DocumentsActor(Audited, Actor):
                         replaced=current.number if current is not None else None,
                     ),
                 )
+                # Last: the chain's head is the last lock this transaction takes.
+                await self.audit(
+                    con,
+                    by,
+                    document_id,
+                    "certificate_issued",
+                    number=number,
+                    vehicle_id=vehicle_id,
+                    request_id=request_id,
+                    plate=plate,
+                    duplicate=duplicate,
+                    replaces=current.number if current is not None else None,
+                )
                 row = await store.certificate(con, number)
         except BaseException:
             with contextlib.suppress(Exception):

@@ -538,26 +538,26 @@ class RegistrationsActor(Audited, Actor):
         by: str,
         note: str,
         pre: Prefetched,
+        *,
+        trail: list[tuple[str, UUID, dict[str, Any]]] | None = None,
         **extra: Any,
     ) -> Request:
-        """Take one transition inside the caller's transaction, then what follows automatically."""
+        """Take one transition inside the caller's transaction, then what follows automatically.
+
+        The audit entries of the whole chain of moves are appended last, in order: the chain's head
+        is then the last lock the transaction takes (taking it before a staff row, as a move followed
+        by an automatic assignment would, could deadlock with an assignment taking them the other way).
+        """
+        top = trail is None
+        trail = [] if trail is None else trail
         updates: dict[str, Any] = {"status": t.to_status, **extra}
         if t.to_status == VALIDATED:
             updates.update(await self._on_validated(con, req, pre, by))
         req = await store.update_request(con, req.id, **updates)
         await store.add_step(con, req.id, t.from_status, t.to_status, by, note, t.visible_to_applicant)
         # Every decision (verify, validate, reject, assign, the system's own moves) is on the trail.
-        await self.audit(
-            con,
-            by,
-            req.id,
-            "status_changed",
-            number=req.number,
-            old=t.from_status,
-            new=t.to_status,
-            note=note,
-            **({"plate": req.plate} if t.to_status == VALIDATED else {}),
-        )
+        detail = {"number": req.number, "old": t.from_status, "new": t.to_status, "note": note}
+        trail.append((by, req.id, {**detail, **({"plate": req.plate} if t.to_status == VALIDATED else {})}))
         await self.emit(
             con,
             RegistrationStatusChanged(
@@ -587,17 +587,23 @@ class RegistrationsActor(Audited, Actor):
             )
         if t.to_status in TERMINAL and t.to_status != "rejected":
             await store.release_request_holds(con, req.id, by)
-        return await self._auto(con, req, pre)
+        req = await self._auto(con, req, pre, trail)
+        if top:
+            for who, subject, entry in trail:
+                await self.audit(con, who, subject, "status_changed", **entry)
+        return req
 
-    async def _auto(self, con: asyncpg.Connection, req: Request, pre: Prefetched) -> Request:
+    async def _auto(
+        self, con: asyncpg.Connection, req: Request, pre: Prefetched, trail: list[tuple[str, UUID, dict[str, Any]]]
+    ) -> Request:
         """Transitions the system takes by itself: submitted -> payment, free -> paid, paid -> assigned."""
         workflow = await store.get_workflow(con, req.id)
         out = [t for t in workflow if t.from_status == req.status]
         for t in out:
             if t.to_status == WAITING and t.permission == SUBMIT_PERMISSION:
-                return await self._move(con, req, t, "system", "", pre)
+                return await self._move(con, req, t, "system", "", pre, trail=trail)
             if t.from_status == WAITING and t.to_status == PAID and req.fee_total_xof == 0:
-                return await self._move(con, req, t, "system", "nothing to pay", pre)
+                return await self._move(con, req, t, "system", "nothing to pay", pre, trail=trail)
             if t.permission == ASSIGN_PERMISSION and t.to_status == "assigned_to_staff":
                 assignee = req.assignee_id  # a resubmitted request goes back to its agent
                 if assignee is None and pre.verifiers:
@@ -606,7 +612,7 @@ class RegistrationsActor(Audited, Actor):
                     return req  # nobody to assign to: it waits for a supervisor
                 await store.touch_staff(con, assignee)
                 return await self._move(
-                    con, req, t, "system", "", pre, assignee_id=assignee, assigned_at=datetime.now(UTC)
+                    con, req, t, "system", "", pre, trail=trail, assignee_id=assignee, assigned_at=datetime.now(UTC)
                 )
         return req
 
