@@ -27,7 +27,6 @@ the calling actor's own name: no actor ever names another's.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import re
@@ -38,8 +37,18 @@ import asyncpg
 import msgspec
 
 from simveb.bus import current_request_id, handler, reader
-from simveb.errors import Forbidden, Invalid
-from simveb.messages import Ask, Caller, Record
+from simveb.errors import Forbidden, InvalidCursor
+from simveb.messages import (
+    PAGE_LIMIT_DEFAULT,
+    Ask,
+    Caller,
+    Cursor,
+    Limit,
+    Page,
+    Record,
+    decode_cursor,
+    encode_cursor,
+)
 
 PERMISSION = "audit:read"
 GENESIS = "0" * 64
@@ -75,9 +84,8 @@ class AuditFilter(Record):
     at_to: datetime | None = None
 
 
-class AuditPage(Record):
+class AuditPage(Page[AuditEntry]):
     items: list[AuditEntry]
-    next_cursor: str | None = None
 
 
 class AuditBreak(Record):
@@ -101,6 +109,7 @@ class VerifyAudit(Ask[AuditReport], tag=True):
     """Sent by `simveb audit verify` to each audited actor (`to`): walk your chain."""
 
     addressed: ClassVar[bool] = True  # every audited actor answers it: the bus routes by `to`
+    errors = (Forbidden,)
     to: str
     caller: Caller
 
@@ -111,11 +120,12 @@ class ListAudit(Ask[AuditPage], tag=True):
     another chain: the order is (at, chain, seq) descending across every chain)."""
 
     addressed: ClassVar[bool] = True
+    errors = (Forbidden, InvalidCursor)
     to: str
     caller: Caller
     filter: AuditFilter = AuditFilter()
-    cursor: str | None = None
-    limit: int = 50
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 # --- canonical encoding and hashing -------------------------------------------------------------
@@ -273,16 +283,10 @@ async def verify(con: asyncpg.Connection, schema: str) -> AuditReport:
 # --- listing ------------------------------------------------------------------------------------
 
 
-def encode_cursor(at: datetime, chain: str, seq: int) -> str:
-    return base64.urlsafe_b64encode(f"{at.isoformat()}|{chain}|{seq}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str, int]:
-    try:
-        at, chain, seq = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(at), chain, int(seq)
-    except (ValueError, UnicodeDecodeError):
-        raise Invalid("cursor is not one this API gave", code="invalid_cursor") from None
+def read_cursor(cursor: str | None) -> tuple[datetime, str, int] | None:
+    """The keyset (at, chain, seq) of a listing's cursor; InvalidCursor (400) for anything else."""
+    key = decode_cursor(cursor, datetime, str, int)
+    return None if key is None else (key[0], key[1], key[2])
 
 
 async def entries(
@@ -303,8 +307,9 @@ async def entries(
         clauses.append(f"at >= {arg(f.at_from)}")
     if f.at_to is not None:
         clauses.append(f"at < {arg(f.at_to)}")
-    if cursor is not None:
-        at, chain, seq = decode_cursor(cursor)
+    after = read_cursor(cursor)
+    if after is not None:
+        at, chain, seq = after
         # The order across chains is (at, chain, seq) descending; within this chain the name is fixed.
         if s < chain:
             clauses.append(f"at <= {arg(at)}")

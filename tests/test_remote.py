@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis.asyncio as aioredis
 
-from simveb.bus import Actor, AskTimeout, Bus, handler
+from simveb.bus import Actor, AskTimeout, Bus, current_request_id, handler
 from simveb.config import Settings, with_overrides
 from simveb.errors import Conflict, InternalError, TooManyRequests
 from simveb.messages import Ask, Record, Tell
@@ -41,6 +41,17 @@ class Remember(Tell):
 
 class Recall(Ask[list[int]]):
     pass
+
+
+class WhichRequest(Ask[str]):
+    """Answered with the request id the handler runs under."""
+
+
+class WhoAreYou(Ask[str]):
+    """Answered by both actors: routed by `to`, here or in the other process."""
+
+    addressed: ClassVar[bool] = True
+    to: str
 
 
 class Remote(Actor):
@@ -72,9 +83,21 @@ class Remote(Actor):
     async def recall(self, msg: Recall) -> list[int]:
         return list(self.notes)
 
+    @handler
+    async def which_request(self, msg: WhichRequest) -> str:
+        return current_request_id.get() or ""
+
+    @handler
+    async def who(self, msg: WhoAreYou) -> str:
+        return self.name
+
 
 class Local(Actor):
     name = "local_client"
+
+    @handler
+    async def who(self, msg: WhoAreYou) -> str:
+        return self.name
 
 
 @pytest.fixture
@@ -137,6 +160,20 @@ async def test_a_remote_ask_answers_the_reply_type_the_request_declares(processe
     assert isinstance(reply, Echoed) and host.process != asker.process
     assert await asker_bus.ask(Recall()) == []
     assert asker.latency.counts["remote_echo"] == 2
+
+
+async def test_the_request_id_and_addressed_messages_cross_to_the_other_process(processes: Any) -> None:
+    await processes(host=True)
+    asker_bus, _ = await processes(host=False)
+    token = current_request_id.set("req-from-the-edge")
+    try:
+        assert await asker_bus.ask(WhichRequest()) == "req-from-the-edge"
+    finally:
+        current_request_id.reset(token)
+    assert await asker_bus.ask(WhichRequest()) == ""
+    assert asker_bus.addressees(WhoAreYou) == ["local_client", "remote_echo"]
+    assert await asker_bus.ask(WhoAreYou(to="remote_echo")) == "remote_echo"
+    assert await asker_bus.ask(WhoAreYou(to="local_client")) == "local_client"
 
 
 async def test_a_remote_domain_error_arrives_as_the_same_class_with_status_code_and_fields(processes: Any) -> None:

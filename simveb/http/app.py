@@ -71,6 +71,7 @@ TAGS = [
     Tag(name="config", description="Settings, the procedure catalogue, the fee grid and feature flags."),
     Tag(name="notifications", description="Templates, subscriptions, devices and in-app messages."),
     Tag(name="integrations", description="ANIP and DGI registry lookups over X-Road, and their status."),
+    Tag(name="audit", description="The tamper-evident audit trail of every service, for admins (audit:read)."),
     Tag(name="health", description="Liveness and readiness probes."),
 ]
 

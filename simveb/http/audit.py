@@ -14,11 +14,12 @@ from typing import Annotated
 from litestar import Controller, get
 from litestar.params import Parameter, QueryParameter
 
-from simveb.audit import PERMISSION, AuditFilter, AuditPage, ListAudit, decode_cursor, merge_pages
+from simveb.audit import PERMISSION, AuditFilter, AuditPage, ListAudit, merge_pages, read_cursor
 from simveb.bus import Bus
 from simveb.errors import Invalid
+from simveb.http.inputs import CursorQuery, LimitQuery
 from simveb.http.security import requires
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 READ = [requires(PERMISSION)]
 
@@ -32,14 +33,16 @@ class AuditController(Controller):
         self,
         caller: Caller,
         bus: Bus,
-        chain: str | None = None,
-        actor: str | None = None,
-        subject: str | None = None,
-        action: str | None = None,
-        at_from: Annotated[datetime | None, QueryParameter(name="from")] = None,
-        at_to: Annotated[datetime | None, QueryParameter(name="to")] = None,
-        cursor: str | None = None,
-        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+        chain: Annotated[str | None, Parameter(max_length=63, description="Only this service's trail.")] = None,
+        actor: Annotated[
+            str | None, Parameter(max_length=200, description="Who did it (a user id, system...).")
+        ] = None,
+        subject: Annotated[str | None, Parameter(max_length=200, description="What it was done to.")] = None,
+        action: Annotated[str | None, Parameter(max_length=100)] = None,
+        at_from: Annotated[datetime | None, QueryParameter(name="from", description="At or after.")] = None,
+        at_to: Annotated[datetime | None, QueryParameter(name="to", description="Before.")] = None,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
     ) -> AuditPage:
         """Audit entries of every service (or `chain`), newest first; filters: actor (who), subject, action, from/to."""
         chains = bus.addressees(ListAudit)
@@ -47,8 +50,7 @@ class AuditController(Controller):
             if chain not in chains:
                 raise Invalid(f"no audit trail named {chain!r}; one of {', '.join(chains)}", code="unknown_chain")
             chains = [chain]
-        if cursor is not None:
-            decode_cursor(cursor)  # a bad cursor is the caller's 422, found before any actor is asked
+        read_cursor(cursor)  # a bad cursor is refused (400) before any actor is asked
         f = AuditFilter(actor=actor, subject=subject, action=action, at_from=at_from, at_to=at_to)
         pages = await asyncio.gather(
             *(bus.ask(ListAudit(to=name, caller=caller, filter=f, cursor=cursor, limit=limit)) for name in chains)
