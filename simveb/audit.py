@@ -193,17 +193,21 @@ async def append(
     s = _schema(schema)
     if not con.is_in_transaction():
         raise RuntimeError("audit.append runs inside the transaction of the state change it records")
-    head = await con.fetchrow(f"SELECT seq, hash FROM {s}.audit_head FOR UPDATE")
+    plain = canonical_detail(detail)
+    # The detail comes back as jsonb will store and return it (1e20 becomes an integer, say), in the
+    # round trip that locks the head: what is hashed is what verify will read.
+    lock = f"SELECT seq, hash, $1::jsonb AS detail FROM {s}.audit_head FOR UPDATE"
+    head = await con.fetchrow(lock, plain)
     if head is None:
         # An empty chain (a new database, or emptied tables in tests): the head starts at genesis.
         await con.execute(f"INSERT INTO {s}.audit_head (seq, hash) VALUES (0, $1) ON CONFLICT DO NOTHING", GENESIS)
-        head = await con.fetchrow(f"SELECT seq, hash FROM {s}.audit_head FOR UPDATE")
+        head = await con.fetchrow(lock, plain)
     seq = head["seq"] + 1
     prev = head["hash"]
+    value = head["detail"]
     # timestamptz keeps microseconds: the hashed time is the stored time.
     at = datetime.now(UTC)
     rid = request_id if request_id is not None else current_request_id.get()
-    value = canonical_detail(detail)
     digest = row_hash(s, seq, at, actor, str(subject), action, value, rid, prev)
     await con.execute(
         f"INSERT INTO {s}.audit (seq, at, actor, subject, action, detail, request_id, prev_hash, hash)"

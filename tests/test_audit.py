@@ -161,6 +161,19 @@ async def test_a_rolled_back_append_leaves_no_entry_and_no_gap(runtime: Runtime)
     assert report.broken is None and report.rows == 1
 
 
+async def test_a_detail_jsonb_rewrites_still_verifies(runtime: Runtime) -> None:
+    """jsonb keeps neither key order, nor spacing, nor a float's exponent: the hash covers the value
+    as jsonb returns it, so honest rows never look edited."""
+    assert runtime.db is not None
+    odd = {"z": 1, "a": [1.5, 1e20, -0.0, "é\u2028"], "n": None, "nested": {"b": True, "a": 2**40}}
+    async with runtime.db.transaction() as con:
+        await audit.append(con, "documents", actor="a", subject="d", action="x", detail=odd)
+        await audit.append(con, "documents", actor="a", subject="d", action="y", detail={"id": uuid.uuid4()})
+    async with runtime.db.connection() as con:
+        report = await audit.verify(con, "documents")
+    assert report.broken is None and report.rows == 2
+
+
 async def test_append_refuses_to_run_outside_a_transaction(runtime: Runtime) -> None:
     assert runtime.db is not None
     async with runtime.db.connection() as con:
