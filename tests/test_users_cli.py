@@ -37,7 +37,8 @@ async def test_create_first_admin_list_and_roles(settings, runtime) -> None:
 
     listed = simveb(settings, "users", "list", "--role", "admin")
     assert listed.returncode == 0, listed.stderr
-    assert "root@simveb.test" in listed.stdout and listed.stdout.rstrip().endswith("1 of 1 user(s)")
+    assert "root@simveb.test" in listed.stdout and listed.stdout.rstrip().endswith("\n1 user(s)")
+    assert "next page" not in listed.stdout
 
     roles = simveb(settings, "users", "roles")
     assert roles.returncode == 0, roles.stderr
