@@ -104,9 +104,19 @@ def plates_release(ctx: click.Context, reservation_id: str) -> None:
 def plates_reservations(ctx: click.Context, format_code: str | None, include_released: bool) -> None:
     """List reservations and prestige holds."""
     from simveb.actors.registrations.messages import ListReservations
+    from simveb.messages import PAGE_LIMIT_MAX
 
     async def work(runtime: Any) -> Any:
-        return await runtime.bus.ask(ListReservations(format_code=format_code, include_released=include_released))
+        found, cursor = [], None
+        while True:  # every page: an operator's listing
+            batch = await runtime.bus.ask(
+                ListReservations(
+                    format_code=format_code, include_released=include_released, cursor=cursor, limit=PAGE_LIMIT_MAX
+                )
+            )
+            found += batch.items
+            if (cursor := batch.next_cursor) is None:
+                return found
 
     for r in run(with_runtime(settings_of(ctx), work)):
         what = r.plate or (

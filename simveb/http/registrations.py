@@ -38,6 +38,7 @@ from simveb.actors.registrations.messages import (
     RequestFilter,
     RequestPage,
     Reservation,
+    ReservationPage,
     ReservePlates,
     SeriesPosition,
     Stats,
@@ -376,10 +377,17 @@ class RegistrationsController(Controller):
 
     @get("/plates/reservations", guards=PLATES)
     async def reservations(
-        self, bus: Bus, format_code: str | None = None, include_released: bool = False
-    ) -> list[Reservation]:
-        """Reserved numbers, ranges, series and prestige holds."""
-        return await bus.ask(ListReservations(format_code=format_code, include_released=include_released))
+        self,
+        bus: Bus,
+        format_code: Annotated[str | None, Parameter(max_length=50, description="One plate format")] = None,
+        include_released: Annotated[bool, Parameter(description="Released ones too")] = False,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+    ) -> ReservationPage:
+        """Reserved numbers, ranges, series and prestige holds, oldest first."""
+        return await bus.ask(
+            ListReservations(format_code=format_code, include_released=include_released, cursor=cursor, limit=limit)
+        )
 
     @post("/plates/reservations", guards=PLATES)
     async def reserve(

@@ -30,6 +30,7 @@ from simveb.actors.vehicles.messages import (
     ArchiveVehicle,
     AssignPlate,
     BlacklistEntry,
+    BlacklistPage,
     Brand,
     Category,
     ChangeOwners,
@@ -423,9 +424,15 @@ class VehiclesController(Controller):
         return File(path, filename=f"import-{job_id}-errors.csv", media_type="text/csv")
 
     @get("/blacklist", guards=STANDING)
-    async def blacklist(self, bus: Bus, include_lifted: bool = False) -> list[BlacklistEntry]:
-        """Blacklisted vehicles and persons."""
-        return await bus.ask(ListBlacklist(include_lifted=include_lifted))
+    async def blacklist(
+        self,
+        bus: Bus,
+        include_lifted: Annotated[bool, Parameter(description="Lifted entries too")] = False,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+    ) -> BlacklistPage:
+        """Blacklisted vehicles and persons, newest first."""
+        return await bus.ask(ListBlacklist(include_lifted=include_lifted, cursor=cursor, limit=limit))
 
     @post("/blacklist", guards=STANDING)
     async def blacklist_add(self, bus: Bus, caller: Caller, data: BlacklistIn) -> BlacklistEntry:

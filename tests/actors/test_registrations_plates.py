@@ -110,9 +110,12 @@ async def test_reserved_numbers_ranges_and_series_are_skipped_then_released(plat
     assert await allocate(plates) == "AA 9999 RB"
     # AB is reserved whole, and 0001 is reserved in every series.
     assert await allocate(plates) == "AC 0002 RB"
-    assert len(await ask(ListReservations(format_code="car"))) == 3
+    assert len((await ask(ListReservations(format_code="car"))).items) == 3
+    first = await ask(ListReservations(format_code="car", limit=2))
+    rest = await ask(ListReservations(format_code="car", limit=2, cursor=first.next_cursor))
+    assert len(first.items) == 2 and len(rest.items) == 1 and rest.next_cursor is None
     await ask(ReleaseReservation(reservation_id=one.id, by="admin"))
-    assert len(await ask(ListReservations(format_code="car"))) == 2
+    assert len((await ask(ListReservations(format_code="car"))).items) == 2
     await set_counter(plates, "car", "AD", 1)
     assert await allocate(plates) == "AD 0001 RB"
     with pytest.raises(Invalid):

@@ -18,6 +18,8 @@ PAGED = {
     "/api/immatriculations/overdue": ("registrations:read",),
     "/api/payments/transactions": ("payments:read",),
     "/api/documents": ("documents:read",),
+    "/api/vehicles/blacklist": ("vehicles:standing",),
+    "/api/immatriculations/plates/reservations": ("registrations:plates",),
 }
 USER = "00000000-0000-0000-0000-0000000000aa"
 

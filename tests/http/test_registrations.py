@@ -611,7 +611,8 @@ async def test_plate_administration_over_http(world: dict[str, Any]) -> None:
     assert car["series"] == "AA" and car["next_number"] == 5 and car["issued"] == 1 and car["reserved_rules"] == 1
     r = await api.delete(f"/api/immatriculations/plates/reservations/{rid}", headers=admin.headers)
     assert r.status_code == 200 and r.json()["released_at"] is not None
-    assert (await api.get("/api/immatriculations/plates/reservations", headers=admin.headers)).json() == []
+    listed = (await api.get("/api/immatriculations/plates/reservations", headers=admin.headers)).json()
+    assert listed == {"items": [], "next_cursor": None}
 
 
 async def test_a_plate_already_on_another_vehicle_is_skipped(world: dict[str, Any]) -> None:

@@ -236,10 +236,12 @@ async def test_opposition_and_blacklist_routes(api, auth):
     assert r.status_code == 201, r.text
     entry = r.json()
     listed = (await api.get("/api/vehicles/blacklist", headers=auth(*SUPERVISOR))).json()
-    assert [e["id"] for e in listed] == [entry["id"]]
+    assert [e["id"] for e in listed["items"]] == [entry["id"]] and listed["next_cursor"] is None
     r = await api.post(f"/api/vehicles/blacklist/{entry['id']}/lift", headers=auth(*SUPERVISOR))
     assert r.status_code == 200 and r.json()["lifted_at"]
-    assert (await api.get("/api/vehicles/blacklist", headers=auth(*SUPERVISOR))).json() == []
+    assert (await api.get("/api/vehicles/blacklist", headers=auth(*SUPERVISOR))).json()["items"] == []
+    lifted = (await api.get("/api/vehicles/blacklist?include_lifted=true", headers=auth(*SUPERVISOR))).json()
+    assert [e["id"] for e in lifted["items"]] == [entry["id"]]
 
 
 async def test_search_routes(api, auth):

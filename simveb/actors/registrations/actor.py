@@ -60,6 +60,7 @@ from simveb.actors.registrations.messages import (
     Request,
     RequestPage,
     Reservation,
+    ReservationPage,
     ReservePlates,
     SeedRegistrations,
     SeriesPosition,
@@ -1014,8 +1015,10 @@ class RegistrationsActor(Audited, Actor):
         return res
 
     @handler
-    async def reservations(self, msg: ListReservations, con: asyncpg.Connection) -> list[Reservation]:
-        return await store.list_reservations(con, msg.format_code, msg.include_released)
+    async def reservations(self, msg: ListReservations, con: asyncpg.Connection) -> ReservationPage:
+        after = decode_cursor(msg.cursor, datetime, UUID)
+        rows = await store.list_reservations(con, msg.format_code, msg.include_released, after, msg.limit + 1)
+        return page(ReservationPage, rows, msg.limit, lambda r: (r.at, r.id))
 
 
 def _parse_plate(fmt: store.PlateFormat, plate: str) -> tuple[str | None, int | None, str]:

@@ -315,9 +315,17 @@ class ReleaseReservation(Ask[Reservation]):
     by: str
 
 
-class ListReservations(Ask[list[Reservation]]):
+class ReservationPage(Page[Reservation]):
+    """Reservations, oldest first."""
+
+    items: list[Reservation]
+
+
+class ListReservations(Ask[ReservationPage]):
     format_code: str | None = None
     include_released: bool = False
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class AllocatePlate(Ask[IssuedPlate]):

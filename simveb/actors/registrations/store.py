@@ -468,13 +468,23 @@ async def release_request_holds(con: asyncpg.Connection, request_id: UUID, by: s
 
 
 async def list_reservations(
-    con: asyncpg.Connection, format_code: str | None, include_released: bool
+    con: asyncpg.Connection,
+    format_code: str | None,
+    include_released: bool,
+    after: tuple[Any, ...] | None,
+    limit: int,
 ) -> list[Reservation]:
+    """Reservations oldest first, after the keyset `after` (at, id)."""
+    at, rid = after or (None, None)
     rows = await con.fetch(
         f"SELECT {_RES} FROM registrations.plate_reservations"
-        " WHERE ($1::text IS NULL OR format_code = $1) AND ($2 OR released_at IS NULL) ORDER BY at",
+        " WHERE ($1::text IS NULL OR format_code = $1) AND ($2 OR released_at IS NULL)"
+        " AND ($3::timestamptz IS NULL OR (at, id) > ($3, $4::uuid)) ORDER BY at, id LIMIT $5",
         format_code,
         include_released,
+        at,
+        rid,
+        limit,
     )
     return from_rows(Reservation, rows)
 

@@ -29,6 +29,7 @@ from simveb.actors.vehicles.messages import (
     ArchiveVehicle,
     AssignPlate,
     BlacklistEntry,
+    BlacklistPage,
     Block,
     Brand,
     Category,
@@ -699,8 +700,10 @@ class VehiclesActor(Audited, Actor):
         return lifted
 
     @handler
-    async def blacklist_list(self, msg: ListBlacklist, con: asyncpg.Connection) -> list[BlacklistEntry]:
-        return await store.list_blacklist(con, msg.include_lifted)
+    async def blacklist_list(self, msg: ListBlacklist, con: asyncpg.Connection) -> BlacklistPage:
+        after = decode_cursor(msg.cursor, datetime, UUID)
+        rows = await store.list_blacklist(con, msg.include_lifted, after, msg.limit + 1)
+        return page(BlacklistPage, rows, msg.limit, lambda e: (e.added_at, e.id))
 
     # --- bulk import and export (the pipeline is in bulk.py) -------------------------------------
 

@@ -532,8 +532,16 @@ class LiftBlacklist(Ask[BlacklistEntry]):
     by: str
 
 
-class ListBlacklist(Ask[list[BlacklistEntry]]):
+class BlacklistPage(Page[BlacklistEntry]):
+    """Blacklist entries, newest first."""
+
+    items: list[BlacklistEntry]
+
+
+class ListBlacklist(Ask[BlacklistPage]):
     include_lifted: bool = False
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 # --- import and export ---------------------------------------------------------------------------------

@@ -616,9 +616,18 @@ async def lift_blacklist(con: asyncpg.Connection, entry_id: UUID, by: str) -> Bl
     return from_row(BlacklistEntry, row)
 
 
-async def list_blacklist(con: asyncpg.Connection, include_lifted: bool) -> list[BlacklistEntry]:
+async def list_blacklist(
+    con: asyncpg.Connection, include_lifted: bool, after: tuple[Any, ...] | None, limit: int
+) -> list[BlacklistEntry]:
+    """Entries newest first, after the keyset `after` (added_at, id)."""
+    at, eid = after or (None, None)
     rows = await con.fetch(
-        f"SELECT {_BL_COLS} FROM vehicles.blacklist WHERE lifted_at IS NULL OR $1 ORDER BY added_at DESC LIMIT 1000",
+        f"SELECT {_BL_COLS} FROM vehicles.blacklist WHERE (lifted_at IS NULL OR $1)"
+        " AND ($2::timestamptz IS NULL OR (added_at, id) < ($2, $3::uuid))"
+        " ORDER BY added_at DESC, id DESC LIMIT $4",
         include_lifted,
+        at,
+        eid,
+        limit,
     )
     return from_rows(BlacklistEntry, rows)
