@@ -65,6 +65,25 @@ async def test_a_sign_in_failure_is_audited_with_the_request_id(world: dict[str,
     assert row["detail"]["factor"] == "password"
 
 
+async def test_a_lockout_is_audited_after_the_failures_that_caused_it(world: dict[str, Any]) -> None:
+    api, rt = world["client"], world["runtime"]
+    user = await person(rt, "citizen", email="locked.audit@simveb.test")
+    limit = rt.settings.auth.max_failures
+    codes = []
+    for _ in range(limit):
+        r = await api.post("/api/auth/login", json={"email": "locked.audit@simveb.test", "password": "wrong guess 123"})
+        codes.append(r.status_code)
+    assert codes == [401] * (limit - 1) + [429]
+    assert rt.db is not None
+    async with rt.db.connection() as con:
+        rows = await con.fetch(
+            "SELECT actor, action, detail FROM auth.audit WHERE subject = $1 ORDER BY seq", str(user.id)
+        )
+    assert [r["action"] for r in rows] == ["sign_in_failed"] * limit + ["locked_out"]
+    assert rows[-1]["actor"] == "system" and rows[-1]["detail"]["failures"] == limit
+    assert rows[-1]["detail"]["scope"] == "account"
+
+
 async def test_a_role_change_is_audited_with_the_request_id(world: dict[str, Any]) -> None:
     api, rt, admin = world["client"], world["runtime"], world["admin"]
     target = await person(rt, "agent")

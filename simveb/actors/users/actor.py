@@ -314,6 +314,7 @@ class UsersActor(Audited, Actor):
                 await store.put_identity(con, user_id, "npi", msg.npi)
                 await store.replace_roles(con, user_id, [], ["citizen"], "self")
                 await store.record(con, user_id, "self", "registered", None, _public(msg))
+                await self.audit(con, "self", user_id, "user_created", kind="person", roles=["citizen"], pending=True)
                 await self.emit(con, _contact_event(await store.get_row(con, user_id)))
         except asyncpg.UniqueViolationError:
             # A concurrent registration took the NPI or phone between our check and our insert.
