@@ -37,7 +37,7 @@ import asyncpg
 import msgspec
 
 from simveb.bus import current_request_id, handler, reader
-from simveb.errors import Forbidden, InvalidCursor
+from simveb.errors import BadRequest, Forbidden, InvalidCursor
 from simveb.messages import (
     PAGE_LIMIT_DEFAULT,
     Ask,
@@ -120,7 +120,7 @@ class ListAudit(Ask[AuditPage], tag=True):
     another chain: the order is (at, chain, seq) descending across every chain)."""
 
     addressed: ClassVar[bool] = True
-    errors = (Forbidden, InvalidCursor)
+    errors = (Forbidden, InvalidCursor, BadRequest)
     to: str
     caller: Caller
     filter: AuditFilter = AuditFilter()
@@ -298,6 +298,8 @@ async def entries(
 ) -> AuditPage:
     """This chain's entries matching `f`, newest first by (at, chain, seq), after `cursor`."""
     s = _schema(schema)
+    if any("\x00" in v for v in (f.actor, f.subject, f.action) if v is not None):
+        raise BadRequest("a filter holds a NUL character", code="invalid_filter")
     clauses, args = [], []
 
     def arg(value: Any) -> str:

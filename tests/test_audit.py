@@ -190,3 +190,16 @@ async def test_verify_and_list_need_audit_read(runtime: Runtime) -> None:
         await runtime.bus.ask(audit.VerifyAudit(to="config", caller=nobody))
     with pytest.raises(Forbidden):
         await runtime.bus.ask(audit.ListAudit(to="config", caller=nobody))
+
+
+async def test_a_nul_in_a_filter_is_refused_not_a_crash(runtime: Runtime) -> None:
+    """PostgreSQL refuses NUL in text: asked directly (not through the route's pattern), the actor
+    answers 400 instead of crashing."""
+    from simveb.errors import BadRequest
+
+    assert runtime.bus is not None
+    reader = Caller(sub="cli:audit", permissions=frozenset({audit.PERMISSION}))
+    with pytest.raises(BadRequest):
+        await runtime.bus.ask(audit.ListAudit(to="config", caller=reader, filter=audit.AuditFilter(subject="a\x00")))
+    page = await runtime.bus.ask(audit.ListAudit(to="config", caller=reader, filter=audit.AuditFilter(subject="a")))
+    assert page.items == [] and page.next_cursor is None

@@ -22,6 +22,8 @@ from simveb.http.security import requires
 from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 READ = [requires(PERMISSION)]
+# Printable text only: a NUL or control character never reaches PostgreSQL (which refuses NUL in text).
+PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
 
 
 class AuditController(Controller):
@@ -33,12 +35,19 @@ class AuditController(Controller):
         self,
         caller: Caller,
         bus: Bus,
-        chain: Annotated[str | None, Parameter(max_length=63, description="Only this service's trail.")] = None,
-        actor: Annotated[
-            str | None, Parameter(max_length=200, description="Who did it (a user id, system...).")
+        chain: Annotated[
+            str | None, Parameter(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="Only this service's trail.")
         ] = None,
-        subject: Annotated[str | None, Parameter(max_length=200, description="What it was done to.")] = None,
-        action: Annotated[str | None, Parameter(max_length=100)] = None,
+        actor: Annotated[
+            str | None,
+            Parameter(max_length=200, pattern=PRINTABLE, description="Who did it (a user id, system, ...)."),
+        ] = None,
+        subject: Annotated[
+            str | None, Parameter(max_length=200, pattern=PRINTABLE, description="What it was done to.")
+        ] = None,
+        action: Annotated[
+            str | None, Parameter(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="What was done (roles_changed...).")
+        ] = None,
         at_from: Annotated[datetime | None, QueryParameter(name="from", description="At or after.")] = None,
         at_to: Annotated[datetime | None, QueryParameter(name="to", description="Before.")] = None,
         cursor: CursorQuery = None,

@@ -207,6 +207,9 @@ async def test_a_registration_decision_is_audited_and_listed_for_admins(world: d
     assert none["items"] == []
     bad = await api.get("/api/audit", params={"cursor": "not-a-cursor"}, headers=admin.headers)
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_cursor"
+    for odd in ({"subject": "a\x00b"}, {"actor": "\x00"}, {"action": "DROP TABLE"}, {"chain": "../x"}):
+        refused = await api.get("/api/audit", params=odd, headers=admin.headers)
+        assert refused.status_code == 400, (odd, refused.text)
     unknown = await api.get("/api/audit", params={"chain": "nowhere"}, headers=admin.headers)
     assert unknown.status_code == 422 and unknown.json()["code"] == "unknown_chain"
 
