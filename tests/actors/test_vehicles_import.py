@@ -358,3 +358,24 @@ async def test_non_ascii_text_in_ascii_fields_is_rejected_and_case_is_folded(bus
     assert reasons[5].startswith("characteristics: unknown code"), reasons
     page = await bus.ask(SearchVehicles(filter=VehicleFilter(vin="LBPKE130000000001")))
     assert (page.items[0].plate, page.items[0].status) == ("1A 0001", "active")
+
+
+async def test_batch_tables_left_by_a_dead_import_are_dropped_by_the_next(bus, runtime, tmp_path):
+    # A process that dies mid-import leaves its unlogged batch tables; the next import drops them,
+    # but not those of a job that is still running.
+    dead, live = uuid.uuid4(), uuid.uuid4()
+    async with runtime.db.pool.acquire() as con:
+        await con.execute(
+            "INSERT INTO vehicles.import_jobs (id, source, error_path, created_by) VALUES ($1, 'x.csv', 'x.err', 'a')",
+            live,
+        )
+        for job_id in (dead, live):
+            await con.execute(f'CREATE UNLOGGED TABLE vehicles."import_{job_id.hex}_3" (row_no bigint)')
+    job = await run_import(bus, write_csv(tmp_path / "one.csv", [good_row(1)]), tmp_path / "one.errors.csv")
+    assert job.inserted == 1
+    async with runtime.db.pool.acquire() as con:
+        left = await con.fetch(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'vehicles'::regnamespace"
+            " AND relname ~ '^import_[0-9a-f]{32}_'"
+        )
+    assert [r["relname"] for r in left] == [f"import_{live.hex}_3"]

@@ -90,6 +90,7 @@ class Imports:
         if not source.is_file():
             raise NotFound(f"no file {msg.path}", code="import_file_not_found")
         async with self.db.connection() as con:
+            await bulk_store.drop_stale_batches(con)
             job = await bulk_store.insert_job(con, str(source), msg.error_path, msg.by)
         job = msgspec.structs.replace(job, bytes_total=source.stat().st_size)
         self.jobs[job.id] = job

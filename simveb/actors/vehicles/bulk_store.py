@@ -520,6 +520,25 @@ async def drop_batches(con: asyncpg.Connection, job_id: UUID) -> None:
         await con.execute(f"DROP TABLE IF EXISTS vehicles.{r['name']}")
 
 
+async def drop_stale_batches(con: asyncpg.Connection) -> int:
+    """Drop the batch tables an import left behind when its process died (how many were dropped).
+
+    A table is stale unless its job is queued or running and younger than a day: a job's row says
+    "queued" until the job saves its outcome, so a process that died mid-import leaves it so.
+    """
+    names = await con.fetch(
+        "SELECT quote_ident(c.relname) AS name FROM pg_class c"
+        " WHERE c.relnamespace = 'vehicles'::regnamespace AND c.relkind = 'r'"
+        " AND c.relname ~ '^import_[0-9a-f]{32}_[0-9]+$'"
+        " AND NOT EXISTS (SELECT 1 FROM vehicles.import_jobs j"
+        "   WHERE replace(j.id::text, '-', '') = substr(c.relname, 8, 32)"
+        "   AND j.state IN ('queued', 'running') AND j.created_at > now() - interval '1 day')"
+    )
+    for r in names:
+        await con.execute(f"DROP TABLE IF EXISTS vehicles.{r['name']}")
+    return len(names)
+
+
 async def rejected_rows(con: asyncpg.Connection) -> int:
     return await con.fetchval(f"SELECT count(*) FROM pg_temp.{REJECTS}")
 
