@@ -111,6 +111,15 @@ async def test_stale_pending_registration_releases_its_npi(runtime):
         actions = await con.fetch("SELECT action FROM users.user_history WHERE user_id = $1 ORDER BY id", first.user_id)
     assert (old["status"], old["released"]) == ("inactive", True)
     assert [a["action"] for a in actions] == ["registered", "registration_expired"]
+    # On the audit trail: both creations, and the expiry (released NPI) by the system, in that order.
+    async with runtime.db.pool.acquire() as con:
+        trail = await con.fetch("SELECT actor, subject, action, detail FROM users.audit ORDER BY seq")
+    assert [(t["subject"], t["action"]) for t in trail] == [
+        (str(first.user_id), "user_created"),
+        (str(first.user_id), "status_changed"),
+        (str(second.user_id), "user_created"),
+    ]
+    assert trail[1]["actor"] == "system" and trail[1]["detail"]["npi_released"] is True
 
 
 async def test_concurrent_registrations_make_one_account(runtime):

@@ -277,16 +277,29 @@ class UsersActor(Audited, Actor):
             async with con.transaction():
                 live = await store.live_matches(con, msg.npi, msg.phone)
                 now = datetime.now(UTC)
-                for row in live:
-                    if row.status == "pending" and now - row.created_at > ttl:
-                        # An abandoned registration must not hold an NPI or a phone forever.
-                        await store.set_status(con, row.id, "inactive", "system", release=True)
-                        await store.record(con, row.id, "system", "registration_expired", "pending", "inactive")
+                expired = [r.id for r in live if r.status == "pending" and now - r.created_at > ttl]
+                for expired_id in expired:
+                    # An abandoned registration must not hold an NPI or a phone forever.
+                    await store.set_status(con, expired_id, "inactive", "system", release=True)
+                    await store.record(con, expired_id, "system", "registration_expired", "pending", "inactive")
+
+                async def audit_expired() -> None:
+                    # Audited once the inserts are done: the chain's head is the last lock taken (held
+                    # before the insert, it could wait on a concurrent registration that waits for it).
+                    for expired_id in expired:
                         await self.audit(
-                            con, "system", row.id, "status_changed", old="pending", new="inactive", npi_released=True
+                            con,
+                            "system",
+                            expired_id,
+                            "status_changed",
+                            old="pending",
+                            new="inactive",
+                            npi_released=True,
                         )
-                live = [r for r in live if not (r.status == "pending" and now - r.created_at > ttl)]
+
+                live = [r for r in live if r.id not in expired]
                 if live:
+                    await audit_expired()
                     same = live[0]
                     if len(live) == 1 and same.status == "pending" and same.npi == msg.npi and same.phone == msg.phone:
                         return Registration(user_id=same.id, created=False)  # a retry: send a new code
@@ -314,8 +327,9 @@ class UsersActor(Audited, Actor):
                 await store.put_identity(con, user_id, "npi", msg.npi)
                 await store.replace_roles(con, user_id, [], ["citizen"], "self")
                 await store.record(con, user_id, "self", "registered", None, _public(msg))
-                await self.audit(con, "self", user_id, "user_created", kind="person", roles=["citizen"], pending=True)
                 await self.emit(con, _contact_event(await store.get_row(con, user_id)))
+                await audit_expired()
+                await self.audit(con, "self", user_id, "user_created", kind="person", roles=["citizen"], pending=True)
         except asyncpg.UniqueViolationError:
             # A concurrent registration took the NPI or phone between our check and our insert.
             return Registration()
