@@ -32,8 +32,9 @@ from tests.contract_support import Server, serve, sign_in
 
 ROLES = ("citizen", "agent", "admin")
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, not_a_server_error]
-# Operations that end the session of the token they are sent with: each call gets its own session.
-SESSION_ENDING = {("POST", "/api/auth/logout")}
+# Operations that may end the session of the token they are sent with (logout; revoking a session,
+# which may be the caller's own): each call gets a session of its own.
+SESSION_ENDING = {("POST", "/api/auth/logout"), ("DELETE", "/api/auth/sessions/{session_id}")}
 
 
 @pytest.fixture(scope="module")
