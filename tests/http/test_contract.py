@@ -32,9 +32,13 @@ from tests.contract_support import Server, serve, sign_in
 
 ROLES = ("citizen", "agent", "admin")
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, not_a_server_error]
-# Operations that may end the session of the token they are sent with (logout; revoking a session,
-# which may be the caller's own): each call gets a session of its own.
-SESSION_ENDING = {("POST", "/api/auth/logout"), ("DELETE", "/api/auth/sessions/{session_id}")}
+# Operations that may end the session of the token they are sent with (logout; revoking a session or
+# resetting a second factor, which may be the caller's own): each call gets a session of its own.
+SESSION_ENDING = {
+    ("POST", "/api/auth/logout"),
+    ("DELETE", "/api/auth/sessions/{session_id}"),
+    ("POST", "/api/auth/users/{user_id}/2fa/reset"),
+}
 
 
 @pytest.fixture(scope="module")
