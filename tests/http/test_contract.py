@@ -30,6 +30,9 @@ from schemathesis.specs.openapi.checks import (
 from simveb.config import Settings
 from tests.contract_support import Server, serve, sign_in
 
+# schemathesis's own strategies use `random` (hypothesis warns about it at every operation).
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
+
 ROLES = ("citizen", "agent", "admin")
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance, not_a_server_error]
 # Operations that may end the session of the token they are sent with (logout; revoking a session or
