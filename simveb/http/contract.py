@@ -335,7 +335,8 @@ def openapi_document(app: Litestar) -> dict[str, Any]:
 
 
 def finish(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
-    """Public operations declare `security: []`; extra media types (`opt["media_types"]`, `opt["content"]`);
+    """Public operations declare `security: []`; extra media types (`opt["media_types"]`, `opt["content"]`)
+    and bodies read as streams (`opt["request_body"]`);
     the `ErrorCode` schema lists every code the code base raises, once; the main bodies get examples."""
     paths = doc.get("paths", {})
     for route in app.routes:
@@ -351,6 +352,12 @@ def finish(app: Litestar, doc: dict[str, Any]) -> dict[str, Any]:
                     continue
                 if "security" not in op:
                     op["security"] = []
+                # opt={"request_body": {media type: schema}}: a body the handler reads itself (a stream).
+                if handler.opt.get("request_body") and "requestBody" not in op:
+                    op["requestBody"] = {
+                        "required": True,
+                        "content": {m: {"schema": sch} for m, sch in handler.opt["request_body"].items()},
+                    }
                 # opt={"media_types": {"text/csv": schema}} adds a media type to the success answer;
                 # opt={"content": {404: {"text/html": schema}}} to any documented status.
                 extra = dict(handler.opt.get("content") or {})

@@ -249,11 +249,29 @@ def _check_type(head: bytes, declared: str | None, filename: str, kind: Document
     return actual
 
 
+# The upload's form, documented by hand: the handler parses the stream itself (fields before the file).
+_UUID = {"type": "string", "format": "uuid"}
+UPLOAD_FORM = {
+    "multipart/form-data": {
+        "type": "object",
+        "required": ["type", "file"],
+        "properties": {
+            "type": {"type": "string", "description": "The document type's code (GET /api/documents/types); first."},
+            "request_id": {**_UUID, "description": "The immatriculation request it supports."},
+            "vehicle_id": {**_UUID, "description": "The vehicle it concerns."},
+            "owner_id": {**_UUID, "description": "Staff uploading for an applicant: whose paper it is."},
+            "replaces_id": {**_UUID, "description": "The rejected paper this one replaces."},
+            "file": {"type": "string", "format": "binary", "description": "PDF, JPEG or PNG; last."},
+        },
+    }
+}
+
+
 class DocumentsController(Controller):
     path = "/api/documents"
     tags = ["documents"]
 
-    @post("/upload", request_max_body_size=None, status_code=201)
+    @post("/upload", request_max_body_size=None, status_code=201, opt={"request_body": UPLOAD_FORM})
     async def upload(self, request: Request[Any, Any, Any], bus: Bus, caller: Caller) -> Document:
         """Upload a document (multipart: type, optional request_id / vehicle_id / owner_id / replaces_id, then file)."""
         return await _receive_upload(request, bus, caller)
