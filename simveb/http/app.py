@@ -259,8 +259,14 @@ class HealthController(Controller):
             placement["remote_ask_p50_s"] = {name: latency.quantile(name, 0.5) for name in latency.counts}
         pending = None
         if db_ok:
-            async with runtime.db.pool.acquire() as con:  # type: ignore[union-attr]
-                pending = await migrate.pending_count(con)
+            # Through the runtime's connection (acquire timeout, a lost database is an error, not a
+            # hang): readiness must answer even when the pool is exhausted.
+            try:
+                async with runtime.db.connection() as con:  # type: ignore[union-attr]
+                    pending = await migrate.pending_count(con)
+            except DomainError as exc:
+                db_ok = False
+                checks["database"] = exc.code
         checks["migrations"] = "ok" if pending == 0 else {"pending": pending}
         ready = db_ok and not down and pending == 0 and transport_ok
         return Response(
