@@ -100,35 +100,7 @@ COMBOS = "vehicles_import_combos"
 FLAGS = "vehicles_import_flags"
 
 # The columns an import writes to vehicles.vehicles, in this order in a batch table (after row_no).
-INSERT_COLUMNS: tuple[str, ...] = (
-    "id",
-    "vin",
-    "plate",
-    "make",
-    "model",
-    "vehicle_type",
-    "category",
-    "commercial_name",
-    "year",
-    "colour",
-    "energy",
-    "cylinder_cc",
-    "power_kw",
-    "fiscal_hp",
-    "seats",
-    "max_mass_kg",
-    "service_mass_kg",
-    "empty_mass_kg",
-    "first_registration_date",
-    "customs_ref",
-    "characteristics",
-    "remarks",
-    "owners",
-    "status",
-    "created_by",
-    "updated_by",
-    "import_job",
-)
+INSERT_COLUMNS: tuple[str, ...] = ("id", *CSV_COLUMNS, "created_by", "updated_by", "import_job")
 
 
 async def create_staging(con: asyncpg.Connection) -> None:
