@@ -18,7 +18,15 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.errors import Conflict, DomainError, Forbidden, Invalid, InvalidCursor, NotFound, PayloadTooLarge
+from simveb.errors import (
+    BadRequest,
+    Conflict,
+    DomainError,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PayloadTooLarge,
+)
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 DocumentStatus = Literal["pending", "validated", "rejected", "issued"]
@@ -232,7 +240,7 @@ class StoreUpload(Ask[Document]):
     """An upload the HTTP layer streamed to a staging file (sniffed, hashed, within the limit): the actor
     checks it again, moves it into storage under its own key and records it."""
 
-    errors = (InvalidCursor, Forbidden, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, Invalid)
+    errors = (BadRequest, Forbidden, NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, Invalid)
 
     caller: Caller
     type_code: str

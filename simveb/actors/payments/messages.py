@@ -14,7 +14,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.errors import Conflict, Forbidden, Invalid, InvalidCursor, NotFound
+from simveb.errors import BadRequest, Conflict, Forbidden, Invalid, NotFound
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Event, Limit, Page, Record
 
 Provider = Literal["fedapay", "kkiapay"]
@@ -220,7 +220,7 @@ class ReconcileLine(Record):
 class InitiatePayment(Ask[Initiated]):
     """Start paying an open payable of the caller with a provider; the amount is the payable's."""
 
-    errors = (InvalidCursor, NotFound, Conflict, Invalid)
+    errors = (BadRequest, NotFound, Conflict, Invalid)
 
     caller: Caller
     provider: Provider
@@ -258,7 +258,7 @@ class ConfirmPayment(Ask[PaymentDetail]):
     or a FedaPay checkout just finished), or an agent with payments:confirm records a counter payment
     (`method` and `receipt_reference`)."""
 
-    errors = (InvalidCursor, Forbidden, NotFound, Conflict, Invalid)
+    errors = (BadRequest, Forbidden, NotFound, Conflict, Invalid)
 
     caller: Caller
     payment_id: UUID
@@ -271,7 +271,7 @@ class ConfirmPayment(Ask[PaymentDetail]):
 class CancelPayment(Ask[PaymentDetail]):
     """The payer (or an agent) gives up the pending attempts; a cancelled payment may be tried again."""
 
-    errors = (InvalidCursor, NotFound, Conflict, Invalid)
+    errors = (BadRequest, NotFound, Conflict, Invalid)
 
     caller: Caller
     payment_id: UUID
@@ -282,7 +282,7 @@ class CancelPayment(Ask[PaymentDetail]):
 class RefundPayment(Ask[Refund]):
     """Refund (part of) a succeeded payment through its provider (payments:refund); None = the rest."""
 
-    errors = (InvalidCursor, Forbidden, NotFound, Conflict, Invalid)
+    errors = (BadRequest, Forbidden, NotFound, Conflict, Invalid)
 
     caller: Caller
     payment_id: UUID
@@ -294,7 +294,7 @@ class RefundPayment(Ask[Refund]):
 class HandleWebhook(Ask[WebhookResult]):
     """A provider webhook as received: raw body bytes and the proving header (signature or secret)."""
 
-    errors = (InvalidCursor, NotFound)
+    errors = (BadRequest, NotFound)
 
     provider: Provider
     body: bytes
