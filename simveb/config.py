@@ -229,12 +229,14 @@ class AuthSettings(Section):
     otp_budget_identifier_day: NonNegative = 5
     otp_budget_total_day: NonNegative = 50_000
     challenge_ttl_s: Positive = 300
-    # Brute force: failures per account within the window lock it; per client address as well.
+    # Brute force: failures per account within the window lock it.
     max_failures: Positive = 5
     failure_window_s: Positive = 900
     lockout_s: Positive = 900
-    address_max_failures: Positive = 50
-    address_lockout_s: Positive = 900
+    # Per client address a token bucket, never a lockout (one address may be a whole NAT): each
+    # failed attempt takes a token, one comes back every address_refill_s, at most address_burst.
+    address_burst: Positive = 50
+    address_refill_s: PositiveFloat = 6.0
     # Wrong second-factor codes per account (counted on their own, across challenges) that lock the second factor.
     two_factor_max_failures: Positive = 5
     password_min_length: Positive = 12

@@ -21,4 +21,11 @@ RATELIMIT_LOCAL_FALLBACK = Counter(
     registry=None,
 )
 
-COLLECTORS = (ABUSE_BUDGET_HITS, RATELIMIT_LOCAL_FALLBACK)
+ADDRESS_THROTTLE = Counter(
+    "simveb_address_throttle",
+    "Sign-in throttle of client addresses: a bucket emptied (once per episode) or an attempt refused",
+    labelnames=["event"],
+    registry=None,
+)
+
+COLLECTORS = (ABUSE_BUDGET_HITS, RATELIMIT_LOCAL_FALLBACK, ADDRESS_THROTTLE)

@@ -155,19 +155,27 @@ async def test_unknown_accounts_lock_too(short_rt: Runtime) -> None:
         await bus.ask(Login(identifier="ghost@example.bj", password="wrong password!!"))
 
 
-async def test_address_lockout(base_settings: Settings) -> None:
-    async with runtime_with(base_settings, address_max_failures=3, address_lockout_s=30) as rt:
+async def test_address_throttle(base_settings: Settings) -> None:
+    """An address that spent its burst is refused with the seconds until its next token (not a
+    lockout of minutes), its right password included; other addresses are untouched."""
+    async with runtime_with(base_settings, address_burst=3, address_refill_s=30.0) as rt:
         bus = rt.bus
         assert bus is not None
         _, email = await make_user(rt)
         for i in range(2):
             with pytest.raises(Unauthorized):
                 await bus.ask(Login(identifier=f"x{i}@example.bj", password="wrong password!!", client_ip="10.9.9.9"))
-        with pytest.raises(TooManyRequests):
+        with pytest.raises(TooManyRequests) as emptied:
             await bus.ask(Login(identifier="x3@example.bj", password="wrong password!!", client_ip="10.9.9.9"))
-        with pytest.raises(TooManyRequests):
+        assert emptied.value.code == "throttled"
+        assert 1 <= int(emptied.value.headers["Retry-After"]) <= 30
+        with pytest.raises(TooManyRequests) as refused:
             await bus.ask(Login(identifier=email, password=PASSWORD, client_ip="10.9.9.9"))
+        assert refused.value.code == "throttled"
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 30
         assert (await bus.ask(Login(identifier=email, password=PASSWORD, client_ip="10.9.9.8"))).tokens
+        # A throttle is no lockout: nothing was written to auth.lockouts.
+        assert await db_fetch(rt, "SELECT scope FROM auth.lockouts") == []
 
 
 # --- refresh rotation --------------------------------------------------------------------------------

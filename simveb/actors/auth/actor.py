@@ -1,4 +1,5 @@
-"""The auth actor: passwords, one-time codes, sign-in, sessions and tokens, lockouts, TOTP.
+"""The auth actor: passwords, one-time codes, sign-in, sessions and tokens, lockouts and the
+address throttle, TOTP.
 
 It signs access tokens with the process key ring (re-read when the keys directory changes, so a
 `simveb keys rotate` takes effect without a restart) and keeps no other in-memory state, so several
@@ -101,7 +102,7 @@ from simveb.errors import (
     Unauthorized,
 )
 from simveb.keys import KeyRing, Sealer, load_private, sealing_key
-from simveb.metrics import ABUSE_BUDGET_HITS
+from simveb.metrics import ABUSE_BUDGET_HITS, ADDRESS_THROTTLE
 
 log = logging.getLogger("simveb.auth")
 
@@ -337,25 +338,46 @@ class AuthActor(Audited, Actor):
             raise InternalError("the account could not be completed", code="creation_failed") from exc
         return AccountCreated(user=msgspec.structs.replace(user, status="active"), password_set=True)
 
-    # --- lockouts ----------------------------------------------------------------------------------
+    # --- lockouts and the address throttle ----------------------------------------------------------
+
+    # An account that fails too often is locked (it is one person's). A client address is never
+    # locked: it may be a cybercafé or a carrier's NAT with thousands behind it. It has a token
+    # bucket instead (auth.address_buckets, shared by every process): each failed attempt from it
+    # takes a token, one comes back every auth.address_refill_s up to auth.address_burst, and an
+    # attempt while it holds less than one token is refused before any password is checked, with
+    # the seconds until the next token. Successes take none and give none back: an attacker signing
+    # in to their own account gains nothing, and nobody else's bucket or account is touched.
+
+    def _throttled(self, tokens: float) -> TooManyRequests:
+        """The refusal of an attempt from an address whose bucket holds `tokens` (< 1)."""
+        ADDRESS_THROTTLE.labels(event="refused").inc()
+        wait = max(1, math.ceil((1.0 - tokens) * self.conf.address_refill_s - 1e-9))
+        return TooManyRequests(
+            "too many failed attempts from this address; slow down", retry_after=wait, code="throttled"
+        )
 
     async def _check_locks(self, key: str, client_ip: str | None) -> None:
+        bucket = None
         async with self.db.connection() as con:
             left = await store.active_lockout(con, "account", key)
             if left is None and client_ip:
-                left = await store.active_lockout(con, "address", client_ip)
+                bucket = await store.address_bucket(con, client_ip, self.conf.address_burst, self.conf.address_refill_s)
         if left is not None:
             raise TooManyRequests(
                 "too many failed attempts; try again later", retry_after=max(1, math.ceil(left)), code="locked_out"
             )
+        if bucket is not None and bucket.tokens < 1:
+            raise self._throttled(bucket.tokens)
 
     async def _failed(self, key: str, user_id: UUID | None, client_ip: str | None, kind: str) -> None:
-        """Record a failure; lock the account (or the address) when it was one too many (audited).
+        """Record a failure; lock the account when it was one too many (audited), and take a token
+        from the client address's bucket (its emptying audited once).
 
         Second-factor failures are counted on their own (scope two_factor, its own limit): a password
         proved again between guesses resets nothing, so "password, wrong codes, password ..." locks.
         """
         locked: float | None = None
+        refusal: TooManyRequests | None = None
         # Whoever failed is not known: the subject is the account tried (its key when none matched).
         who, subject = "anonymous", str(user_id) if user_id else key
         scope, limit = (
@@ -367,24 +389,17 @@ class AuthActor(Audited, Actor):
             # Serialise the count-then-lock of one account so concurrent failures lock it once.
             await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))", key)
             if client_ip:
-                # And those of one address, across accounts: a burst of parallel guesses from one
-                # address must not each count the others as uncommitted and all slip under the limit.
+                # And the bucket of one address, across accounts: a burst of parallel guesses from one
+                # address must not each read the same tokens and all slip under the burst.
                 # Always account then address, so two failures never wait on each other in a cycle.
                 await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 8))", f"address:{client_ip}")
             await store.record_attempt(con, key, user_id, client_ip, kind, False)
-            # A guess that was in flight when a parallel one locked the account or the address is
-            # refused as locked too (the lock only counts failures after it, so it would pass).
-            already = [
-                left
-                for left in (
-                    await store.active_lockout(con, scope, key),
-                    await store.active_lockout(con, "address", client_ip) if client_ip else None,
-                )
-                if left is not None
-            ]
             lockouts: list[tuple[str, dict[str, Any]]] = []
-            if already:
-                locked = max(already)
+            # A guess that was in flight when a parallel one locked the account is refused as
+            # locked too (the lock only counts failures after it, so it would pass).
+            already = await store.active_lockout(con, scope, key)
+            if already is not None:
+                locked = already
             elif (failures := await store.recent_failures(con, scope, key, self.conf.failure_window_s)) >= limit:
                 await store.add_lockout(
                     con,
@@ -398,34 +413,48 @@ class AuthActor(Audited, Actor):
                 locked = self.conf.lockout_s
                 log.warning("account locked after %d failures", failures, extra={"account": key, "ip": client_ip})
                 lockouts.append((subject, {"scope": scope, "failures": failures, "seconds": self.conf.lockout_s}))
-            if client_ip and not already:
-                by_address = await store.recent_failures(con, "address", client_ip, self.conf.failure_window_s)
-                if by_address >= self.conf.address_max_failures:
-                    await store.add_lockout(
-                        con,
-                        "address",
-                        client_ip,
-                        user_id=None,
-                        client_ip=client_ip,
-                        failures=by_address,
-                        seconds=self.conf.address_lockout_s,
-                    )
-                    locked = max(locked or 0, self.conf.address_lockout_s)
-                    log.warning("client address locked after %d failures", by_address, extra={"ip": client_ip})
-                    lockouts.append(
-                        (
-                            f"address:{client_ip}",
-                            {"scope": "address", "failures": by_address, "seconds": self.conf.address_lockout_s},
-                        )
-                    )
+            emptied = False
+            if client_ip:
+                burst, refill_s = self.conf.address_burst, self.conf.address_refill_s
+                bucket = await store.address_bucket(con, client_ip, burst, refill_s, lock=True)
+                if bucket.tokens < 1:
+                    # In flight when a parallel failure emptied the bucket: refused like the
+                    # attempts that come after (nothing to take; the wait is not lengthened).
+                    refusal = self._throttled(bucket.tokens)
+                else:
+                    left_tokens = bucket.tokens - 1
+                    # Audited when it empties, once per episode (until the bucket is full again).
+                    emptied = left_tokens < 1 and bucket.throttled_at is None
+                    await store.save_address_bucket(con, client_ip, left_tokens, bucket.throttled_at, emptied=emptied)
+                    if left_tokens < 1:
+                        refusal = self._throttled(left_tokens)
             # Last in the transaction: the chain's head stays locked only for the commit.
             await self.audit(con, who, subject, "sign_in_failed", factor=kind, client_ip=client_ip)
             for locked_subject, detail in lockouts:
                 await self.audit(con, "system", locked_subject, "locked_out", client_ip=client_ip, **detail)
+            if emptied:
+                await self.audit(
+                    con,
+                    "system",
+                    f"address:{client_ip}",
+                    "address_throttled",
+                    client_ip=client_ip,
+                    burst=self.conf.address_burst,
+                    refill_s=self.conf.address_refill_s,
+                )
+        if emptied:
+            ADDRESS_THROTTLE.labels(event="emptied").inc()
+            log.warning(
+                "ALERT client address throttled: %d failed attempts spent its burst (client %s)",
+                self.conf.address_burst,
+                client_ip,
+            )
         if locked is not None:
             raise TooManyRequests(
                 "too many failed attempts; try again later", retry_after=max(1, math.ceil(locked)), code="locked_out"
             )
+        if refusal is not None:
+            raise refusal
 
     async def _succeeded(
         self, key: str, user_id: UUID, client_ip: str | None, kind: str, *, partial: bool = False
@@ -696,12 +725,14 @@ class AuthActor(Audited, Actor):
             left = await store.active_lockout(con, "account", key)
             if left is None and row.purpose == "two_factor":
                 left = await store.active_lockout(con, "two_factor", key)
-            if left is None and client_ip:
-                left = await store.active_lockout(con, "address", client_ip)
             if left is not None:
                 raise TooManyRequests(
                     "too many failed attempts; try again later", retry_after=max(1, math.ceil(left)), code="locked_out"
                 )
+            if client_ip:
+                bucket = await store.address_bucket(con, client_ip, self.conf.address_burst, self.conf.address_refill_s)
+                if bucket.tokens < 1:
+                    raise self._throttled(bucket.tokens)
             ok = await self._code_matches(con, row, code.strip())
             if ok:
                 await store.consume_challenge(con, challenge_id)

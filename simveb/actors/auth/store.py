@@ -330,26 +330,13 @@ async def active_lockout(con: asyncpg.Connection, scope: str, key: str) -> float
 
 
 async def recent_failures(con: asyncpg.Connection, scope: str, key: str, window_s: int) -> int:
-    """Failures of one scope inside the window, after the end of its last lockout.
+    """Failures of one account scope inside the window, after the end of its last lockout.
 
     - account: wrong passwords and one-time codes of the account, after its last completed sign-in;
-    - two_factor: wrong second-factor codes of the account, after its last completed sign-in;
-    - address: every failure from the address; no sign-in resets it (an attacker signing in to their
-      own account from the same address must not clear what their guesses at others counted).
-    A first factor proved while the second is owed (`partial`) resets nothing.
+    - two_factor: wrong second-factor codes of the account, after its last completed sign-in.
+    A first factor proved while the second is owed (`partial`) resets nothing. (Client addresses
+    are throttled by a token bucket instead, below.)
     """
-    if scope == "address":
-        return await con.fetchval(
-            """
-            SELECT count(*) FROM auth.login_attempts
-            WHERE client_ip = $1 AND NOT success AND at > greatest(
-                now() - make_interval(secs => $2),
-                (SELECT max(locked_until) FROM auth.lockouts WHERE scope = 'address' AND key = $1)
-            )
-            """,
-            key,
-            float(window_s),
-        )
     kinds = ["two_factor"] if scope == "two_factor" else ["password", "otp"]
     return await con.fetchval(
         """
@@ -364,6 +351,55 @@ async def recent_failures(con: asyncpg.Connection, scope: str, key: str, window_
         float(window_s),
         scope,
         kinds,
+    )
+
+
+class Bucket(msgspec.Struct, frozen=True, kw_only=True):
+    """A client address's token bucket as of now (the database clock)."""
+
+    tokens: float  # attempts it may still fail now (fractional between refills)
+    throttled_at: datetime | None  # when it last emptied, None once full again
+
+
+# The count now: what was stored plus what flowed back since, capped at the burst. The wall clock
+# (clock_timestamp), not the transaction's start: a transaction that waited for the address's lock
+# must not count the time it waited as not yet elapsed.
+_TOKENS_NOW = (
+    "least($2::float8, tokens + greatest(0, extract(epoch FROM clock_timestamp() - updated_at))::float8 / $3::float8)"
+)
+
+
+async def address_bucket(
+    con: asyncpg.Connection, address: str, burst: int, refill_s: float, *, lock: bool = False
+) -> Bucket:
+    """The address's bucket now (a full one when it has none); with `lock` the row is locked."""
+    row = await con.fetchrow(
+        f"SELECT {_TOKENS_NOW} AS tokens, throttled_at FROM auth.address_buckets WHERE address = $1"
+        + (" FOR UPDATE" if lock else ""),
+        address,
+        float(burst),
+        float(refill_s),
+    )
+    if row is None:
+        return Bucket(tokens=float(burst), throttled_at=None)
+    tokens = float(row["tokens"])
+    # Full again: the episode is over, the next emptying is a new one.
+    return Bucket(tokens=tokens, throttled_at=None if tokens >= burst else row["throttled_at"])
+
+
+async def save_address_bucket(
+    con: asyncpg.Connection, address: str, tokens: float, throttled_at: datetime | None, *, emptied: bool
+) -> None:
+    """Store the address's count as of now; `emptied` stamps the start of a throttling episode."""
+    await con.execute(
+        "INSERT INTO auth.address_buckets (address, tokens, updated_at, throttled_at)"
+        " VALUES ($1, $2, clock_timestamp(), CASE WHEN $4 THEN clock_timestamp() ELSE $3 END)"
+        " ON CONFLICT (address) DO UPDATE SET tokens = EXCLUDED.tokens, updated_at = EXCLUDED.updated_at,"
+        " throttled_at = EXCLUDED.throttled_at",
+        address,
+        max(0.0, tokens),
+        throttled_at,
+        emptied,
     )
 
 
