@@ -63,6 +63,14 @@ def assert_throttled(r: httpx.Response, refill_s: float = REFILL_S) -> int:
     return wait
 
 
+async def throttle_metric(client: httpx.AsyncClient, event: str) -> float:
+    text = (await client.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(f'simveb_address_throttle_total{{event="{event}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
 async def throttle_audit(runtime: Runtime) -> list[Any]:
     return await db_fetch(
         runtime, "SELECT actor, subject, detail FROM auth.audit WHERE action = 'address_throttled' ORDER BY seq"
@@ -77,6 +85,8 @@ async def test_one_address_cycling_accounts_is_throttled_and_forged_headers_do_n
     attacker = "41.138.9.9"  # not a trusted proxy: its forwarded headers are the attacker's own words
     statuses = []
     async with client_from(runtime, settings, attacker) as c:
+        # Counters are process-wide (other tests raise them too): compare before and after.
+        emptied, refused = await throttle_metric(c, "emptied"), await throttle_metric(c, "refused")
         for i in range(BURST + 2):
             body = {"email": victims[i % len(victims)], "password": f"guess number {i}"}
             statuses.append(await c.post("/api/auth/login", json=body, headers=forged(i)))
@@ -88,6 +98,9 @@ async def test_one_address_cycling_accounts_is_throttled_and_forged_headers_do_n
         # (a success never refills a bucket, and the header is not believed).
         r = await c.post("/api/auth/login", json={"email": mine, "password": PASSWORD}, headers=forged(99))
         assert_throttled(r)
+        # The emptying counted once; every refusal (the emptying attempt's answer included) counted.
+        assert await throttle_metric(c, "emptied") == emptied + 1
+        assert await throttle_metric(c, "refused") == refused + 4
     # Another server process on the same database refuses the address too (shared, not in memory).
     async with client_from(runtime, settings, attacker) as other:
         assert_throttled(await other.post("/api/auth/login", json={"email": mine, "password": PASSWORD}))
