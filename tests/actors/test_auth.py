@@ -393,11 +393,18 @@ async def test_purge_keeps_what_still_matters(runtime: Runtime) -> None:
     user_id, _ = await make_user(runtime)
     await bus.ask(Logout(user_id=user_id, jti="old", exp=int(time.time()) - 3600))
     await bus.ask(Logout(user_id=user_id, jti="live", exp=int(time.time()) + 600))
+    # Address buckets: one full again (2 tokens an hour ago, 10 s a token, burst 50), one still short.
     async with runtime.db.pool.acquire() as con:
-        await store.purge(con)
+        await con.execute(
+            "INSERT INTO auth.address_buckets (address, tokens, updated_at, throttled_at) VALUES"
+            " ('10.0.0.1', 2, now() - interval '1 hour', now() - interval '1 hour'),"
+            " ('10.0.0.2', 2, now() - interval '1 minute', now() - interval '1 minute')"
+        )
+        await store.purge(con, address_burst=50, address_refill_s=10.0)
     assert {d.jti for d in (await bus.ask(ListDeniedTokens())).items} == {"live"}
     rows = await db_fetch(runtime, "SELECT jti FROM auth.denied_tokens")
     assert [r["jti"] for r in rows] == ["live"]
+    assert [r["address"] for r in await db_fetch(runtime, "SELECT address FROM auth.address_buckets")] == ["10.0.0.2"]
 
 
 # --- the pool under concurrent refreshes -------------------------------------------------------------

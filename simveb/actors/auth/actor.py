@@ -231,7 +231,9 @@ class AuthActor(Audited, Actor):
             await asyncio.sleep(3600)
             try:
                 async with self.db.connection() as con:
-                    await store.purge(con)
+                    await store.purge(
+                        con, address_burst=self.conf.address_burst, address_refill_s=self.conf.address_refill_s
+                    )
             except Exception:
                 log.warning("auth purge failed; retrying in an hour", exc_info=True)
 

@@ -599,11 +599,18 @@ async def use_recovery_code(con: asyncpg.Connection, user_id: UUID, code_hash: b
     return bool(done)
 
 
-async def purge(con: asyncpg.Connection) -> None:
-    """Drop rows that can no longer matter: expired denials and access tokens, codes a day old.
+async def purge(con: asyncpg.Connection, *, address_burst: int, address_refill_s: float) -> None:
+    """Drop rows that can no longer matter: expired denials and access tokens, codes a day old,
+    address buckets full again (a missing bucket is a full one: nothing changes for the address).
 
     Attempts, lockouts and sessions stay: they are the audit trail.
     """
+    await con.execute(
+        "DELETE FROM auth.address_buckets"
+        " WHERE tokens + extract(epoch FROM clock_timestamp() - updated_at)::float8 / $2::float8 >= $1::float8",
+        float(address_burst),
+        float(address_refill_s),
+    )
     await con.execute("DELETE FROM auth.denied_tokens WHERE expires_at < now() - interval '1 minute'")
     await con.execute("DELETE FROM auth.access_tokens WHERE expires_at < now() - interval '1 minute'")
     await con.execute("DELETE FROM auth.otp_verifications WHERE expires_at < now() - interval '1 day'")
