@@ -46,7 +46,7 @@ from simveb.actors.auth.messages import (
     ResetTotp,
     RevokeSession,
     Secret,
-    Session,
+    SessionPage,
     SetupTotp,
     TotpSetup,
     VerifyOtp,
@@ -55,9 +55,9 @@ from simveb.actors.documents.messages import GetDocumentKeys
 from simveb.actors.users.messages import GetUserAuthz
 from simveb.bus import Bus
 from simveb.errors import DomainError, Invalid, Unauthorized
-from simveb.http.inputs import Input, body_of
+from simveb.http.inputs import CursorQuery, Input, LimitQuery, body_of
 from simveb.http.security import DenyList, Token, requires, user_id_of
-from simveb.messages import Caller
+from simveb.messages import PAGE_LIMIT_DEFAULT, Caller
 
 log = logging.getLogger("simveb.http.auth")
 
@@ -190,9 +190,11 @@ class AuthController(Controller):
         )
 
     @get("/sessions")
-    async def sessions(self, caller: Caller, bus: Bus) -> list[Session]:
-        """The caller's live sessions."""
-        return await bus.ask(ListSessions(user_id=user_id_of(caller)))
+    async def sessions(
+        self, caller: Caller, bus: Bus, cursor: CursorQuery = None, limit: LimitQuery = PAGE_LIMIT_DEFAULT
+    ) -> SessionPage:
+        """The caller's live sessions, newest first."""
+        return await bus.ask(ListSessions(user_id=user_id_of(caller), cursor=cursor, limit=limit))
 
     @delete("/sessions/{session_id:uuid}", status_code=204)
     async def revoke_session(self, caller: Caller, bus: Bus, request: Request[Any, Any, Any], session_id: UUID) -> None:

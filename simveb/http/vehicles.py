@@ -48,7 +48,7 @@ from simveb.actors.vehicles.messages import (
     GetVehicle,
     GetVehicleHistory,
     GetVehicleStanding,
-    HistoryEntry,
+    HistoryPage,
     ImportJob,
     LiftBlacklist,
     LiftEncumbrance,
@@ -491,9 +491,18 @@ class VehiclesController(Controller):
         return _with_etag(vehicle)
 
     @get("/{vehicle_id:uuid}/history")
-    async def history(self, bus: Bus, caller: Caller, vehicle_id: UUID) -> list[HistoryEntry]:
-        """Every change of the vehicle: who, when, field, old -> new (ownership, plate, standing included)."""
-        return await bus.ask(GetVehicleHistory(vehicle_id=vehicle_id, viewer=viewer_of(caller)))
+    async def history(
+        self,
+        bus: Bus,
+        caller: Caller,
+        vehicle_id: UUID,
+        cursor: CursorQuery = None,
+        limit: LimitQuery = PAGE_LIMIT_DEFAULT,
+    ) -> HistoryPage:
+        """Every change of the vehicle, oldest first: who, when, field, old -> new (ownership, plate, standing included)."""
+        return await bus.ask(
+            GetVehicleHistory(vehicle_id=vehicle_id, viewer=viewer_of(caller), cursor=cursor, limit=limit)
+        )
 
     @get("/{vehicle_id:uuid}/standing")
     async def standing(self, bus: Bus, caller: Caller, vehicle_id: UUID) -> VehicleStanding:

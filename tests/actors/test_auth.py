@@ -199,7 +199,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(runtime: Runtime) ->
     with pytest.raises(Unauthorized) as dead:
         await bus.ask(RefreshSession(refresh_token=third.refresh_token))
     assert dead.value.code == "session_revoked"
-    assert await bus.ask(ListSessions(user_id=user_id)) == []
+    assert (await bus.ask(ListSessions(user_id=user_id))).items == []
     denied = await bus.ask(ListDeniedTokens())
     assert len(denied.items) == 3  # every access token the family had alive
 
@@ -214,9 +214,9 @@ async def test_sessions_are_per_user(runtime: Runtime) -> None:
     assert a_tokens is not None
     with pytest.raises(NotFound):
         await bus.ask(RevokeSession(user_id=b, session_id=a_tokens.session_id))
-    assert len(await bus.ask(ListSessions(user_id=a))) == 1
+    assert len((await bus.ask(ListSessions(user_id=a))).items) == 1
     await bus.ask(RevokeSession(user_id=a, session_id=a_tokens.session_id))
-    assert await bus.ask(ListSessions(user_id=a)) == []
+    assert (await bus.ask(ListSessions(user_id=a))).items == []
 
 
 async def test_role_change_revokes_sessions(runtime: Runtime) -> None:
@@ -230,7 +230,7 @@ async def test_role_change_revokes_sessions(runtime: Runtime) -> None:
     await bus.ask(SetUserRoles(user_id=user_id, caller=SYSTEM, roles=["validator"]))
 
     async def revoked() -> bool:
-        return await bus.ask(ListSessions(user_id=user_id)) == []
+        return (await bus.ask(ListSessions(user_id=user_id))).items == []
 
     await wait_for(revoked)
     with pytest.raises(Unauthorized):
@@ -375,7 +375,7 @@ async def test_deactivation_revokes_sessions(runtime: Runtime) -> None:
     await bus.ask(DeactivateUser(user_id=user_id, caller=SYSTEM, reason="left"))
 
     async def revoked() -> bool:
-        return await bus.ask(ListSessions(user_id=user_id)) == []
+        return (await bus.ask(ListSessions(user_id=user_id))).items == []
 
     await wait_for(revoked)
     with pytest.raises(Unauthorized):

@@ -195,7 +195,7 @@ async def test_stop_after_commits_then_restart_ends_consistent(settings: Setting
             return (await b.bus.ask(GetVehicle(vehicle_id=req.vehicle_id))).plate == "AA 0001 RB"  # type: ignore[arg-type]
 
         await wait_for(plated, timeout=15)
-        history = await b.bus.ask(GetVehicleHistory(vehicle_id=req.vehicle_id))  # type: ignore[arg-type]
+        history = (await b.bus.ask(GetVehicleHistory(vehicle_id=req.vehicle_id))).items  # type: ignore[arg-type]
         assert [h.reason for h in history if h.field == "plate"] == [f"registration request {req.id}"]
 
         async def notified() -> bool:

@@ -93,7 +93,7 @@ async def test_register_normalises_and_records(bus, runtime):
     assert (v.make, v.model, v.energy, v.plate) == ("Toyota", "Corolla", "Essence", "AB 1234 RB")
     assert (v.vehicle_type, v.category, v.version, v.owners) == ("passenger_car", "four_wheels_plus", 1, [owner])
     assert v.vin == vin(1)
-    history = await bus.ask(GetVehicleHistory(vehicle_id=v.id))
+    history = (await bus.ask(GetVehicleHistory(vehicle_id=v.id))).items
     assert history[0].field == "created" and history[0].actor == AGENT
     async with runtime.db.pool.acquire() as con:
         types = await con.fetch("SELECT type FROM bus.outbox WHERE payload->>'vehicle_id' = $1", str(v.id))
@@ -156,7 +156,7 @@ async def test_update_with_version_and_history(bus, runtime):
         await bus.ask(UpdateVehicle(vehicle_id=v.id, fields=fields(colour="Bleu"), version=1, by=AGENT))
     assert stale.value.extra["current_version"] == 2
     assert (await bus.ask(GetVehicle(vehicle_id=v.id))).colour == "Rouge"  # no silent overwrite
-    history = await bus.ask(GetVehicleHistory(vehicle_id=v.id))
+    history = (await bus.ask(GetVehicleHistory(vehicle_id=v.id))).items
     changes = {(h.field, h.old_value, h.new_value, h.actor) for h in history[1:]}
     assert changes == {("colour", "Gris", "Rouge", "agent-2"), ("seats", 5, 4, "agent-2")}
     # Nothing changed: no new version, no history.
@@ -182,9 +182,9 @@ async def test_plate_owners_status_archive_history(bus):
     assert (await bus.ask(GetVehicle(vehicle_id=v.id))).archived_by == AGENT  # archived, not erased
     with pytest.raises(Conflict):
         await bus.ask(AssignPlate(vehicle_id=v.id, plate="1A 9999", by=AGENT))
-    fields_seen = [h.field for h in await bus.ask(GetVehicleHistory(vehicle_id=v.id))]
+    fields_seen = [h.field for h in (await bus.ask(GetVehicleHistory(vehicle_id=v.id))).items]
     assert fields_seen == ["created", "plate", "owners", "status", "status", "archived"]
-    history = await bus.ask(GetVehicleHistory(vehicle_id=v.id))
+    history = (await bus.ask(GetVehicleHistory(vehicle_id=v.id))).items
     assert history[2].old_value == [str(a)] and history[2].new_value == [str(b), str(a)]
     assert history[1].old_value is None and history[1].new_value == "1A 2345"
 

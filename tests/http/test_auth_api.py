@@ -121,8 +121,8 @@ async def test_login_me_refresh_logout(client: httpx.AsyncClient, runtime: Runti
     r = await client.get("/api/auth/me", headers=bearer(tokens["access_token"]))
     assert r.status_code == 200 and r.json()["user_id"] == user["id"], r.text
     r = await client.get("/api/auth/sessions", headers=bearer(tokens["access_token"]))
-    assert [s["id"] for s in r.json()] == [tokens["session_id"]]
-    assert r.json()[0]["client_ip"] == "127.0.0.1"
+    assert [s["id"] for s in r.json()["items"]] == [tokens["session_id"]]
+    assert r.json()["items"][0]["client_ip"] == "127.0.0.1"
 
     r = await client.post("/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
     assert r.status_code == 200, r.text
@@ -171,7 +171,7 @@ async def test_sessions_of_another_user(client: httpx.AsyncClient, runtime: Runt
     a_tokens = (await login(client, a["email"]))["tokens"]
     b_tokens = (await login(client, b["email"]))["tokens"]
     r = await client.get("/api/auth/sessions", headers=bearer(a_tokens["access_token"]))
-    assert [s["id"] for s in r.json()] == [a_tokens["session_id"]]
+    assert [s["id"] for s in r.json()["items"]] == [a_tokens["session_id"]]
     r = await client.delete(f"/api/auth/sessions/{b_tokens['session_id']}", headers=bearer(a_tokens["access_token"]))
     assert r.status_code == 404
     r = await client.delete(f"/api/auth/sessions/{uuid.uuid4()}", headers=bearer(a_tokens["access_token"]))

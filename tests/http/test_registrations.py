@@ -90,7 +90,7 @@ async def test_first_registration_whole_life(world: dict[str, Any]) -> None:
         return r.json().get("plate")
 
     assert await wait_for(vehicle_plate) == done["plate"]
-    hist = (await api.get(f"/api/vehicles/{req['vehicle_id']}/history", headers=agent.headers)).json()
+    hist = (await api.get(f"/api/vehicles/{req['vehicle_id']}/history", headers=agent.headers)).json()["items"]
     assert any(h["field"] == "plate" and req["id"] in h["reason"] for h in hist), hist
     validated = await events(rt, "RegistrationValidated")
     assert validated[-1]["plate"] == done["plate"] and validated[-1]["holder_ids"] == [str(citizen.id)]
@@ -355,7 +355,7 @@ async def test_transfer_whole_life(world: dict[str, Any]) -> None:
         return v["owners"] == [str(buyer.id)]
 
     await wait_for(owners)
-    hist = (await api.get(f"/api/vehicles/{vid}/history", headers=agent.headers)).json()
+    hist = (await api.get(f"/api/vehicles/{vid}/history", headers=agent.headers)).json()["items"]
     assert any(h["field"] == "owners" and req["id"] in h["reason"] for h in hist)
     rt: Runtime = world["runtime"]
     assert rt.db is not None
@@ -417,7 +417,7 @@ async def test_renewal_and_duplicates_keep_their_history(world: dict[str, Any]) 
     # The vehicle's history names each request, even those that change no field of the vehicle.
 
     async def registrations_in_history() -> list[Any]:
-        hist = (await api.get(f"/api/vehicles/{vid}/history", headers=world["agent"].headers)).json()
+        hist = (await api.get(f"/api/vehicles/{vid}/history", headers=world["agent"].headers)).json()["items"]
         return [h for h in hist if h["field"] == "registration"]
 
     await wait_for(lambda: _len_is(registrations_in_history, 4))

@@ -164,7 +164,7 @@ async def test_update_needs_the_current_etag(api, auth):
     r = await api.put(f"/api/vehicles/{v['id']}", json=upd | {"colour": "Jaune", "version": 2}, headers=auth(*AGENT))
     assert r.json()["colour"] == "Jaune"
     is_problem(await api.put(f"/api/vehicles/{v['id']}", json=upd | {"vin": "X"}, headers=auth(*AGENT)), 400)
-    history = (await api.get(f"/api/vehicles/{v['id']}/history", headers=auth(*AGENT))).json()
+    history = (await api.get(f"/api/vehicles/{v['id']}/history", headers=auth(*AGENT))).json()["items"]
     assert [(h["field"], h["old_value"], h["new_value"]) for h in history[1:]] == [
         ("colour", "Noir", "Bleu"),
         ("colour", "Bleu", "Jaune"),
@@ -176,7 +176,7 @@ async def test_update_needs_the_current_etag(api, auth):
     assert (await api.get(f"/api/vehicles/{v['id']}", headers=auth(*AGENT))).status_code == 200
     r = await api.get("/api/vehicles", params={"include_archived": "true"}, headers=auth(*AGENT))
     assert len(r.json()["items"]) == 1
-    history = (await api.get(f"/api/vehicles/{v['id']}/history", headers=auth(*AGENT))).json()
+    history = (await api.get(f"/api/vehicles/{v['id']}/history", headers=auth(*AGENT))).json()["items"]
     assert history[-1]["field"] == "archived"
 
 
@@ -215,7 +215,7 @@ async def test_pledge_blocks_transfer_and_roadside_lookup(api, auth):
     assert r.status_code == 200 and check["stolen"] and check["alert"] and check["make"] == "Peugeot"
     assert "owners" not in check and "customs_ref" not in check
     is_problem(await api.get("/api/vehicles/lookup", params={"plate": "ZZ 9999"}, headers=auth(*POLICE)), 404)
-    history = (await api.get(f"{url}/history", headers=auth(*AGENT))).json()
+    history = (await api.get(f"{url}/history", headers=auth(*AGENT))).json()["items"]
     assert [h["field"] for h in history] == ["created", "pledge", "pledge", "owners", "status"]
 
 

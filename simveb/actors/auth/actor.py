@@ -67,7 +67,7 @@ from simveb.actors.auth.messages import (
     ResetTotp,
     RevokeSession,
     RevokeUserSessions,
-    Session,
+    SessionPage,
     SetPassword,
     SetupTotp,
     TokenPair,
@@ -102,6 +102,7 @@ from simveb.errors import (
     Unauthorized,
 )
 from simveb.keys import KeyRing, Sealer, load_private, sealing_key
+from simveb.messages import decode_cursor, page
 from simveb.metrics import ABUSE_BUDGET_HITS, ADDRESS_THROTTLE
 
 log = logging.getLogger("simveb.auth")
@@ -870,8 +871,10 @@ class AuthActor(Audited, Actor):
         await store.deny_token(con, msg.jti, expires_at, "logout")
 
     @handler
-    async def list_sessions(self, msg: ListSessions, con: asyncpg.Connection) -> list[Session]:
-        return await store.list_sessions(con, msg.user_id)
+    async def list_sessions(self, msg: ListSessions, con: asyncpg.Connection) -> SessionPage:
+        after = decode_cursor(msg.cursor, datetime, UUID)
+        rows = await store.list_sessions(con, msg.user_id, after, msg.limit + 1)
+        return page(SessionPage, rows, msg.limit, lambda s: (s.created_at, s.id))
 
     @handler
     async def revoke_session(self, msg: RevokeSession, con: asyncpg.Connection) -> None:

@@ -16,7 +16,7 @@ import msgspec
 
 from simveb.actors.users.messages import CreateUser, Email, User
 from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
-from simveb.messages import Ask, Caller, Record
+from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Limit, Page, Record
 
 # What a client may send, in bounds the HTTP bodies made from these messages check and document.
 Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=254, description="NPI, phone (+229…) or email")]
@@ -203,10 +203,18 @@ class Logout(Ask[None]):
     session_id: UUID | None = None
 
 
-class ListSessions(Ask[list[Session]]):
-    """The user's live sessions."""
+class SessionPage(Page[Session]):
+    """Live sessions, newest first."""
+
+    items: list[Session]
+
+
+class ListSessions(Ask[SessionPage]):
+    """The user's live sessions, newest first, keyset-paged on (created_at, id)."""
 
     user_id: UUID
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class RevokeSession(Ask[None]):

@@ -7,6 +7,7 @@ messages' Structs, or the row Structs below (internal to this actor). Secrets ar
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -191,11 +192,19 @@ async def session_of_token(con: asyncpg.Connection, jti: str) -> UUID | None:
     return await con.fetchval("SELECT session_id FROM auth.access_tokens WHERE jti = $1", jti)
 
 
-async def list_sessions(con: asyncpg.Connection, user_id: UUID) -> list[Session]:
+async def list_sessions(
+    con: asyncpg.Connection, user_id: UUID, after: tuple[Any, ...] | None, limit: int
+) -> list[Session]:
+    """A user's live sessions, newest first, after the keyset `after` (created_at, id)."""
+    at, sid = after or (None, None)
     rows = await con.fetch(
         f"SELECT {_SESSION_COLS} FROM auth.sessions WHERE user_id = $1 AND revoked_at IS NULL"
-        " AND expires_at > now() ORDER BY created_at DESC",
+        " AND expires_at > now() AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))"
+        " ORDER BY created_at DESC, id DESC LIMIT $4",
         user_id,
+        at,
+        sid,
+        limit,
     )
     return from_rows(Session, rows)
 

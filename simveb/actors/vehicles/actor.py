@@ -50,6 +50,7 @@ from simveb.actors.vehicles.messages import (
     GetVehicleHistory,
     GetVehicleStanding,
     HistoryEntry,
+    HistoryPage,
     ImportJob,
     LiftBlacklist,
     LiftEncumbrance,
@@ -86,7 +87,7 @@ from simveb.actors.vehicles.messages import (
 )
 from simveb.audit import Audited
 from simveb.bus import Actor, handler, reader
-from simveb.errors import Conflict, Invalid, NotFound, PreconditionFailed
+from simveb.errors import Conflict, Invalid, InvalidCursor, NotFound, PreconditionFailed
 from simveb.messages import decode_cursor, page
 
 log = logging.getLogger("simveb.vehicles")
@@ -243,14 +244,21 @@ class VehiclesActor(Audited, Actor):
         return page(VehiclePage, rows, msg.limit, lambda v: (v.id,))
 
     @handler
-    async def history(self, msg: GetVehicleHistory, con: asyncpg.Connection) -> list[HistoryEntry]:
+    async def history(self, msg: GetVehicleHistory, con: asyncpg.Connection) -> HistoryPage:
         vehicle = await store.get_vehicle(con, msg.vehicle_id)
         if vehicle is None or not visible(vehicle, msg.viewer):
             raise NotFound(f"no vehicle {msg.vehicle_id}", code="unknown_vehicle")
-        entries = await store.history(con, msg.vehicle_id)
-        if not entries or entries[0].field != "created":
+        # The keyset is (vehicle, entry id): a cursor of another vehicle's history, or of another
+        # list whose keyset is a bare number (the config history), is refused, not read as a position.
+        after = decode_cursor(msg.cursor, UUID, int)
+        if after is not None and after[0] != msg.vehicle_id:
+            raise InvalidCursor()
+        entries = await store.history(con, msg.vehicle_id, after and after[1], msg.limit + 1)
+        if after is None and (not entries or entries[0].field != "created"):
             # Imported vehicles get no per-row history entry (a national import would double its
-            # cost); their creation is told from the row and its import job.
+            # cost); their creation is told from the row and its import job. It is a real keyset
+            # position, id 0 (below every bigserial id), so it leads the first page only and a
+            # cursor after it (0) resumes at the first stored entry.
             origin = await store.import_origin(con, msg.vehicle_id)
             entries.insert(
                 0,
@@ -266,7 +274,7 @@ class VehiclesActor(Audited, Actor):
                     },
                 ),
             )
-        return entries
+        return page(HistoryPage, entries, msg.limit, lambda e: (e.vehicle_id, e.id))
 
     # --- vehicles: writes --------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 import msgspec
 
-from simveb.errors import Conflict, DomainError, Invalid, NotFound, PreconditionFailed
+from simveb.errors import Conflict, DomainError, Invalid, InvalidCursor, NotFound, PreconditionFailed
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Cursor, Event, Limit, Page, Record
 
 Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
@@ -330,11 +330,21 @@ class SearchVehicles(Ask[VehiclePage]):
     limit: Limit = PAGE_LIMIT_DEFAULT
 
 
-class GetVehicleHistory(Ask[list[HistoryEntry]]):
-    errors = (NotFound,)
+class HistoryPage(Page[HistoryEntry]):
+    """A vehicle's changes, oldest first (an imported vehicle's synthetic `created` entry, id 0, leads)."""
+
+    items: list[HistoryEntry]
+
+
+class GetVehicleHistory(Ask[HistoryPage]):
+    """A vehicle's history, keyset-paged on (vehicle, entry id)."""
+
+    errors = (NotFound, InvalidCursor)
 
     vehicle_id: UUID
     viewer: Viewer | None = None
+    cursor: Cursor | None = None
+    limit: Limit = PAGE_LIMIT_DEFAULT
 
 
 class UpdateVehicle(Ask[Vehicle]):

@@ -493,11 +493,14 @@ async def record(
     )
 
 
-async def history(con: asyncpg.Connection, vehicle_id: UUID) -> list[HistoryEntry]:
+async def history(con: asyncpg.Connection, vehicle_id: UUID, after: int | None, limit: int) -> list[HistoryEntry]:
+    """A vehicle's entries oldest first (by id), after the keyset `after` (id)."""
     rows = await con.fetch(
         "SELECT id, vehicle_id, at, actor, field, old_value, new_value, reason FROM vehicles.history"
-        " WHERE vehicle_id = $1 ORDER BY id",
+        " WHERE vehicle_id = $1 AND ($2::bigint IS NULL OR id > $2) ORDER BY id LIMIT $3",
         vehicle_id,
+        after,
+        limit,
     )
     return from_rows(HistoryEntry, rows)
 
