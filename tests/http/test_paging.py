@@ -30,6 +30,7 @@ PAGED = {
     "/api/vehicles/blacklist": ("vehicles:standing",),
     "/api/immatriculations/plates/reservations": ("registrations:plates",),
     "/api/auth/sessions": (),
+    "/api/audit": ("audit:read",),
 }
 USER = "00000000-0000-0000-0000-0000000000aa"
 
