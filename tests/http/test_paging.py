@@ -161,6 +161,10 @@ async def test_sessions_page_newest_first_and_each_once(client, runtime, auth) -
         CreateUser(caller=SYSTEM, kind="staff", roles=["agent"], email=f"p{n}@example.bj", phone=f"+22901{n:08d}")
     )
     await runtime.bus.ask(SetPassword(user_id=user.id, password="correct horse battery", by="test"))
+    # A second user, so that the users list has a next page (its cursor is tried below).
+    await runtime.bus.ask(
+        CreateUser(caller=SYSTEM, kind="staff", roles=["agent"], email=f"q{n}@example.bj", phone=f"+22901{n + 1:08d}")
+    )
     made = []
     for _ in range(5):
         result = await runtime.bus.ask(Login(identifier=f"p{n}@example.bj", password="correct horse battery"))
@@ -171,6 +175,13 @@ async def test_sessions_page_newest_first_and_each_once(client, runtime, auth) -
     for limit in (1, 2, 5):
         seen, pages = await walk(client, "/api/auth/sessions", h, limit)
         assert seen == everything and pages == max(1, -(-5 // limit))
+    # A cursor of the users list (same (created_at, id) shape) or of another user's sessions is refused.
+    mine = (await client.get("/api/auth/sessions", params={"limit": 1}, headers=h)).json()["next_cursor"]
+    users = (await client.get("/api/users", params={"limit": 1}, headers=auth("users:read"))).json()["next_cursor"]
+    assert mine and users
+    for foreign, who in ((users, h), (mine, auth(sub=USER))):
+        r = await client.get("/api/auth/sessions", params={"cursor": foreign}, headers=who)
+        assert r.status_code == 400 and r.json()["code"] == "invalid_cursor", r.text
 
 
 async def test_history_and_sessions_refuse_each_others_cursors(client, runtime, auth, tmp_path) -> None:

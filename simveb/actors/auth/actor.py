@@ -97,6 +97,7 @@ from simveb.errors import (
     Forbidden,
     InternalError,
     Invalid,
+    InvalidCursor,
     NotFound,
     TooManyRequests,
     Unauthorized,
@@ -872,9 +873,13 @@ class AuthActor(Audited, Actor):
 
     @handler
     async def list_sessions(self, msg: ListSessions, con: asyncpg.Connection) -> SessionPage:
-        after = decode_cursor(msg.cursor, datetime, UUID)
-        rows = await store.list_sessions(con, msg.user_id, after, msg.limit + 1)
-        return page(SessionPage, rows, msg.limit, lambda s: (s.created_at, s.id))
+        # The keyset is (user, created_at, id): the users list's (created_at, id) cursors, and
+        # another user's, are refused instead of being read as a position in this list.
+        after = decode_cursor(msg.cursor, UUID, datetime, UUID)
+        if after is not None and after[0] != msg.user_id:
+            raise InvalidCursor()
+        rows = await store.list_sessions(con, msg.user_id, after and after[1:], msg.limit + 1)
+        return page(SessionPage, rows, msg.limit, lambda s: (msg.user_id, s.created_at, s.id))
 
     @handler
     async def revoke_session(self, msg: RevokeSession, con: asyncpg.Connection) -> None:

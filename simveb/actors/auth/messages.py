@@ -15,7 +15,7 @@ from uuid import UUID
 import msgspec
 
 from simveb.actors.users.messages import CreateUser, Email, User
-from simveb.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
+from simveb.errors import Conflict, Forbidden, Invalid, InvalidCursor, NotFound, TooManyRequests, Unauthorized
 from simveb.messages import PAGE_LIMIT_DEFAULT, Ask, Caller, Cursor, Limit, Page, Record
 
 # What a client may send, in bounds the HTTP bodies made from these messages check and document.
@@ -210,7 +210,9 @@ class SessionPage(Page[Session]):
 
 
 class ListSessions(Ask[SessionPage]):
-    """The user's live sessions, newest first, keyset-paged on (created_at, id)."""
+    """The user's live sessions, newest first, keyset-paged on (user, created_at, id)."""
+
+    errors = (InvalidCursor,)
 
     user_id: UUID
     cursor: Cursor | None = None
