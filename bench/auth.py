@@ -1,41 +1,50 @@
-"""Benchmark: the price of token checks, and how many password logins a server signs per second.
+"""Benchmark: the price of the token check, and how many password logins a server signs per second.
 
-A real server (granian, one worker, in a subprocess) on the embedded PostgreSQL or on the server
-named by SIMVEB_TEST_DATABASE_URL (a scratch database is created and dropped). In the same run and
-with the same httpx concurrency:
-- baseline: `GET /health/live` (no token, no database);
-- me: `GET /api/auth/me` with a bearer token (EdDSA verify, claims, deny-list lookup);
-- logins: `POST /api/auth/login` (argon2id verify off the event loop, session and token writes).
-The two request kinds are measured twice, interleaved, to even out drift. The target is
-me/baseline >= 0.8; logins are bounded by argon2 (m=19 MiB, t=2) and only reported.
+Two servers run side by side with the same granian settings (one worker): the project, started
+with `simveb serve` and its default settings, and the bare Litestar app of bench/bare/bare_app.py.
+wrk (the Debian package `wrk`, outside Python so it is not the bottleneck) drives both:
 
-Run it from a clean clone, with the project's `bench` extra:
+- me: `GET /api/auth/me` with a bearer token (the shell, EdDSA verification, claims, deny-list
+  lookup, the caller) against the bare app's `GET /me`, which verifies the same token with pyjwt
+  alone (EdDSA pinned, `iss`, `aud`, `exp`) and answers its claims. One token is sent again and
+  again, as a client does for its 15 minutes: the project keeps verified tokens in a small cache
+  (expiry and revocation still checked each time), the bare app verifies the signature every time,
+  so the ratio can exceed 1;
+- logins: `POST /api/auth/login` (argon2id verify off the event loop, session and token writes),
+  reported only: argon2 (m=19 MiB, t=2) bounds it, not our code.
 
-    pip install -e ".[bench]" && python bench/auth.py [--seconds 3] [--concurrency 32]
+Each pair is measured back to back, the order alternating, for several rounds; the ratio is the
+median of the rounds' ratios. The only setting changed from the defaults is
+`ratelimit.per_minute`, raised so the one load generator address is not refused.
+
+Run it from a clean clone, with the project's `bench` extra and wrk (`apt-get install wrk`):
+
+    pip install -e ".[bench]" && python bench/auth.py [--seconds 3] [--rounds 3] [--connections 32]
+
+The database is a scratch one on SIMVEB_TEST_DATABASE_URL (created and dropped), otherwise the
+embedded PostgreSQL. Target: me_ratio >= 0.8.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
+import json
 import os
-import socket
-import subprocess
+import shutil
+import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 from common import database  # bench/common.py
+from cryptography.hazmat.primitives import serialization
+from http_load import HERE, ROOT, access_token, free_port, process, wrk  # bench/http_load.py
 
 from simveb.actors.auth.messages import SetPassword
 from simveb.actors.users.messages import SYSTEM, CreateUser, SeedUsers
 from simveb.config import Settings, with_overrides
-from simveb.runtime import Runtime
+from simveb.keys import KeyRing, load_private
 
 EMAIL = "bench.agent@example.bj"
 PASSWORD = "bench password 2026"
@@ -43,6 +52,8 @@ PASSWORD = "bench password 2026"
 
 async def prepare(settings: Settings) -> None:
     """Reference data and one agent with a password, through the services' messages."""
+    from simveb.runtime import Runtime
+
     runtime = Runtime(settings, relay=False)
     await runtime.start(migrate_first=False, seed_if_empty=True)
     try:
@@ -54,118 +65,92 @@ async def prepare(settings: Settings) -> None:
         await runtime.stop()
 
 
-@contextlib.contextmanager
-def server(scratch: str, url: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "SIMVEB_SERVER__DATA_DIR": scratch,
-        "SIMVEB_SERVER__LOG_LEVEL": "WARNING",
-        "SIMVEB_DATABASE__URL": url,
-        "SIMVEB_DATABASE__MIGRATE_ON_START": "false",
-        "SIMVEB_RATELIMIT__ENABLED": "false",
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "granian",
-            "--interface",
-            "asgi",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-ws",
-            "--log-level",
-            "warning",
-            "simveb.http.app:app_from_env",
-        ],
-        env=env,
-        cwd=scratch,
+def public_pem(settings: Settings) -> str:
+    """The public half of the server's signing key, for the bare app's own verification."""
+    private = load_private(KeyRing.for_settings(settings).private_pem())
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health/ready", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bench auth: the server did not start")
-            time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-async def rate(
-    client: httpx.AsyncClient, method: str, path: str, seconds: float, concurrency: int, **kw: object
-) -> float:
-    """Requests per second for `seconds`, `concurrency` in flight; every answer must be a 200."""
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            r = await client.request(method, path, **kw)  # type: ignore[arg-type]
-            if r.status_code != 200:
-                raise SystemExit(f"bench auth: {method} {path} answered {r.status_code}: {r.text[:200]}")
-            done += 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / (time.perf_counter() - started)
-
-
-async def measure(base: str, seconds: float, concurrency: int) -> tuple[float, float, float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
-        r = await client.post("/api/auth/login", json={"email": EMAIL, "password": PASSWORD})
-        r.raise_for_status()
-        headers = {"Authorization": f"Bearer {r.json()['tokens']['access_token']}"}
-        await rate(client, "GET", "/health/live", 0.5, concurrency)  # warm up both paths
-        await rate(client, "GET", "/api/auth/me", 0.5, concurrency, headers=headers)
-        baseline, me = [], []
-        for _ in range(2):
-            baseline.append(await rate(client, "GET", "/health/live", seconds, concurrency))
-            me.append(await rate(client, "GET", "/api/auth/me", seconds, concurrency, headers=headers))
-        login_body = {"email": EMAIL, "password": PASSWORD}
-        logins = await rate(client, "POST", "/api/auth/login", seconds, min(concurrency, 8), json=login_body)
-    return sum(me) / len(me), sum(baseline) / len(baseline), logins
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of one wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="back-to-back pairs; the median ratio is kept")
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
-    logging.getLogger("simveb").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory() as scratch, database(Path(scratch)) as url:
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench auth: needs wrk (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, scratch: Path) -> None:
+    with database(scratch) as url:
         settings = with_overrides(
-            Settings(),
-            server={"data_dir": scratch, "log_level": "WARNING"},
-            database={"url": url, "migrate_on_start": False, "pool_min": 1, "pool_max": 4},
+            Settings(), server={"data_dir": str(scratch)}, database={"url": url, "migrate_on_start": False}
         )
         asyncio.run(prepare(settings))
-        with server(scratch, url) as base:
-            me, baseline, logins = asyncio.run(measure(base, args.seconds, args.concurrency))
-        print(f"seconds={args.seconds:g} concurrency={args.concurrency} server=granian workers=1")
-        print(
-            f"bench auth: me_per_s={me:.0f} baseline_per_s={baseline:.0f} ratio={me / baseline:.2f}"
-            f" logins_per_s={logins:.1f}"
+        token = access_token(settings)
+        project_port, bare_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "SIMVEB_CONFIG": str(ROOT / "config.toml"),
+            "SIMVEB_SERVER__DATA_DIR": str(scratch),
+            "SIMVEB_DATABASE__URL": url,
+            # One wrk address would be refused after 600 requests; the limiter still runs.
+            "SIMVEB_RATELIMIT__PER_MINUTE": str(10**9),
+        }
+        bare_env = {
+            **os.environ,
+            "BARE_JWT_PUBLIC_KEY": public_pem(settings),
+            "BARE_JWT_ISSUER": settings.security.issuer,
+            "BARE_JWT_AUDIENCE": settings.security.audience,
+        }
+        project_argv = [sys.executable, "-m", "simveb.cli", "serve", "--port", str(project_port), "--workers", "1"]
+        bare_argv = [sys.executable, str(HERE / "bare" / "bare_app.py"), str(bare_port), url]
+        project = f"http://127.0.0.1:{project_port}"
+        bare = f"http://127.0.0.1:{bare_port}"
+        login = scratch / "login.lua"
+        body = json.dumps({"email": EMAIL, "password": PASSWORD})
+        login.write_text(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
         )
+        auth = [f"Authorization: Bearer {token}"]
+        with (
+            process(project_argv, env, f"{project}/health/ready", scratch / "project.log", "simveb serve"),
+            process(bare_argv, bare_env, f"{bare}/live", scratch / "bare.log", "the bare app"),
+        ):
+            wrk(f"{project}/api/auth/me", 1, args.connections, auth)  # warm up both servers
+            wrk(f"{bare}/me", 1, args.connections, auth)
+            rounds: list[tuple[tuple[float, float], tuple[float, float]]] = []
+            for i in range(args.rounds):
+                sides = [("project", f"{project}/api/auth/me"), ("bare", f"{bare}/me")]
+                got = {
+                    side: wrk(u, args.seconds, args.connections, auth) for side, u in sides[:: 1 if i % 2 == 0 else -1]
+                }
+                rounds.append((got["project"], got["bare"]))
+                p, b = got["project"], got["bare"]
+                print(
+                    f"round {i + 1} me: project {p[0]:,.0f} req/s p99 {p[1]:.1f} ms;"
+                    f" bare {b[0]:,.0f} req/s p99 {b[1]:.1f} ms; ratio {p[0] / b[0]:.2f}",
+                    flush=True,
+                )
+            # Logins: few connections, argon2 runs in worker threads on the server's cores.
+            logins, logins_p99 = wrk(f"{project}/api/auth/login", args.seconds, 4, [], script=login)
+    ratio = statistics.median(p[0] / b[0] for p, b in rounds)
+    me_rps = statistics.median(p[0] for p, _ in rounds)
+    bare_rps = statistics.median(b[0] for _, b in rounds)
+    print(
+        f"connections={args.connections} seconds={args.seconds:g} rounds={args.rounds} server=granian workers=1"
+        f" load1={os.getloadavg()[0]:.1f} cpus={os.cpu_count()}"
+    )
+    print(
+        f"bench auth: me_ratio={ratio:.2f} me_per_s={me_rps:.0f} bare_me_per_s={bare_rps:.0f}"
+        f" logins_per_s={logins:.1f} logins_p99_ms={logins_p99:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -140,11 +140,17 @@ def process(argv: list[str], env: dict[str, str], ready_url: str, log: Path, wha
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
-def wrk(url: str, seconds: float, connections: int, headers: list[str]) -> tuple[float, float]:
-    """(requests per second, p99 latency in ms) of `url` under wrk; every answer must be a 2xx."""
+def wrk(
+    url: str, seconds: float, connections: int, headers: list[str], script: Path | None = None
+) -> tuple[float, float]:
+    """(requests per second, p99 latency in ms) of `url` under wrk; every answer must be a 2xx.
+
+    `script` is a wrk Lua script (a POST body, say)."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
+    if script is not None:
+        argv += ["-s", str(script)]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"bench http: errors under load on {url}:\n{out}")

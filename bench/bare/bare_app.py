@@ -1,7 +1,11 @@
 """The baseline of bench/http.py: a bare Litestar app with no SIMVEB code on its request path.
 
-Two routes, the floor the project's shell and read path are compared with:
+Three routes, the floor the project's shell, token check and read path are compared with:
 - `GET /live`: a JSON answer, like the project's `GET /health/live`;
+- `GET /me`: the bearer token verified with pyjwt alone (EdDSA pinned, `iss`, `aud`, `exp`) and its
+  claims answered, like the project's `GET /api/auth/me` without shell, deny list or caller
+  (bench/auth.py; the public key comes from BARE_JWT_PUBLIC_KEY, the issuer and audience from
+  BARE_JWT_ISSUER and BARE_JWT_AUDIENCE);
 - `GET /vehicles/{id}`: the same row of `vehicles.vehicles` read with asyncpg from a pool of the
   project's default size and serialised as JSON, like the project's `GET /api/vehicles/{id}`
   without token, bus, actor or shell.
@@ -22,9 +26,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from litestar import Litestar, get
+import jwt
+from litestar import Litestar, Request, get
 from litestar.datastructures import State
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotAuthorizedException, NotFoundException
 
 # The columns the vehicles store reads for one vehicle, written out: the baseline shares no code
 # with what is measured.
@@ -39,6 +44,29 @@ COLUMNS = (
 @get("/live")
 async def live() -> dict[str, str]:
     return {"status": "ok", "version": "bare"}
+
+
+@get("/me")
+async def me(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Bearer ") or not os.environ.get("BARE_JWT_PUBLIC_KEY"):
+        raise NotAuthorizedException()
+    try:
+        claims = jwt.decode(
+            header[7:],
+            os.environ["BARE_JWT_PUBLIC_KEY"],
+            algorithms=["EdDSA"],
+            audience=os.environ["BARE_JWT_AUDIENCE"],
+            issuer=os.environ["BARE_JWT_ISSUER"],
+        )
+    except jwt.PyJWTError:
+        raise NotAuthorizedException() from None
+    return {
+        "user_id": claims["sub"],
+        "roles": claims.get("roles", []),
+        "permissions": sorted(claims.get("permissions", [])),
+        "expires_at": claims["exp"],
+    }
 
 
 @get("/vehicles/{vehicle_id:uuid}")
@@ -63,7 +91,7 @@ def create() -> Litestar:
         finally:
             await app.state.pool.close()
 
-    return Litestar(route_handlers=[live, vehicle], lifespan=[lifespan], debug=False)
+    return Litestar(route_handlers=[live, me, vehicle], lifespan=[lifespan], debug=False)
 
 
 def main() -> None:
