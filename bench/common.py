@@ -1,4 +1,4 @@
-"""Start-up shared by the benchmarks: a migrated scratch database for one run.
+"""Start-up shared by the benchmarks: a migrated scratch database for one run, the sandbox simulators.
 
 A bench script imports it as `from common import database`; `python bench/<name>.py` puts this
 directory first on sys.path.
@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +54,28 @@ def database(scratch: Path) -> Iterator[str]:
         yield url
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def simulator() -> Iterator[str]:
+    """The sandbox simulators on a free port, served by uvicorn in a thread (its own event loop).
+    uvicorn comes with the `bench` extra, so only the scripts that call this need it."""
+    import uvicorn
+    from litestar import Litestar
+
+    from simveb.sandbox import sandbox_router
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(Litestar([sandbox_router()]), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(5)
+        sock.close()

@@ -16,44 +16,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import socket
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import uvicorn
-from common import database  # bench/common.py
-from litestar import Litestar
+from common import database, simulator  # bench/common.py
 
 from simveb.actors.notifications.actor import NotificationsActor
 from simveb.actors.notifications.messages import SeedNotifications, SendNotification
 from simveb.config import Settings, with_overrides
 from simveb.runtime import Runtime
-from simveb.sandbox import sandbox_router
-
-
-@contextlib.contextmanager
-def simulator() -> Iterator[str]:
-    """The sandbox simulators on a free port, served by uvicorn in a thread (its own event loop)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(Litestar([sandbox_router()]), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 def body(i: int) -> str:

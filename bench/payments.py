@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import socket
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
 import uvicorn
-from common import database  # bench/common.py
-from litestar import Litestar
+from common import database, simulator  # bench/common.py
 
 from simveb.actors.config.actor import ConfigActor
 from simveb.actors.payments.actor import PaymentsActor
@@ -45,7 +41,6 @@ from simveb.http.app import create_app
 from simveb.messages import Caller
 from simveb.outbox import emit
 from simveb.runtime import Runtime
-from simveb.sandbox import sandbox_router
 
 SECRET = PaymentsSettings().secret("fedapay_webhook_secret", production=False)
 API_KEY = PaymentsSettings().secret("fedapay_secret_key", production=False)
@@ -55,25 +50,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def simulator() -> Iterator[str]:
-    """The sandbox simulators on a free port, served by uvicorn in a thread (its own event loop)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(Litestar([sandbox_router()]), log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 def signed(tid: int) -> tuple[bytes, str]:
