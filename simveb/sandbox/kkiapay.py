@@ -85,35 +85,36 @@ def _state(request: Request[Any, Any, Any]) -> KKiaPaySim:
     return state["sandbox_kkiapay"]
 
 
-async def _api(request: Request[Any, Any, Any]) -> tuple[KKiaPaySim, dict[str, Any] | None, Response[Any] | None]:
+async def _api(request: Request[Any, Any, Any]) -> tuple[KKiaPaySim, Any, dict[str, Any] | None] | Response[Any]:
+    """The simulator, the transactionId asked for and its transaction (None when unknown); or the
+    response that ends the call (a misbehaviour, wrong keys, a body without transactionId)."""
     sim = _state(request)
     sim.requests.append({"method": request.method, "path": request.url.path, "at": time.time()})
     failure = await sim.behaviour.misbehave(sim.behaviour.next())
     if failure is not None:
-        return sim, None, failure
+        return failure
     h = request.headers
     expected = (sim.public_key, sim.private_key, sim.secret)
     given = (h.get("x-api-key", ""), h.get("x-private-key", ""), h.get("x-secret-key", ""))
     if not all(hmac.compare_digest(a.encode(), b.encode()) for a, b in zip(expected, given, strict=True)):
-        return sim, None, Response({"status": "UNAUTHORIZED", "message": "invalid keys"}, status_code=401)
+        return Response({"status": "UNAUTHORIZED", "message": "invalid keys"}, status_code=401)
     try:
         body = msgspec.json.decode(await request.body())
         assert isinstance(body, dict) and body.get("transactionId")
     except (msgspec.DecodeError, AssertionError):
-        return sim, None, Response({"status": "INVALID_TRANSACTION"}, status_code=400)
-    return sim, body, None
+        return Response({"status": "INVALID_TRANSACTION"}, status_code=400)
+    return sim, body["transactionId"], sim.transactions.get(str(body["transactionId"]))
 
 
 @post("/kkiapay/api/v1/transactions/status", status_code=200)
 async def status(request: Request[Any, Any, Any]) -> Response[Any]:
     """Where a transaction stands (simulated KKiaPay)."""
-    sim, body, failure = await _api(request)
-    if failure is not None:
-        return failure
-    assert body is not None
-    tx = sim.transactions.get(str(body["transactionId"]))
+    found = await _api(request)
+    if isinstance(found, Response):
+        return found
+    sim, tid, tx = found
     if tx is None:
-        return Response({"status": "TRANSACTION_NOT_FOUND", "transactionId": body["transactionId"]})
+        return Response({"status": "TRANSACTION_NOT_FOUND", "transactionId": tid})
     shown = dict(tx)
     if sim.amount_override is not None:
         shown["amount"] = sim.amount_override
@@ -123,11 +124,10 @@ async def status(request: Request[Any, Any, Any]) -> Response[Any]:
 @post("/kkiapay/api/v1/transactions/revert", status_code=200)
 async def revert(request: Request[Any, Any, Any]) -> Response[Any]:
     """Refund a successful transaction in full."""
-    sim, body, failure = await _api(request)
-    if failure is not None:
-        return failure
-    assert body is not None
-    tx = sim.transactions.get(str(body["transactionId"]))
+    found = await _api(request)
+    if isinstance(found, Response):
+        return found
+    _, _, tx = found
     if tx is None:
         return Response({"status": "TRANSACTION_NOT_FOUND"}, status_code=404)
     if tx["status"] != "SUCCESS":
