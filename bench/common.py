@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from simveb import migrate
+from simveb.config import Settings, local_origin, url_settings, with_overrides
 from simveb.db import start_embedded
 
 
@@ -79,3 +80,14 @@ def simulator() -> Iterator[str]:
         server.should_exit = True
         thread.join(5)
         sock.close()
+
+
+def providers_at(settings: Settings, sim: str) -> Settings:
+    """`settings` with every provider URL that points at this server's own /sandbox pointed at the
+    simulators served at `sim` instead (a bench serves them apart, with server.sandbox false)."""
+    own = local_origin(settings.server)
+    changes: dict[str, dict[str, str]] = {}
+    for section, name, value in url_settings(settings):
+        if value == own + "/sandbox" or value.startswith(own + "/sandbox/"):
+            changes.setdefault(section, {})[name] = sim + value[len(own) :]
+    return with_overrides(settings, **changes)

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import uvicorn
-from common import database, simulator  # bench/common.py
+from common import database, providers_at, simulator  # bench/common.py
 
 from simveb.actors.config.actor import ConfigActor
 from simveb.actors.payments.actor import PaymentsActor
@@ -169,11 +169,12 @@ def main() -> None:
         port = free_port()
         settings = with_overrides(
             Settings(),
-            server={"data_dir": scratch, "log_level": "WARNING", "sandbox": False},
+            server={"data_dir": scratch, "log_level": "WARNING", "sandbox": False, "port": port},
             database={"url": url, "migrate_on_start": False, "pool_min": 2, "pool_max": 20},
             ratelimit={"enabled": False},
-            payments={"fedapay_url": f"{sim}/sandbox/fedapay", "callback_base_url": f"http://127.0.0.1:{port}"},
+            payments={"callback_base_url": f"http://127.0.0.1:{port}"},
         )
+        settings = providers_at(settings, sim)  # the simulators run apart, not mounted in the app
         rate, base, events = asyncio.run(run(settings, sim, port, args.webhooks, args.in_flight))
         print(f"webhooks={args.webhooks} in_flight={args.in_flight} events={events}")
     # Printed once the embedded server is stopped, so the result is the very last line.

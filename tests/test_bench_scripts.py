@@ -12,7 +12,19 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", ["http.py", "vehicles.py", "auth.py", "documents.py", "placement.py", "audit.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "http.py",
+        "vehicles.py",
+        "auth.py",
+        "documents.py",
+        "placement.py",
+        "audit.py",
+        "payments.py",
+        "notifications.py",
+    ],
+)
 def test_bench_script_starts(script: str) -> None:
     done = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
