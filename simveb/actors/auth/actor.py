@@ -615,19 +615,36 @@ class AuthActor(Audited, Actor):
     async def request_otp(self, msg: RequestOtp) -> OtpRequested:
         account = account_key(msg.identifier)
         cooldown = self.conf.otp_resend_cooldown_s
-        async with self.db.connection() as con:
-            recent = await store.recent_challenge(con, account, msg.purpose, cooldown)
-        if recent is not None:
-            # Within the cooldown the same challenge is answered again and nothing is sent.
-            return OtpRequested(
-                challenge_id=recent.id,
-                expires_at=recent.expires_at,
-                resend_after_s=max(1, math.ceil(recent.wait)),
-            )
+        if (again := await self._recent_code(account, msg.purpose)) is not None:
+            return again
         await self._within_budgets(account, msg.client_ip)
         authz = await self._resolve(msg.identifier)
         wanted_status = "pending" if msg.purpose == "register" else "active"
         eligible = authz is not None and authz.status == wanted_status and bool(authz.phone or authz.email)
+        challenge_id, code, expires_at = await self._code_challenge(
+            account, msg.purpose, authz.user_id if eligible and authz else None, msg.client_ip
+        )
+        if eligible and authz is not None:
+            # Delivered in the background: the reply takes as long whether or not a code is sent.
+            self._spawn(self._deliver(authz, code, msg.purpose, challenge_id))
+        return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+
+    async def _recent_code(self, account: str, purpose: str, *, user_id: UUID | None = None) -> OtpRequested | None:
+        """Within the resend cooldown the same challenge is answered again and nothing is sent."""
+        async with self.db.connection() as con:
+            recent = await store.recent_challenge(
+                con, account, purpose, self.conf.otp_resend_cooldown_s, user_id=user_id
+            )
+        if recent is None:
+            return None
+        return OtpRequested(
+            challenge_id=recent.id, expires_at=recent.expires_at, resend_after_s=max(1, math.ceil(recent.wait))
+        )
+
+    async def _code_challenge(
+        self, account: str, purpose: str, user_id: UUID | None, client_ip: str | None, *, new_email: str | None = None
+    ) -> tuple[UUID, str, datetime]:
+        """A new six-digit code challenge (only its hash is kept): its id, the code and its expiry."""
         challenge_id = uuid.uuid4()
         code = f"{secrets.randbelow(1_000_000):06d}"
         async with self.db.connection() as con:
@@ -635,16 +652,14 @@ class AuthActor(Audited, Actor):
                 con,
                 challenge_id=challenge_id,
                 account=account,
-                user_id=authz.user_id if eligible and authz else None,
-                purpose=msg.purpose,
+                user_id=user_id,
+                purpose=purpose,
                 code_hash=self._code_hash(challenge_id, code),
-                client_ip=msg.client_ip,
+                client_ip=client_ip,
                 ttl_s=self.conf.otp_ttl_s,
+                new_email=new_email,
             )
-        if eligible and authz is not None:
-            # Delivered in the background: the reply takes as long whether or not a code is sent.
-            self._spawn(self._deliver(authz, code, msg.purpose, challenge_id))
-        return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+        return challenge_id, code, expires_at
 
     async def _within_budgets(self, account: str, client_ip: str | None) -> None:
         """TooManyRequests when a code request would spend past an abuse budget (an SMS costs money
@@ -1005,31 +1020,17 @@ class AuthActor(Audited, Actor):
         if await self._resolve(new_email) is not None:
             raise Conflict("this email belongs to another account", code="email_taken", field="email")
         account = account_key(new_email)
-        cooldown = self.conf.otp_resend_cooldown_s
-        async with self.db.connection() as con:
-            recent = await store.recent_challenge(con, account, "email_change", cooldown, user_id=msg.user_id)
-        if recent is not None:
-            return OtpRequested(
-                challenge_id=recent.id, expires_at=recent.expires_at, resend_after_s=max(1, math.ceil(recent.wait))
-            )
+        if (again := await self._recent_code(account, "email_change", user_id=msg.user_id)) is not None:
+            return again
         await self._within_budgets(account, msg.client_ip)
-        challenge_id = uuid.uuid4()
-        code = f"{secrets.randbelow(1_000_000):06d}"
-        async with self.db.connection() as con:
-            expires_at = await store.create_challenge(
-                con,
-                challenge_id=challenge_id,
-                account=account,
-                user_id=msg.user_id,
-                purpose="email_change",
-                code_hash=self._code_hash(challenge_id, code),
-                client_ip=msg.client_ip,
-                ttl_s=self.conf.otp_ttl_s,
-                new_email=new_email,
-            )
+        challenge_id, code, expires_at = await self._code_challenge(
+            account, "email_change", msg.user_id, msg.client_ip, new_email=new_email
+        )
         await self._deliver(authz, code, "email_change", challenge_id, to_email=new_email)
         log.info("email change asked by user %s (code %s sent to the new address)", msg.user_id, challenge_id)
-        return OtpRequested(challenge_id=challenge_id, expires_at=expires_at, resend_after_s=cooldown)
+        return OtpRequested(
+            challenge_id=challenge_id, expires_at=expires_at, resend_after_s=self.conf.otp_resend_cooldown_s
+        )
 
     @handler
     async def confirm_email_change(self, msg: ConfirmEmailChange) -> User:
