@@ -398,7 +398,7 @@ class AuthActor(Audited, Actor):
                 # Always account then address, so two failures never wait on each other in a cycle.
                 await con.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 8))", f"address:{client_ip}")
             await store.record_attempt(con, key, user_id, client_ip, kind, False)
-            lockouts: list[tuple[str, dict[str, Any]]] = []
+            lockout: dict[str, Any] | None = None
             # A guess that was in flight when a parallel one locked the account is refused as
             # locked too (the lock only counts failures after it, so it would pass).
             already = await store.active_lockout(con, scope, key)
@@ -416,7 +416,7 @@ class AuthActor(Audited, Actor):
                 )
                 locked = self.conf.lockout_s
                 log.warning("account locked after %d failures", failures, extra={"account": key, "ip": client_ip})
-                lockouts.append((subject, {"scope": scope, "failures": failures, "seconds": self.conf.lockout_s}))
+                lockout = {"scope": scope, "failures": failures, "seconds": self.conf.lockout_s}
             emptied = False
             if client_ip:
                 burst, refill_s = self.conf.address_burst, self.conf.address_refill_s
@@ -434,8 +434,8 @@ class AuthActor(Audited, Actor):
                         refusal = self._throttled(left_tokens)
             # Last in the transaction: the chain's head stays locked only for the commit.
             await self.audit(con, who, subject, "sign_in_failed", factor=kind, client_ip=client_ip)
-            for locked_subject, detail in lockouts:
-                await self.audit(con, "system", locked_subject, "locked_out", client_ip=client_ip, **detail)
+            if lockout is not None:
+                await self.audit(con, "system", subject, "locked_out", client_ip=client_ip, **lockout)
             if emptied:
                 await self.audit(
                     con,
