@@ -709,9 +709,28 @@ class PaymentsActor(Audited, Actor):
             return await self._fedapay_webhook(msg)
         return await self._kkiapay_webhook(msg)
 
-    async def _receipt(self, provider: str, msg: HandleWebhook, **fields: Any) -> int:
+    async def _receipt(
+        self,
+        provider: str,
+        msg: HandleWebhook,
+        *,
+        error: str | None = None,
+        event_type: str | None = None,
+        object_id: str | None = None,
+    ) -> int:
+        """Record a delivery: verified unless `error` says why not. FedaPay's signature header is kept;
+        KKiaPay's header is the secret itself and is never stored."""
         async with self.db.transaction() as con:
-            return await store.insert_receipt(con, provider=provider, raw_body=msg.body, **fields)
+            return await store.insert_receipt(
+                con,
+                provider=provider,
+                signature=msg.proof if provider == "fedapay" else None,
+                raw_body=msg.body,
+                verified=error is None,
+                verification_error=error,
+                event_type=event_type,
+                object_id=object_id,
+            )
 
     async def _outcome(self, receipt_id: int, outcome: str) -> WebhookResult:
         async with self.db.transaction() as con:
@@ -724,39 +743,15 @@ class PaymentsActor(Audited, Actor):
                 msg.proof, msg.body, self.fedapay_webhook_secret, tolerance_s=self.settings.payments.webhook_tolerance_s
             )
         except fedapay_wire.SignatureError as exc:
-            await self._receipt(
-                "fedapay",
-                msg,
-                signature=msg.proof,
-                verified=False,
-                verification_error=str(exc),
-                event_type=None,
-                object_id=None,
-            )
+            await self._receipt("fedapay", msg, error=str(exc))
             log.warning("FedaPay webhook refused: %s", exc)
             raise WebhookRefused("webhook signature refused") from None
         try:
             kind, object_id = fedapay_wire.event_of(msg.body)
         except (ValueError, msgspec.DecodeError) as exc:
-            rid = await self._receipt(
-                "fedapay",
-                msg,
-                signature=msg.proof,
-                verified=True,
-                verification_error=None,
-                event_type=None,
-                object_id=None,
-            )
+            rid = await self._receipt("fedapay", msg)
             return await self._outcome(rid, f"ignored: {exc}")
-        rid = await self._receipt(
-            "fedapay",
-            msg,
-            signature=msg.proof,
-            verified=True,
-            verification_error=None,
-            event_type=kind,
-            object_id=object_id,
-        )
+        rid = await self._receipt("fedapay", msg, event_type=kind, object_id=object_id)
         if not kind.startswith("transaction."):
             return await self._outcome(rid, "ignored")
         try:
@@ -769,30 +764,18 @@ class PaymentsActor(Audited, Actor):
 
     async def _kkiapay_webhook(self, msg: HandleWebhook) -> WebhookResult:
         if not kkiapay_wire.secret_matches(msg.proof, self.kkiapay_secret):
-            await self._receipt(
-                "kkiapay",
-                msg,
-                signature=None,  # the header is the secret itself: never stored
-                verified=False,
-                verification_error="missing secret" if not msg.proof else "secret does not match",
-                event_type=None,
-                object_id=None,
-            )
+            await self._receipt("kkiapay", msg, error="missing secret" if not msg.proof else "secret does not match")
             log.warning("KKiaPay webhook refused: wrong secret")
             raise WebhookRefused("webhook secret refused") from None
         try:
             ref = kkiapay_wire.transaction_id_of(msg.body)
         except (ValueError, msgspec.DecodeError) as exc:
-            rid = await self._receipt(
-                "kkiapay", msg, signature=None, verified=True, verification_error=None, event_type=None, object_id=None
-            )
+            rid = await self._receipt("kkiapay", msg)
             return await self._outcome(rid, f"ignored: {exc}")
         kind = None
         with contextlib.suppress(Exception):
             kind = str(msgspec.json.decode(msg.body).get("event") or "") or None
-        rid = await self._receipt(
-            "kkiapay", msg, signature=None, verified=True, verification_error=None, event_type=kind, object_id=ref
-        )
+        rid = await self._receipt("kkiapay", msg, event_type=kind, object_id=ref)
         try:
             remote = await self.kkiapay.status(ref)
         except (ProviderError, ProviderRefused) as exc:
