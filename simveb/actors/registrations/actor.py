@@ -112,10 +112,6 @@ PAID = "paid"
 _USERS_READER = Caller(sub="system:registrations", permissions=frozenset({"users:read"}))
 
 
-def _sub(caller: Caller) -> str:
-    return caller.sub
-
-
 def _transitions(req_workflow: list[dict[str, Any]]) -> list[Transition]:
     return [msgspec.convert(s, Transition) for s in req_workflow]
 
@@ -155,11 +151,17 @@ class RegistrationsActor(Audited, Actor):
         if idem is None:
             return None
         async with self.db.connection() as con:
-            found = await store.idem_get(con, _sub(caller), idem.key)
-        return self._check_replay(found, idem, reply_type)
+            return await self._stored_reply(con, caller, idem, reply_type)
 
     @staticmethod
-    def _check_replay(found: tuple[str, Any] | None, idem: Idempotency, reply_type: type[R]) -> R | None:
+    async def _stored_reply(
+        con: asyncpg.Connection, caller: Caller, idem: Idempotency | None, reply_type: type[R]
+    ) -> R | None:
+        """The answer stored for this Idempotency-Key, read on `con` (inside the transaction that would
+        otherwise repeat the effect); None without a key or an answer."""
+        if idem is None:
+            return None
+        found = await store.idem_get(con, caller.sub, idem.key)
         if found is None:
             return None
         fingerprint, reply = found
@@ -390,12 +392,9 @@ class RegistrationsActor(Audited, Actor):
         verifiers = await self._staff() if quote.total == 0 else None
 
         async with self.db.transaction() as con:
-            if msg.idempotency is not None:
-                replay = self._check_replay(
-                    await store.idem_get(con, caller.sub, msg.idempotency.key), msg.idempotency, Request
-                )
-                if replay is not None:
-                    return replay
+            replay = await self._stored_reply(con, caller, msg.idempotency, Request)
+            if replay is not None:
+                return replay
             if await store.open_requests(con, vehicle.id, service.code, sorted(TERMINAL)):
                 raise Conflict(f"this vehicle already has an open {service.code} request", code="request_already_open")
             first = service.workflow[0].from_status
@@ -794,10 +793,9 @@ class RegistrationsActor(Audited, Actor):
             effects_transfer = "new_owners" in req.details
             self._check_standing(pre.standing, transfer=effects_transfer)
         async with self.db.transaction() as con:
-            if idem is not None:
-                replay = self._check_replay(await store.idem_get(con, caller.sub, idem.key), idem, Request)
-                if replay is not None:
-                    return replay
+            replay = await self._stored_reply(con, caller, idem, Request)
+            if replay is not None:
+                return replay
             locked = await store.get_request(con, request_id, lock=True)
             assert locked is not None
             if locked.status != req.status:
