@@ -91,14 +91,21 @@ def reply_type(message_type: type) -> Any:
     return resolved
 
 
-def _error_classes() -> dict[str, type[DomainError]]:
-    found: dict[str, type[DomainError]] = {}
+_error_classes: dict[str, type[DomainError]] = {}
+
+
+def _error_class(name: str) -> type[DomainError]:
+    """The DomainError class named `module:qualname` among those this process defines (DomainError
+    itself for another); the subclass tree is walked again only for a name not found yet."""
+    found = _error_classes.get(name)
+    if found is not None:
+        return found
     stack: list[type[DomainError]] = [DomainError]
     while stack:
         cls = stack.pop()
-        found[f"{cls.__module__}:{cls.__qualname__}"] = cls
+        _error_classes[f"{cls.__module__}:{cls.__qualname__}"] = cls
         stack.extend(cls.__subclasses__())
-    return found
+    return _error_classes.get(name, DomainError)
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -128,7 +135,7 @@ def error_body(exc: DomainError) -> ErrorBody:
 def rebuild_error(body: ErrorBody) -> DomainError:
     """The same DomainError class (only classes this process knows: nothing is imported by name),
     with the status, code and fields the remote raised; DomainError itself for an unknown class."""
-    cls = _error_classes().get(body.cls, DomainError)
+    cls = _error_class(body.cls)
     exc = cls.__new__(cls)
     Exception.__init__(exc, body.detail)
     exc.detail = body.detail
