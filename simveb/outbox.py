@@ -285,13 +285,15 @@ class OutboxRelay:
         elsewhere = [name for name in pending if name not in self.bus.cells]
         failed = await self.bus.deliver(row["event_id"], event, only=here, request_id=row["request_id"]) if here else []
         if not failed and elsewhere:
+            # The hand-on and the NOTIFY waking the other relays in one statement (a data-modifying
+            # WITH runs whether or not its rows are read).
             await self._settle(
-                "UPDATE bus.outbox SET pending = $3, lease_until = NULL WHERE id = $1 AND claimed_by = $2",
+                "WITH handed AS (UPDATE bus.outbox SET pending = $3, lease_until = NULL"
+                " WHERE id = $1 AND claimed_by = $2) SELECT pg_notify($4, '')",
                 row["id"],
                 elsewhere,
+                CHANNEL,
             )
-            async with self.db.connection() as con:
-                await con.execute("SELECT pg_notify($1, '')", CHANNEL)
             self.handed_on += 1
             return
         if not failed:
