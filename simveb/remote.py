@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from simveb.bus import current_request_id
+from simveb.bus import ActorStopped, AskTimeout, current_request_id
 from simveb.errors import DomainError, InternalError, Unavailable
 from simveb.messages import Ask, Message
 
@@ -156,8 +156,6 @@ _encoder = msgspec.msgpack.Encoder(enc_hook=str)
 
 def _expire(future: asyncio.Future[Any], message: Message, actor: str, timeout: float) -> None:
     if not future.done():
-        from simveb.bus import AskTimeout
-
         future.set_exception(AskTimeout(f"{type(message).__name__} got no answer from {actor} within {timeout:g} s"))
 
 
@@ -264,8 +262,6 @@ class RemoteTransport:
         for task in replies:
             task.cancel()
         await asyncio.gather(*replies, return_exceptions=True)
-        from simveb.bus import ActorStopped
-
         for fut, _rtype in self._pending.values():
             if not fut.done():
                 fut.set_exception(ActorStopped("this process stopped before the remote answer arrived"))
