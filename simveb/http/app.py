@@ -42,7 +42,7 @@ from simveb.http import vehicles as vehicles_http
 from simveb.http.inputs import field_errors, malformed_body
 from simveb.http.logs import configure_logging, flush_logs, request_id_var
 from simveb.http.security import Token, attach_verifier, caller, load_deny_list, maybe_caller, token
-from simveb.http.shell import OPEN_PREFIXES, HttpMetrics, Shell
+from simveb.http.shell import HttpMetrics, Shell
 from simveb.messages import Caller
 from simveb.metrics import COLLECTORS as PROCESS_COLLECTORS
 from simveb.runtime import Runtime
@@ -399,7 +399,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> Litesta
         state=State({"settings": settings, "metrics_registry": registry, "shell": shell}),
         debug=False,
     )
-    contract.document(app, open_prefixes=OPEN_PREFIXES)
     contract.adopt(app)
     registry.register(http_metrics)  # type: ignore[arg-type]
     registry.register(BusCollector(app))  # type: ignore[arg-type]

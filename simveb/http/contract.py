@@ -1,7 +1,8 @@
 """The API contract as the frontends read it: the one problem schema, and what `document(app)` derives
 for every route from what the route really does, so nobody writes it by hand per route.
 
-For each operation it sets, on the route handler, before Litestar builds the OpenAPI document:
+For each operation it sets, on the route handler, when Litestar builds the OpenAPI document (at the
+first request for it, not when the app is made: see ContractPlugin):
 
 - the error answers, all `application/problem+json` with the `Problem` schema: 401 and 429 from the
   shell (every route under /api), 403 from the guards, 404 from path parameters, 400 from
@@ -45,6 +46,7 @@ from simveb.errors import (
     Unauthorized,
     Unavailable,
 )
+from simveb.http.shell import OPEN_PREFIXES
 from simveb.messages import Ask
 
 PROBLEM = "application/problem+json"
@@ -220,7 +222,7 @@ def permissions_of(guards: Iterable[Any]) -> list[str]:
     return said
 
 
-def document(app: Litestar, *, open_prefixes: tuple[str, ...], body_limit: bool = True) -> None:
+def document(app: Litestar, *, open_prefixes: tuple[str, ...] = OPEN_PREFIXES, body_limit: bool = True) -> None:
     """Set every route handler's documented errors, security, operation id, summary and description."""
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -307,7 +309,10 @@ def _source_markers(fn: Callable[..., Any]) -> dict[str, bool]:
 
 
 class ContractPlugin(OpenAPIPlugin):
-    """Litestar's OpenAPI plugin, finishing the JSON document once it is built (`finish`).
+    """Litestar's OpenAPI plugin, documenting the route handlers (`document`) just before it builds the
+    document, and finishing the JSON document once it is built (`finish`): reading the handlers'
+    sources and scanning simveb's for error codes happen at the first request for the document, not
+    at every `create_app`.
 
     Litestar 2 has no hook after the document is built, and what is left needs the whole document:
     an explicit `security: []` on public operations (Litestar drops an empty list), a second media
@@ -317,6 +322,10 @@ class ContractPlugin(OpenAPIPlugin):
 
     __slots__ = ()
 
+    def _build_openapi(self) -> Any:
+        document(self.app)
+        return super()._build_openapi()
+
     def provide_openapi_schema(self) -> dict[str, Any]:
         if not self._openapi_schema:
             self._openapi_schema = finish(self.app, self.provide_openapi().to_schema())
@@ -324,7 +333,7 @@ class ContractPlugin(OpenAPIPlugin):
 
 
 def adopt(app: Litestar) -> None:
-    """Make the app's OpenAPI plugin finish its document (see ContractPlugin)."""
+    """Make the app's OpenAPI plugin document the handlers and finish its document (see ContractPlugin)."""
     plugin = app.plugins.get(OpenAPIPlugin)
     plugin.__class__ = ContractPlugin
 
