@@ -222,7 +222,7 @@ def permissions_of(guards: Iterable[Any]) -> list[str]:
     return said
 
 
-def document(app: Litestar, *, open_prefixes: tuple[str, ...] = OPEN_PREFIXES, body_limit: bool = True) -> None:
+def document(app: Litestar, *, open_prefixes: tuple[str, ...] = OPEN_PREFIXES) -> None:
     """Set every route handler's documented errors, security, operation id, summary and description."""
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
@@ -230,10 +230,10 @@ def document(app: Litestar, *, open_prefixes: tuple[str, ...] = OPEN_PREFIXES, b
         for handler in route.route_handlers:
             if not handler.resolve_include_in_schema():
                 continue
-            _document_handler(route, handler, open_prefixes=open_prefixes, body_limit=body_limit)
+            _document_handler(route, handler, open_prefixes=open_prefixes)
 
 
-def _document_handler(route: HTTPRoute, handler: Any, *, open_prefixes: tuple[str, ...], body_limit: bool) -> None:
+def _document_handler(route: HTTPRoute, handler: Any, *, open_prefixes: tuple[str, ...]) -> None:
     path = route.path
     resource = _resource(path)
     guards = handler.resolve_guards()
@@ -244,8 +244,7 @@ def _document_handler(route: HTTPRoute, handler: Any, *, open_prefixes: tuple[st
     path_params = set(route.path_parameters)
     other_params = [n for n in params if n not in _RESERVED and n not in dependencies and n not in path_params]
     effects = effects_of(handler.fn)
-    source_has = _source_markers(handler.fn)
-    has_body = "data" in params or source_has["body"]
+    has_body = "data" in params or _reads_body(handler.fn)
 
     errors: set[type] = set(effects.raises)
     for message in effects.asks:
@@ -261,9 +260,7 @@ def _document_handler(route: HTTPRoute, handler: Any, *, open_prefixes: tuple[st
     if other_params or has_body or path_params:
         errors.add(BadRequest)
     if has_body:
-        errors.add(Invalid)
-        if body_limit:
-            errors.add(PayloadTooLarge)
+        errors.update((Invalid, PayloadTooLarge))
     statuses = {_status_of(e) for e in errors if 400 <= _status_of(e) < 600 and _status_of(e) != 500}
 
     responses = dict(handler.responses or {})
@@ -297,12 +294,12 @@ _BODY_MARKERS = re.compile(r"request\.(stream|form|body|json)\(")
 
 
 @functools.cache
-def _source_markers(fn: Callable[..., Any]) -> dict[str, bool]:
+def _reads_body(fn: Callable[..., Any]) -> bool:
+    """Whether the handler reads the request body itself (a stream, a form) rather than as `data`."""
     try:
-        source = inspect.getsource(inspect.unwrap(fn))
+        return bool(_BODY_MARKERS.search(inspect.getsource(inspect.unwrap(fn))))
     except (OSError, TypeError):
-        source = ""
-    return {"body": bool(_BODY_MARKERS.search(source))}
+        return False
 
 
 # --- the finished document --------------------------------------------------------------------------
